@@ -1,0 +1,1 @@
+"""A reproducible DVC + MLflow pipeline for PyTorch image classification."""

@@ -1,0 +1,243 @@
+"""Every parameter of the pipeline, validated once into typed, frozen objects.
+
+`params.yaml` is read here and nowhere else. Each field carries its default, its allowed values
+and a one-line help text; the README's parameter reference is generated from the same fields
+(`python -m pipeline.params`), so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from pipeline.errors import PipelineError
+
+# Names only: the registries that implement them (pipeline.datasets, pipeline.models) import
+# torch, which the edge should not pay for. tests/test_params.py checks the two agree.
+DATASETS = ("mnist",)
+MODELS = ("cnn", "mlp")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("none", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def spec(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with a default, constraints and the help text used in the README."""
+    return field(default=default, metadata={"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt})
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: str = spec("mnist", "Dataset to train and evaluate on.", choices=DATASETS)
+    val_size: int = spec(
+        5000, "Images carved out of the training split for validation (seeded, stratified).", ge=1
+    )
+    limit: int | None = spec(
+        None, "Cap on the training images used for fitting, for quick runs; null = all.", ge=1
+    )
+    mirror: str | None = spec(
+        None,
+        "Local folder with the dataset's original files, used before any download "
+        "(relative to the project root); null = none.",
+    )
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: str = spec("cnn", "Architecture.", choices=MODELS)
+    optimizer: str = spec("adam", "Optimizer.", choices=OPTIMIZERS)
+    lr: float = spec(0.003, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
+    momentum: float = spec(0.9, "SGD momentum.", ge=0, lt=1)
+    weight_decay: float = spec(0.0, "L2 weight decay.", ge=0)
+    batch_size: int = spec(128, "Training batch size.", ge=1)
+    epochs: int = spec(3, "Maximum number of epochs.", ge=1)
+    patience: int | None = spec(
+        2, "Stop after this many epochs without a better validation accuracy; null = never.", ge=1
+    )
+    scheduler: str = spec("onecycle", "Learning-rate schedule, stepped per batch.", choices=SCHEDULERS)
+    precision: str = spec(
+        "auto", "Autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32.", choices=PRECISIONS
+    )
+    channels_last: bool = spec(True, "Use the channels_last memory format (faster convolutions).")
+    threads: int = spec(0, "CPU threads for torch; 0 = one per core.", ge=0)
+    device: str = spec("auto", "auto = cuda when available, else cpu.", choices=DEVICES)
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment_name: str = spec("image-classification", "MLflow experiment that every run lands in.")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = spec(42, "Seed for the validation split, initialisation and shuffling.", ge=0)
+    data: DataParams = field(default_factory=DataParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate a params file; raise PipelineError naming the file or the bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise PipelineError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_params(raw if raw is not None else {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate a plain mapping (as loaded from YAML) into Params."""
+    return _build(Params, raw, prefix="", source=source)
+
+
+def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+    """The parameters as `{dotted.key: value}`, the names `dvc exp run -S` and MLflow use."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, prefix=f"{key}."))
+        else:
+            out[key] = value
+    return out
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(dotted key, default, allowed values, help) for every parameter, for the README."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{key}.")
+                continue
+            rows.append((key, _yaml_scalar(f.default), _describe(hints[f.name], f.metadata), f.metadata["help"]))
+
+    walk(Params, "")
+    return rows
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: {where} must be a mapping of keys to values, got {_show(raw)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            known = ", ".join(f"{prefix}{n}" for n in names)
+            raise PipelineError(f"{source}: unknown parameter '{prefix}{key}' (known here: {known})")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _build(hints[f.name], raw[f.name], f"{key}.", source)
+        else:
+            values[f.name] = _check(key, hints[f.name], f.metadata, raw[f.name], source)
+    return cls(**values)
+
+
+def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+
+    def bad() -> PipelineError:
+        return PipelineError(f"{source}: {key} must be {_describe(hint, meta)}, got {_show(value)}")
+
+    if value is None:
+        if optional:
+            return None
+        raise bad()
+    if base is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad()
+        value = float(value)
+    elif base is str:
+        if not isinstance(value, str) or not value.strip():
+            raise bad()
+        if meta["choices"] and value not in meta["choices"]:
+            raise bad()
+    if meta["gt"] is not None and not value > meta["gt"]:
+        raise bad()
+    if meta["ge"] is not None and not value >= meta["ge"]:
+        raise bad()
+    if meta["lt"] is not None and not value < meta["lt"]:
+        raise bad()
+    return value
+
+
+def _describe(hint: Any, meta: Any) -> str:
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    if meta["choices"]:
+        text = "one of " + ", ".join(meta["choices"])
+    else:
+        text = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[base]
+        bounds = [
+            f"> {meta['gt']:g}" if meta["gt"] is not None else "",
+            f">= {meta['ge']:g}" if meta["ge"] is not None else "",
+            f"< {meta['lt']:g}" if meta["lt"] is not None else "",
+        ]
+        bounds = [b for b in bounds if b]
+        if bounds:
+            text += " " + " and ".join(bounds)
+    return text + (" or null" if optional else "")
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@click.command()
+def main() -> None:
+    """Print the parameter reference as a Markdown table (it is pasted into the README)."""
+    click.echo("| key | default | allowed | what it does |")
+    click.echo("| --- | --- | --- | --- |")
+    for key, default, allowed, text in reference():
+        click.echo(f"| `{key}` | `{default}` | {allowed} | {text} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Where the stages read and write, relative to the project root (DVC runs every stage there)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+RAW = Path("data/raw")
+STATS = Path("data/stats.json")
+MODEL = Path("models/model.pt")
+RUN_FILE = Path("models/mlflow_run.json")
+TRAIN_METRICS = Path("metrics/train.json")
+TRAIN_PLOT = Path("plots/train.csv")
+EVAL_METRICS = Path("metrics/eval.json")
+CONFUSION_PLOT = Path("plots/confusion.csv")
+PER_CLASS_PLOT = Path("plots/per_class.csv")
+
+
+def project_root() -> Path:
+    """The DVC project root: DVC_ROOT if DVC set it, else the nearest folder upward holding `.dvc`.
+
+    Under `dvc exp run --queue` the stage runs in a copy below `.dvc/tmp/exps/`, but DVC_ROOT still
+    names the real project, which is what must hold the MLflow store and relative mirror paths.
+    """
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    cwd = Path.cwd().resolve()
+    return next((p for p in (cwd, *cwd.parents) if (p / ".dvc").is_dir()), cwd)

@@ -1,0 +1,67 @@
+"""Per-channel normalisation statistics, computed exactly from uint8 pixel histograms."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline import atomic
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Mean and standard deviation of each channel, on the 0–1 pixel scale."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    count: int  # images the statistics were computed from
+
+
+def channel_stats(images: torch.Tensor, indices: torch.Tensor, chunk: int = 8192) -> ChannelStats:
+    """Statistics of `images[indices]` (uint8, N×C×H×W), streamed in chunks.
+
+    A 256-bin histogram per channel is all that is kept, so memory stays at one uint8 chunk and the
+    sums are exact integers: the result does not depend on chunk size or summation order.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    channels = images.shape[1]
+    hist = torch.zeros(channels, 256, dtype=torch.int64)
+    for start in range(0, len(indices), chunk):
+        block = images[indices[start : start + chunk]]
+        for c in range(channels):
+            hist[c] += torch.bincount(block[:, c].reshape(-1), minlength=256)
+    values = torch.arange(256, dtype=torch.int64)
+    means, stds = [], []
+    for c in range(channels):
+        n = int(hist[c].sum())
+        s = int((hist[c] * values).sum())
+        ss = int((hist[c] * values * values).sum())
+        means.append(s / n / 255.0)
+        stds.append(math.sqrt(max(ss * n - s * s, 0)) / n / 255.0)
+    return ChannelStats(mean=tuple(means), std=tuple(stds), count=len(indices))
+
+
+def save(path: Path, stats: ChannelStats, dataset: str) -> None:
+    """Write data/stats.json atomically."""
+    atomic.write_json(path, {"dataset": dataset, "mean": list(stats.mean), "std": list(stats.std), "count": stats.count})
+
+
+def load(path: Path, dataset: str) -> ChannelStats:
+    """Read data/stats.json, checking it belongs to `dataset`."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        stats = ChannelStats(mean=tuple(raw["mean"]), std=tuple(raw["std"]), count=int(raw["count"]))
+        name = raw["dataset"]
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the normalization-stats stage first") from None
+    except (ValueError, KeyError, TypeError):
+        raise PipelineError(f"{path}: not a statistics file; rerun the normalization-stats stage") from None
+    if name != dataset:
+        raise PipelineError(f"{path}: statistics are for {name}, not data.dataset={dataset}; rerun normalization-stats")
+    return stats

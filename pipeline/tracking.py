@@ -1,0 +1,193 @@
+"""MLflow: one run per pipeline execution, opened by train and completed by evaluate.
+
+The store is `MLFLOW_TRACKING_URI` when set, else SQLite at the *project root*: `DVC_ROOT` points
+there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so `dvc repro`,
+`dvc exp run` and queued runs all land in one store.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline import atomic
+from pipeline.errors import PipelineError
+from pipeline.paths import project_root
+
+RUN_FILE_VERSION = 1
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or the SQLite store at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def use_experiment(name: str) -> str:
+    """Point MLflow at the store and return the id of experiment `name`, creating it if needed."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        # The default store would put artifacts in ./mlruns of whatever folder the stage runs in
+        # (a throwaway copy for queued experiments); pin them beside the database instead.
+        location = (project_root() / "mlruns").as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)  # created meanwhile by a parallel run
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise PipelineError(
+            f"mlflow.experiment_name: experiment {name!r} is deleted in {uri}; restore it or choose another name"
+        )
+    return exp.experiment_id
+
+
+def origin_tags() -> dict[str, str]:
+    """Tags that tie a run to its code and its DVC experiment."""
+    tags: dict[str, str] = {}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def param_value(value: Any) -> str:
+    """A parameter as MLflow should show it: YAML spelling for null and booleans."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return str(value)
+
+
+@contextmanager
+def _run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+    """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never RUNNING."""
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        run = mlflow.start_run(**start_kwargs)
+    except MlflowException as exc:
+        raise PipelineError(f"MLflow store {tracking_uri()}: {str(exc).splitlines()[0]}") from None
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def train_run(experiment_name: str, run_name: str, params: Mapping[str, Any]) -> Iterator[str]:
+    """Open the run for a train stage, log every parameter, and yield its id."""
+    experiment_id = use_experiment(experiment_name)
+    with _run(experiment_id=experiment_id, run_name=run_name, tags=origin_tags()) as run:
+        mlflow.log_params({k: param_value(v) for k, v in params.items()})
+        yield run.info.run_id
+
+
+@contextmanager
+def evaluate_run(run_file: Path) -> Iterator[str]:
+    """Reopen the train stage's run (from models/mlflow_run.json) to add the test results.
+
+    When the store does not know that run (a fresh store, a clone), a new run is opened, tagged
+    with the original id, instead of failing.
+    """
+    info = read_run_file(run_file)
+    experiment_id = use_experiment(info["experiment_name"])
+    try:
+        MlflowClient().get_run(info["run_id"])
+        start: dict[str, Any] = {"run_id": info["run_id"]}
+    except MlflowException:
+        start = {
+            "experiment_id": experiment_id,
+            "run_name": info.get("run_name"),
+            "tags": {**origin_tags(), "original_run_id": info["run_id"]},
+        }
+    with _run(**start) as run:
+        yield run.info.run_id
+
+
+def write_run_file(path: Path, run_id: str, experiment_name: str, run_name: str) -> None:
+    """Record the run id so that evaluate appends to the same run."""
+    atomic.write_json(
+        path,
+        {"version": RUN_FILE_VERSION, "run_id": run_id, "experiment_name": experiment_name, "run_name": run_name},
+    )
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """Read models/mlflow_run.json."""
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+        info["run_id"], info["experiment_name"]
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the train stage first") from None
+    except (ValueError, KeyError, TypeError):
+        raise PipelineError(f"{path}: not a run file written by the train stage; rerun train") from None
+    return info
+
+
+def log_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+    """All of one epoch's metrics in a single request."""
+    mlflow.log_metrics(dict(metrics), step=epoch)
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
+    """Log the model as a self-contained torch.export program that takes raw uint8 images.
+
+    MLflow's pyfunc enforces one input dtype; uint8 is what datasets and image decoders give.
+    `mlflow.pytorch.load_model` returns the same program for callers that hold tensors.
+    """
+    from mlflow.models import infer_signature
+
+    model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
+    example = example[:2].cpu().contiguous()
+    with torch.no_grad():
+        output = model(example)
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example.numpy(), output.numpy()),
+        input_example=example.numpy(),
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+    return info.model_uri
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,217 @@
+"""The training loop: whole splits as uint8 tensors, index-based shuffling, early stopping.
+
+Images stay uint8 until a batch is drawn; the model normalises each batch itself. This is the
+fast path measured in DEVELOPERS.md (no per-sample transforms, no DataLoader).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.params import TrainParams
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None = plain fp32
+    channels_last: bool
+
+    def autocast(self) -> ContextManager[Any]:
+        """Autocast context for forward passes (a no-op in fp32)."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One row of plots/train.csv and one step of the MLflow curves."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        """Everything but the epoch number, for MLflow."""
+        return {k: v for k, v in asdict(self).items() if k != "epoch"}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: list[EpochResult]
+    best_epoch: int
+    stopped_early: bool
+
+    @property
+    def best(self) -> EpochResult:
+        return self.history[self.best_epoch - 1]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively (AVX-512 BF16/AMX on the CPU, Ampere+ on CUDA)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def make_runtime(cfg: TrainParams) -> Runtime:
+    """Pick device, threads and precision from the parameters and what this machine has."""
+    from pipeline.errors import PipelineError
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("train.device is cuda, but no CUDA device is available")
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype: torch.dtype | None = None
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device)):
+        dtype = torch.bfloat16
+    return Runtime(device=device, autocast_dtype=dtype, channels_last=cfg.channels_last)
+
+
+def batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    batch_size: int,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 images, labels) batches of `indices`, in the order given."""
+    stop = len(indices)
+    if drop_last and stop > batch_size:
+        stop -= stop % batch_size  # a size-1 tail batch would break BatchNorm
+    for start in range(0, stop, batch_size):
+        idx = indices[start : start + batch_size]
+        yield images[idx], labels[idx]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    """The optimizer named by train.optimizer."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-batch learning-rate schedule named by train.scheduler (None for a constant rate)."""
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+        )
+    return None
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(rt.device, non_blocking=True)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(rt.device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    batch_iter: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    rt: Runtime,
+) -> tuple[float, float]:
+    """One pass over the batches; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
+    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    seen = 0
+    for x, y in batch_iter:
+        x, y = _to_device(x, y, rt)
+        with rt.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        # Accumulate on the device: no host sync per batch.
+        total_loss += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+    return float(total_loss) / seen, int(correct) / seen
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int, rt: Runtime) -> torch.Tensor:
+    """Logits (float32, on the CPU) for every image, in order."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(rt.device, non_blocking=True)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def fit(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    fit_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    cfg: TrainParams,
+    rt: Runtime,
+    seed: int,
+    on_epoch: Callable[[EpochResult], None] = lambda r: None,
+) -> FitResult:
+    """Train with validation every epoch and early stopping; the model ends with its best weights."""
+    generator = torch.Generator().manual_seed(seed)
+    model.to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    images = images.to(rt.device)  # resident on the device: no per-batch host→device copies
+    labels = labels.to(rt.device)
+    val_images, val_labels = images[val_idx.to(rt.device)], labels[val_idx.to(rt.device)]
+    fit_idx = fit_idx.to(rt.device)
+
+    steps = max(1, len(fit_idx) // cfg.batch_size)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    history: list[EpochResult] = []
+    best_acc, best_epoch, best_state = -math.inf, 0, None
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        shuffled = fit_idx[torch.randperm(len(fit_idx), generator=generator).to(rt.device)]
+        train_loss, train_acc = train_one_epoch(
+            model, optimizer, scheduler, batches(images, labels, shuffled, cfg.batch_size, drop_last=True), rt
+        )
+        logits = predict(model, val_images, 1024, rt)
+        val_loss = float(F.cross_entropy(logits, val_labels.cpu()))
+        val_acc = int((logits.argmax(1) == val_labels.cpu()).sum()) / len(val_labels)
+        result = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start)
+        history.append(result)
+        on_epoch(result)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    return FitResult(history=history, best_epoch=best_epoch, stopped_early=len(history) < cfg.epochs)

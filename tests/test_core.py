@@ -1,0 +1,106 @@
+"""The core on small tensors: split, statistics, models, metrics, atomic writes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import atomic, evaluation, models, splits, stats, training
+from pipeline.errors import PipelineError
+from pipeline.params import TrainParams
+
+
+def test_split_is_stratified_disjoint_and_seeded() -> None:
+    labels = torch.arange(10).repeat_interleave(torch.tensor([100, 200, 50, 150, 100, 100, 100, 100, 50, 50]))
+    fit, val = splits.split_indices(labels, val_size=100, seed=3)
+    assert len(val) == 100 and len(fit) == len(labels) - 100
+    assert not set(fit.tolist()) & set(val.tolist())
+    counts = torch.bincount(labels[val], minlength=10)
+    assert counts.tolist() == [10, 20, 5, 15, 10, 10, 10, 10, 5, 5]
+    again_fit, again_val = splits.split_indices(labels, val_size=100, seed=3)
+    assert torch.equal(fit, again_fit) and torch.equal(val, again_val)
+    _, other_val = splits.split_indices(labels, val_size=100, seed=4)
+    assert not torch.equal(val, other_val)
+    limited, same_val = splits.split_indices(labels, val_size=100, seed=3, limit=123)
+    assert len(limited) == 123 and torch.equal(val, same_val) and set(limited.tolist()) <= set(fit.tolist())
+    with pytest.raises(PipelineError, match="data.val_size must be smaller than the 1000 training images"):
+        splits.split_indices(labels, val_size=1000, seed=0)
+
+
+def test_channel_stats_match_a_direct_float_computation() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8, generator=g)
+    idx = torch.arange(0, 300, 2)
+    result = stats.channel_stats(images, idx, chunk=7)
+    direct = images[idx].double() / 255
+    assert result.mean == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-12)
+    assert result.std == pytest.approx(direct.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-12)
+    assert result.count == 150
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_models_take_uint8_and_float_images(arch: str) -> None:
+    torch.manual_seed(0)
+    model = models.build(arch, 1, 28, 10, [0.13], [0.31]).eval()
+    raw = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        from_uint8 = model(raw)
+        from_float = model(raw.float() / 255)
+    assert from_uint8.shape == (4, 10)
+    torch.testing.assert_close(from_uint8, from_float)
+
+
+def test_model_file_round_trip_is_byte_stable(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = models.build("cnn", 1, 28, 10, [0.5], [0.25])
+    meta = {"architecture": "cnn", "dataset": "mnist", "in_channels": 1, "image_size": 28,
+            "class_names": [str(i) for i in range(10)], "mean": [0.5], "std": [0.25]}
+    models.save(tmp_path / "a.pt", model, meta)
+    models.save(tmp_path / "b.pt", model, meta)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    loaded, loaded_meta = models.load(tmp_path / "a.pt")
+    assert loaded_meta["class_names"] == meta["class_names"]
+    x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(PipelineError, match="junk.pt: not a model written by the train stage"):
+        models.load(tmp_path / "junk.pt")
+
+
+def test_report_on_known_predictions() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 2, 0])
+    logits = torch.nn.functional.one_hot(predicted, 3).float() * 5
+    rep = evaluation.report(logits, labels, ["a", "b", "c"])
+    assert rep.accuracy == pytest.approx(4 / 6)
+    assert rep.per_class_accuracy == {"a": 0.5, "b": 1.0, "c": 0.5}
+    assert rep.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    # F1: a = 0.5 (p .5, r .5), b = 0.8 (p 2/3, r 1), c = 2/3 (p 1, r .5)
+    assert rep.macro_f1 == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_fit_learns_and_early_stopping_restores_the_best_epoch() -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (512,), generator=g)
+    images = torch.zeros(512, 1, 8, 8, dtype=torch.uint8)
+    images[labels == 1, :, :4] = 255  # class 1 = bright top half: trivially learnable
+    cfg = TrainParams(model="mlp", epochs=3, batch_size=32, lr=0.01, patience=1, precision="fp32", device="cpu")
+    model = models.build("mlp", 1, 8, 2, [0.25], [0.43])
+    rt = training.make_runtime(cfg)
+    result = training.fit(model, images, labels, torch.arange(400), torch.arange(400, 512), cfg, rt, seed=0)
+    assert result.best.val_accuracy == 1.0
+    assert result.best_epoch == 1 and result.stopped_early and len(result.history) == 2
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic.directory(target) as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic.directory(target) as tmp:
+        (tmp / "whole").write_text("x")
+    assert [p.name for p in target.iterdir()] == ["whole"]

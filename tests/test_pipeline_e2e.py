@@ -1,0 +1,110 @@
+"""The whole pipeline through a real `dvc` in a temporary git repository, checked in the real MLflow store."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import run
+from pipeline.params import flatten, parse_params
+
+pytestmark = pytest.mark.e2e
+
+EXPERIMENT = "image-classification"
+
+
+def store(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def runs(root: Path) -> list:
+    client = store(root)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None, "the experiment was not created in the project-root store"
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
+    root = make_project()
+    run(["dvc", "repro"], root)
+
+    for out in ["data/raw/MNIST/raw/train-images-idx3-ubyte", "data/stats.json", "models/model.pt",
+                "models/mlflow_run.json", "metrics/train.json", "plots/train.csv", "metrics/eval.json",
+                "plots/confusion.csv", "plots/per_class.csv", "dvc.lock"]:
+        assert (root / out).is_file(), out
+    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    assert set(evaluation) >= {"accuracy", "loss", "macro_f1", "per_class_accuracy"}
+    assert list(evaluation["per_class_accuracy"]) == [str(d) for d in range(10)]
+    assert evaluation["accuracy"] > 0.5  # 2000 images, one epoch: well above chance
+    confusion_rows = (root / "plots/confusion.csv").read_text().splitlines()
+    assert confusion_rows[0] == "actual,predicted" and len(confusion_rows) == 10001
+
+    (only,) = runs(root)
+    assert only.info.status == "FINISHED"
+    params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
+    expected = {k: ("null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for k, v in flatten(params).items()}
+    assert {k: only.data.params.get(k) for k in expected} == expected
+    assert only.data.tags["mlflow.source.git.commit"] == run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    client = store(root)
+    history = client.get_metric_history(only.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+    metrics = only.data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert {"test_loss", "test_macro_f1"} <= set(metrics)
+    assert sorted(k for k in metrics if k.startswith("test_class_accuracy/")) == [f"test_class_accuracy/{d}" for d in range(10)]
+    artifacts = {a.path for a in client.list_artifacts(only.info.run_id)}
+    assert {"confusion_matrix.png", "per_class_accuracy.json"} <= artifacts
+    assert json.loads((root / "models/mlflow_run.json").read_text())["run_id"] == only.info.run_id
+    assert json.loads((root / "metrics/train.json").read_text())["mlflow_run_id"] == only.info.run_id
+
+    # The logged model is self-contained: raw uint8 test images in, the same accuracy out.
+    from torchvision.datasets import MNIST
+
+    test = MNIST(str(root / "data/raw"), train=False)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"runs:/{only.info.run_id}/model")
+    images = test.data.numpy()[:, None, :, :]
+    logits = np.concatenate([model.predict(images[i : i + 2000]) for i in range(0, len(images), 2000)])
+    assert (logits.argmax(1) == test.targets.numpy()).mean() == pytest.approx(evaluation["accuracy"], abs=1e-9)
+
+    again = run(["dvc", "repro"], root)
+    assert "didn't change" in again.stdout or "up to date" in again.stdout.lower()
+    assert "Running stage" not in again.stdout
+    assert len(runs(root)) == 1
+
+
+def test_exp_run_and_queued_exp_land_in_the_project_root_store(make_project) -> None:
+    root = make_project()
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "baseline results"], root)
+
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], root)
+    by_lr = {r.data.params["train.lr"]: r for r in runs(root)}
+    assert set(by_lr) == {"0.003", "0.01"}
+    assert by_lr["0.01"].data.tags["dvc.exp_name"] == "lr-high"
+    assert by_lr["0.01"].info.status == "FINISHED"
+    assert "test_accuracy" in by_lr["0.01"].data.metrics
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
+    names = json.dumps(shown)
+    assert "lr-high" in names and "best_val_accuracy" in names and '"lr": 0.01' in names
+
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-1", "-S", "seed=7"], root)
+    run(["dvc", "queue", "start"], root)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Success" in status, status
+    queued = [r for r in runs(root) if r.data.tags.get("dvc.exp_name") == "queued-1"]
+    assert len(queued) == 1 and queued[0].info.status == "FINISHED"
+    assert queued[0].data.params["seed"] == "7" and "test_accuracy" in queued[0].data.metrics
+    assert not list((root / ".dvc/tmp/exps").rglob("mlflow.db")), "a queued run wrote its own store"

@@ -1,0 +1,83 @@
+"""Bad input to the stage commands: one line naming the problem, exit code 2, no traceback, no output."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run
+
+STAGES = ["download", "normalization_stats", "train", "evaluate"]
+
+
+def stage(name: str, cwd: Path, *args: str):
+    return run(["python", "-m", f"pipeline.{name}", *args], cwd, check=False, PYTHONPATH=str(REPO))
+
+
+def assert_one_line_error(proc, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def written(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"data": {"dataset": "imagenet"}}, "data.dataset"),
+        ({"train": {"model": "vit"}}, "train.model"),
+        ({"train": {"optimizer": "lion"}}, "train.optimizer"),
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"train": {"batch_size": 0}}, "train.batch_size"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"learning_rate": 0.1}}, "train.learning_rate"),
+    ],
+)
+def test_bad_parameter_is_named(tmp_path: Path, params: dict, needle: str) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert_one_line_error(stage("train", tmp_path), "params.yaml", needle)
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["download", "normalization_stats", "train"])
+def test_missing_and_unparsable_params_file(tmp_path: Path, name: str) -> None:
+    assert_one_line_error(stage(name, tmp_path), "params.yaml: file not found")
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.1\n")
+    assert_one_line_error(stage(name, tmp_path), "params.yaml: not valid YAML at line")
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("normalization_stats", "data/raw: no MNIST data there; run the download stage first"),
+        ("train", "data/stats.json: not found; run the normalization-stats stage first"),
+        ("evaluate", "models/model.pt: not found; run the train stage first"),
+    ],
+)
+def test_stage_before_its_inputs_exist(tmp_path: Path, name: str, needle: str) -> None:
+    (tmp_path / "params.yaml").write_text("{}\n")
+    assert_one_line_error(stage(name, tmp_path), needle)
+    assert written(tmp_path) == []
+
+
+def test_mirror_with_a_corrupt_file_copies_nothing(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]:
+        (mirror / name).write_bytes(b"not mnist")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".dvc").mkdir()  # marks the project root the mirror path is relative to
+    (project / "params.yaml").write_text(yaml.safe_dump({"data": {"mirror": str(mirror)}}))
+    proc = stage("download", project)
+    assert_one_line_error(proc, "train-images-idx3-ubyte.gz: MD5", "does not match torchvision's f68b3c2dcbeaaa9fbdd348bbdeb94873")
+    assert not (project / "data" / "raw").exists()
+    assert list((project / "data").iterdir()) == [] if (project / "data").exists() else True
