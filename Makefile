@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
+	$(VENV)/bin/python -m pip install -qq -r requirements-dev.txt
 	touch $@
 
 repro: $(STAMP)

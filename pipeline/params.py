@@ -20,10 +20,11 @@ from pipeline.errors import PipelineError
 
 # Names only: the registries that implement them (pipeline.datasets, pipeline.models) import
 # torch, which the edge should not pay for. tests/test_params.py checks the two agree.
-DATASETS = ("mnist",)
-MODELS = ("cnn", "mlp")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULERS = ("none", "onecycle")
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10")
+MODELS = ("cnn", "mlp", "resnet", "resnet18")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta", "rmsprop")
+LOSSES = ("cross_entropy", "nll")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -55,27 +56,53 @@ class DataParams:
         "Local folder with the dataset's original files, used before any download "
         "(relative to the project root); null = none.",
     )
+    augment: bool = spec(False, "Random crop (4 px padding) and horizontal flip of training batches, for CIFAR-10.")
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    model: str = spec("cnn", "Architecture.", choices=MODELS)
+    model: str = spec(
+        "cnn",
+        "Architecture: cnn (conv blocks), mlp, resnet (small residual net for 28/32 px), "
+        "resnet18 (torchvision's, adapted to small inputs).",
+        choices=MODELS,
+    )
+    mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1)
+    cnn_channels: tuple[int, ...] = spec((32, 64), "cnn: output channels of each conv block (each halves the size).", ge=1)
+    dropout: float = spec(0.25, "mlp and cnn: dropout probability.", ge=0, lt=1)
+    batch_norm: bool = spec(True, "cnn: batch normalisation after each convolution.")
+    pretrained: bool = spec(False, "resnet18: start from torchvision's ImageNet weights (needs the network).")
+    freeze_backbone: bool = spec(False, "resnet18: train only the final classifier layer.")
     optimizer: str = spec("adam", "Optimizer.", choices=OPTIMIZERS)
     lr: float = spec(0.003, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
-    momentum: float = spec(0.9, "SGD momentum.", ge=0, lt=1)
-    weight_decay: float = spec(0.0, "L2 weight decay.", ge=0)
+    momentum: float = spec(0.9, "sgd and rmsprop: momentum.", ge=0, lt=1)
+    nesterov: bool = spec(False, "sgd: Nesterov momentum.")
+    weight_decay: float = spec(0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0)
+    loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=LOSSES)
+    label_smoothing: float = spec(0.0, "cross_entropy: label smoothing.", ge=0, lt=1)
     batch_size: int = spec(128, "Training batch size.", ge=1)
     epochs: int = spec(3, "Maximum number of epochs.", ge=1)
     patience: int | None = spec(
         2, "Stop after this many epochs without a better validation accuracy; null = never.", ge=1
     )
-    scheduler: str = spec("onecycle", "Learning-rate schedule, stepped per batch.", choices=SCHEDULERS)
+    min_delta: float = spec(0.0, "Smallest rise in validation accuracy that counts as better.", ge=0)
+    grad_clip: float | None = spec(None, "Clip the gradient norm to this value; null = no clipping.", gt=0)
+    scheduler: str = spec(
+        "onecycle", "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.", choices=SCHEDULERS
+    )
+    step_size: int = spec(1, "step: epochs between learning-rate decays.", ge=1)
+    gamma: float = spec(0.7, "step: factor applied at each decay.", gt=0, lt=1)
     precision: str = spec(
         "auto", "Autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32.", choices=PRECISIONS
     )
     channels_last: bool = spec(True, "Use the channels_last memory format (faster convolutions).")
     threads: int = spec(0, "CPU threads for torch; 0 = one per core.", ge=0)
     device: str = spec("auto", "auto = cuda when available, else cpu.", choices=DEVICES)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    top_k: int = spec(3, "k of the top-k test accuracy (test_topK_accuracy).", ge=1)
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,7 @@ class Params:
     seed: int = spec(42, "Seed for the validation split, initialisation and shuffling.", ge=0)
     data: DataParams = field(default_factory=DataParams)
     train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
 
@@ -168,12 +196,18 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 
 
 def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
-    optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    base, optional = _unwrap(hint)
 
     def bad() -> PipelineError:
         return PipelineError(f"{source}: {key} must be {_describe(hint, meta)}, got {_show(value)}")
 
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, list) or not value:
+            raise bad()
+        try:
+            return tuple(_check(key, typing.get_args(base)[0], meta, item, source) for item in value)
+        except PipelineError:
+            raise bad() from None
     if value is None:
         if optional:
             return None
@@ -203,9 +237,18 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
     return value
 
 
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """(the type, whether null is allowed) of `X` or `X | None`."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
 def _describe(hint: Any, meta: Any) -> str:
-    optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    base, optional = _unwrap(hint)
+    if typing.get_origin(base) is tuple:
+        return "a non-empty list of " + _describe(typing.get_args(base)[0], meta).replace("an integer", "integers")
     if meta["choices"]:
         text = "one of " + ", ".join(meta["choices"])
     else:
@@ -222,11 +265,13 @@ def _describe(hint: Any, meta: Any) -> str:
 
 
 def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    text = repr(value) if not isinstance(value, dict) else "a mapping"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -14,6 +14,8 @@ TRAIN_PLOT = Path("plots/train.csv")
 EVAL_METRICS = Path("metrics/eval.json")
 CONFUSION_PLOT = Path("plots/confusion.csv")
 PER_CLASS_PLOT = Path("plots/per_class.csv")
+TEST_SAMPLES_PLOT = Path("plots/test_predictions.png")
+TRAIN_SAMPLES_PLOT = Path("plots/train_samples.png")
 
 
 def project_root() -> Path:

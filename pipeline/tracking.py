@@ -34,9 +34,31 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when a tracking server does not answer.
+
+    MLflow's own client retries with backoff for minutes; a pipeline should not train for an hour
+    and then find out it cannot log.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); start it or unset the variable"
+        ) from None
+
+
 def use_experiment(name: str) -> str:
     """Point MLflow at the store and return the id of experiment `name`, creating it if needed."""
     uri = tracking_uri()
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
@@ -73,8 +95,8 @@ def origin_tags() -> dict[str, str]:
 
 def param_value(value: Any) -> str:
     """A parameter as MLflow should show it: YAML spelling for null and booleans."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
+    if value is None or isinstance(value, (bool, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
     return str(value)
 
 
@@ -102,33 +124,51 @@ def _run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
 
 
 @contextmanager
-def train_run(experiment_name: str, run_name: str, params: Mapping[str, Any]) -> Iterator[str]:
-    """Open the run for a train stage, log every parameter, and yield its id."""
+def train_run(
+    experiment_name: str, run_name: str, params: Mapping[str, Any], resume_run_id: str | None = None
+) -> Iterator[str]:
+    """Open the run for a train stage (or reopen the one a resumed checkpoint belongs to), log every
+    parameter, and yield its id."""
     experiment_id = use_experiment(experiment_name)
-    with _run(experiment_id=experiment_id, run_name=run_name, tags=origin_tags()) as run:
+    start: dict[str, Any] = {"experiment_id": experiment_id, "run_name": run_name, "tags": origin_tags()}
+    if resume_run_id is not None:
+        try:
+            MlflowClient().get_run(resume_run_id)
+            start = {"run_id": resume_run_id}
+        except MlflowException:
+            pass  # the store lost it: resume the training, in a new run
+    with _run(**start) as run:
         mlflow.log_params({k: param_value(v) for k, v in params.items()})
         yield run.info.run_id
 
 
 @contextmanager
-def evaluate_run(run_file: Path) -> Iterator[str]:
-    """Reopen the train stage's run (from models/mlflow_run.json) to add the test results.
+def evaluate_run(run_file: Path, params: Mapping[str, Any]) -> Iterator[str]:
+    """Reopen the train stage's run (from models/mlflow_run.json), log `params`, add the test results.
 
-    When the store does not know that run (a fresh store, a clone), a new run is opened, tagged
-    with the original id, instead of failing.
+    A new run, tagged with the original id and carrying its parameters, is opened instead when the
+    store does not know that run (a fresh store, a clone) or when the run was already evaluated
+    with other evaluate.* values (MLflow parameters cannot change).
     """
     info = read_run_file(run_file)
     experiment_id = use_experiment(info["experiment_name"])
+    wanted = {k: param_value(v) for k, v in params.items()}
     try:
-        MlflowClient().get_run(info["run_id"])
-        start: dict[str, Any] = {"run_id": info["run_id"]}
+        original = MlflowClient().get_run(info["run_id"])
     except MlflowException:
+        original = None
+    if original is not None and all(original.data.params.get(k, v) == v for k, v in wanted.items()):
+        start: dict[str, Any] = {"run_id": info["run_id"]}
+        inherited: dict[str, str] = {}
+    else:
         start = {
             "experiment_id": experiment_id,
             "run_name": info.get("run_name"),
             "tags": {**origin_tags(), "original_run_id": info["run_id"]},
         }
+        inherited = {k: v for k, v in original.data.params.items() if k not in wanted} if original else {}
     with _run(**start) as run:
+        mlflow.log_params({**inherited, **wanted})
         yield run.info.run_id
 
 
@@ -151,6 +191,15 @@ def read_run_file(path: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise PipelineError(f"{path}: not a run file written by the train stage; rerun train") from None
     return info
+
+
+def log_dataset(name: str, digest: str, source: Path, rows: dict[str, int]) -> None:
+    """Record the dataset as an MLflow input with its content digest."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in rows.items()})
 
 
 def log_epoch(epoch: int, metrics: Mapping[str, float]) -> None:

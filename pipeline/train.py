@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -27,9 +28,10 @@ def main(params_file: Path) -> None:
     """Train on the fitting split, validate every epoch, keep the best weights."""
     params = load_params(params_file)
     # Imported once the parameters are valid: a typo is reported at once, not after ~4 s of imports.
+    import mlflow
     import torch
 
-    from pipeline import atomic, datasets, models, splits, stats, tracking, training
+    from pipeline import atomic, checkpoints, datasets, models, splits, stats, tracking, training
 
     cfg = params.train
     spec = datasets.get(params.data.dataset)
@@ -38,7 +40,8 @@ def main(params_file: Path) -> None:
     fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
     rt = training.make_runtime(cfg)
     torch.manual_seed(params.seed)
-    model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std)
+    options = models.options_from(cfg)
+    model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std, options)
     click.echo(
         f"train: {cfg.model} on {spec.name}, {len(fit_idx)} fit / {len(val_idx)} val images, "
         f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
@@ -52,9 +55,28 @@ def main(params_file: Path) -> None:
         )
 
     name = run_name(params)
-    with tracking.train_run(params.mlflow.experiment_name, name, flatten(params)) as run_id:
+    # evaluate.* are logged by the evaluate stage, which is the one that reads them.
+    logged = {k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")}
+    fingerprint = checkpoints.fingerprint(
+        {k: v for k, v in logged.items() if not k.startswith("mlflow.")}, [norm.mean, norm.std]
+    )
+    resume = checkpoints.load(fingerprint)
+    if resume is not None:
+        click.echo(f"resuming from the checkpoint after epoch {resume['epoch']} (MLflow run {resume['run_id']})")
+    with tracking.train_run(
+        params.mlflow.experiment_name, name, logged, resume["run_id"] if resume else None
+    ) as run_id:
+        data_digest = datasets.digest(images, labels)
+        tracking.log_dataset(spec.name, data_digest, paths.RAW, {"fit": len(fit_idx), "validation": len(val_idx)})
+        mlflow.set_tags({"dataset": spec.name, "dataset.digest": data_digest})
         start = time.perf_counter()
-        result = training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, params.seed, on_epoch)
+        result = training.fit(
+            model, images, labels, fit_idx, val_idx, cfg, rt, params.seed, on_epoch,
+            augment_batches=params.data.augment,
+            resume=resume,
+            on_checkpoint=lambda state: checkpoints.save(state, fingerprint, run_id),
+            progress=sys.stderr.isatty(),  # bars for people; plain epoch lines in CI logs
+        )
         seconds = time.perf_counter() - start
         summary = {
             "best_val_accuracy": result.best.val_accuracy,
@@ -67,12 +89,23 @@ def main(params_file: Path) -> None:
         # Timing goes to MLflow only: metrics files must be identical between identical runs.
         tracking.log_epoch(result.best_epoch, {"best_val_accuracy": result.best.val_accuracy, "train_seconds": seconds})
         tracking.log_model(model, images[val_idx[:2]])
+        from pipeline import figures
+
+        per_class = [fit_idx[labels[fit_idx] == c][:8] for c in range(spec.num_classes)]
+        grid = figures.image_grid(
+            images[torch.cat(per_class)],
+            [spec.class_names[c] for c, idx in enumerate(per_class) for _ in idx],
+            [False] * sum(len(idx) for idx in per_class),
+        )
+        mlflow.log_figure(grid, "train_samples.png")
+        figures.save_png(grid, paths.TRAIN_SAMPLES_PLOT)
 
         models.save(
             paths.MODEL,
             model,
             {
                 "architecture": cfg.model,
+                "options": models.options_dict(options),
                 "dataset": spec.name,
                 "in_channels": spec.channels,
                 "image_size": spec.image_size,
@@ -85,6 +118,7 @@ def main(params_file: Path) -> None:
         atomic.write_json(paths.TRAIN_METRICS, summary)
         columns = [f.name for f in fields(training.EpochResult)]
         atomic.write_csv(paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in result.history))
+    checkpoints.remove()
     click.echo(
         f"best val_accuracy {result.best.val_accuracy:.4f} at epoch {result.best_epoch} "
         f"({seconds:.1f}s); MLflow run {run_id} -> {paths.MODEL}"

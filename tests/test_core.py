@@ -86,12 +86,23 @@ def test_fit_learns_and_early_stopping_restores_the_best_epoch() -> None:
     labels = torch.randint(0, 2, (512,), generator=g)
     images = torch.zeros(512, 1, 8, 8, dtype=torch.uint8)
     images[labels == 1, :, :4] = 255  # class 1 = bright top half: trivially learnable
-    cfg = TrainParams(model="mlp", epochs=3, batch_size=32, lr=0.01, patience=1, precision="fp32", device="cpu")
+    # Validation accuracy reaches 1.0 in epoch 1 and can only plateau after it.
+    cfg = TrainParams(model="mlp", epochs=10, batch_size=32, lr=0.01, patience=2, precision="fp32", device="cpu",
+                      scheduler="none")
     model = models.build("mlp", 1, 8, 2, [0.25], [0.43])
     rt = training.make_runtime(cfg)
-    result = training.fit(model, images, labels, torch.arange(400), torch.arange(400, 512), cfg, rt, seed=0)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(state: dict) -> None:
+        snapshots[state["epoch"]] = {k: v.clone() for k, v in state["model"].items()}
+
+    result = training.fit(model, images, labels, torch.arange(400), torch.arange(400, 512), cfg, rt, seed=0,
+                          on_checkpoint=keep)
     assert result.best.val_accuracy == 1.0
-    assert result.best_epoch == 1 and result.stopped_early and len(result.history) == 2
+    assert result.best_epoch == 1 and result.stopped_early and len(result.history) == 3  # 1 + patience
+    assert not all(torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])  # it kept training...
+    for key, value in model.state_dict().items():  # ...but ends with epoch 1's weights
+        assert torch.equal(value, snapshots[1][key]), key
 
 
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:

@@ -36,9 +36,9 @@ def test_registries_match_the_names_params_accepts() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"data": {"dataset": "imagenet"}}, "data.dataset must be one of mnist, got 'imagenet'"),
-        ({"train": {"model": "vit"}}, "train.model must be one of cnn, mlp, got 'vit'"),
-        ({"train": {"optimizer": "lion"}}, "train.optimizer must be one of adam, sgd, got 'lion'"),
+        ({"data": {"dataset": "imagenet"}}, "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, got 'imagenet'"),
+        ({"train": {"model": "vit"}}, "train.model must be one of cnn, mlp, resnet, resnet18, got 'vit'"),
+        ({"train": {"optimizer": "lion"}}, "train.optimizer must be one of adam, adamw, sgd, adadelta, rmsprop, got 'lion'"),
         ({"train": {"lr": 0}}, "train.lr must be a number > 0, got 0"),
         ({"train": {"lr": -0.1}}, "train.lr must be a number > 0, got -0.1"),
         ({"train": {"lr": "fast"}}, "train.lr must be a number > 0, got 'fast'"),

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run
 from pipeline.params import flatten, parse_params
+from pipeline.tracking import param_value
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +49,8 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
     (only,) = runs(root)
     assert only.info.status == "FINISHED"
     params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
-    expected = {k: ("null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for k, v in flatten(params).items()}
+    expected = {k: param_value(v) for k, v in flatten(params).items()}
+    assert expected["data.limit"] == "2000" and expected["train.mlp_hidden"] == "[512, 256]"
     assert {k: only.data.params.get(k) for k in expected} == expected
     assert only.data.tags["mlflow.source.git.commit"] == run(["git", "rev-parse", "HEAD"], root).stdout.strip()
     client = store(root)
@@ -108,3 +110,18 @@ def test_exp_run_and_queued_exp_land_in_the_project_root_store(make_project) -> 
     assert len(queued) == 1 and queued[0].info.status == "FINISHED"
     assert queued[0].data.params["seed"] == "7" and "test_accuracy" in queued[0].data.metrics
     assert not list((root / ".dvc/tmp/exps").rglob("mlflow.db")), "a queued run wrote its own store"
+
+
+def test_exp_run_on_a_dataset_with_no_files_and_no_network_fails_in_one_line(make_project) -> None:
+    root = make_project()
+    # A dead proxy makes any download fail at once, wherever the suite runs.
+    proc = run(["dvc", "exp", "run", "-S", "data.dataset=kmnist"], root, check=False,
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "data.mirror"]:
+        assert name in errors[0]
+    assert not (root / "data" / "raw").exists()

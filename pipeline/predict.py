@@ -1,0 +1,83 @@
+"""`python -m pipeline.predict PATH…`: top-k classes with probabilities for image files or folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipeline import paths
+from pipeline.cli import reports_errors
+from pipeline.errors import PipelineError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def image_files(inputs: list[Path]) -> list[Path]:
+    """The image files named, plus those directly inside named folders (sorted)."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PipelineError(f"{path}: no image files in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PipelineError(f"{path}: no such file or folder")
+    return files
+
+
+def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×W uint8)
+    """An image as the model expects it: converted to its channel count and resized to its size."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PipelineError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_file", type=click.Path(path_type=Path), default=paths.MODEL, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@reports_errors
+def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) -> None:
+    """Classify image files (or every image in the given folders) with the trained model."""
+    files = image_files(list(inputs))
+    import torch
+
+    from pipeline import models
+
+    model, meta = models.load(model_file)
+    names = meta["class_names"]
+    batch = torch.stack([read_image(f, meta["in_channels"], meta["image_size"]) for f in files])
+    with torch.no_grad():
+        probs = torch.softmax(model(batch).float(), dim=1)
+    top = probs.topk(min(top_k, len(names)), dim=1)
+    results = [
+        {"path": str(f), "predictions": [{"class": names[i], "probability": float(p)} for p, i in zip(ps.tolist(), idx.tolist())]}
+        for f, ps, idx in zip(files, top.values, top.indices)
+    ]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    width = max(len(r["path"]) for r in results)
+    for r in results:
+        preds = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
+        click.echo(f"{r['path']:<{width}}  {preds}")
+
+
+if __name__ == "__main__":
+    main()

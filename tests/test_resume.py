@@ -1,0 +1,58 @@
+"""A train process killed after an epoch resumes from its checkpoint and ends byte-identical."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import clean_env, run
+
+pytestmark = pytest.mark.e2e
+
+PARAMS = {"data": {"limit": 3000, "val_size": 500},
+          "train": {"epochs": 3, "batch_size": 64, "patience": None, "precision": "fp32"}}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_killed_train_resumes_to_identical_weights(make_project) -> None:
+    root = make_project(PARAMS)
+    run(["python", "-m", "pipeline.download"], root)
+    run(["python", "-m", "pipeline.normalization_stats"], root)
+
+    run(["python", "-m", "pipeline.train"], root)
+    uninterrupted = sha256(root / "models/model.pt")
+    assert not (root / "checkpoints/train.pt").exists()  # removed after a finished run
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=clean_env(PYTHONUNBUFFERED="1"))
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("epoch 1/3"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    assert (root / "checkpoints/train.pt").is_file()
+
+    resumed = run(["python", "-m", "pipeline.train"], root).stdout
+    assert "resuming from the checkpoint after epoch" in resumed
+    assert "epoch 1/3" not in resumed
+    assert sha256(root / "models/model.pt") == uninterrupted
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("image-classification")
+    first, second = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert second.info.status == "FINISHED"  # the killed run was resumed, not left RUNNING
+    steps = sorted({m.step for m in client.get_metric_history(second.info.run_id, "val_accuracy")})
+    assert steps == [1, 2, 3]
