@@ -102,12 +102,16 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    top_k: int = spec(3, "k of the top-k test accuracy (test_topK_accuracy).", ge=1)
+    top_k: int = spec(3, "k of the top-k test accuracy (metric topK_accuracy).", ge=1)
 
 
 @dataclass(frozen=True)
 class MlflowParams:
     experiment_name: str = spec("image-classification", "MLflow experiment that every run lands in.")
+    register_model: str | None = spec(
+        None, "Register the trained model under this name in the MLflow model registry; null = don't."
+    )
+    model_alias: str = spec("candidate", "Alias set on the registered model version.")
 
 
 @dataclass(frozen=True)

@@ -230,6 +230,13 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
     return info.model_uri
 
 
+def register(model_uri: str, name: str, alias: str) -> str:
+    """Register a logged model as a new version of `name` and point `alias` at it; returns the version."""
+    version = mlflow.register_model(model_uri, name)
+    MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
 def _git(*args: str) -> str:
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, check=True)

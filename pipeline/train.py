@@ -33,6 +33,7 @@ def main(params_file: Path) -> None:
 
     from pipeline import atomic, checkpoints, datasets, models, splits, stats, tracking, training
 
+    tracking.check_reachable(tracking.tracking_uri())  # before any work, not after an hour of training
     cfg = params.train
     spec = datasets.get(params.data.dataset)
     norm = stats.load(paths.STATS, spec.name)
@@ -88,7 +89,10 @@ def main(params_file: Path) -> None:
         }
         # Timing goes to MLflow only: metrics files must be identical between identical runs.
         tracking.log_epoch(result.best_epoch, {"best_val_accuracy": result.best.val_accuracy, "train_seconds": seconds})
-        tracking.log_model(model, images[val_idx[:2]])
+        model_uri = tracking.log_model(model, images[val_idx[:2]])
+        if params.mlflow.register_model:
+            version = tracking.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
+            click.echo(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
         from pipeline import figures
 
         per_class = [fit_idx[labels[fit_idx] == c][:8] for c in range(spec.num_classes)]

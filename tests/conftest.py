@@ -50,23 +50,69 @@ def project_files() -> list[str]:
     return [f for f in out if f and not f.startswith(outputs) and (REPO / f).is_file()]
 
 
+def create_project(root: Path, params: dict | None = None) -> Path:
+    """A git repository at `root` holding this project's files with tiny parameters, committed."""
+    for rel in project_files():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest)
+    current = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(current, merge(TINY_PARAMS, params or {})), sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "config", "user.email", "tests@example.invalid"], root)
+    run(["git", "config", "user.name", "tests"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "project under test"], root)
+    return root
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:
-    """Factory: a git repository holding this project's files with tiny parameters, committed."""
+    """Factory: create_project in this test's temporary folder."""
+    return lambda params=None, name="project": create_project(tmp_path / name, params)
 
-    def make(params: dict | None = None, name: str = "project") -> Path:
-        root = tmp_path / name
-        for rel in project_files():
-            dest = root / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest)
-        current = yaml.safe_load((REPO / "params.yaml").read_text())
-        (root / "params.yaml").write_text(yaml.safe_dump(merge(current, merge(TINY_PARAMS, params or {})), sort_keys=False))
-        run(["git", "init", "-q", "-b", "main"], root)
-        run(["git", "config", "user.email", "tests@example.invalid"], root)
-        run(["git", "config", "user.name", "tests"], root)
-        run(["git", "add", "-A"], root)
-        run(["git", "commit", "-q", "-m", "project under test"], root)
-        return root
 
-    return make
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """Factory: start a real `mlflow server` on a free loopback port; returns its URL. Stopped after the test."""
+    import time
+    import urllib.request
+
+    procs: list[subprocess.Popen] = []
+
+    def start(backend: str | None = None, artifacts: Path | None = None) -> str:
+        port = free_port()
+        cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", backend or f"sqlite:///{tmp_path / f'server-{port}.db'}"]
+        if artifacts is not None:
+            cmd += ["--artifacts-destination", str(artifacts)]
+        log = open(tmp_path / f"mlflow-server-{port}.log", "w")
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    return url
+            except OSError:
+                if procs[-1].poll() is not None:
+                    break
+                time.sleep(0.5)
+        pytest.fail(f"mlflow server did not start: {(tmp_path / f'mlflow-server-{port}.log').read_text()[-2000:]}")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

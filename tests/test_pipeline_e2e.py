@@ -81,37 +81,6 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
     assert len(runs(root)) == 1
 
 
-def test_exp_run_and_queued_exp_land_in_the_project_root_store(make_project) -> None:
-    root = make_project()
-    run(["dvc", "repro"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-q", "-m", "baseline results"], root)
-
-    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], root)
-    by_lr = {r.data.params["train.lr"]: r for r in runs(root)}
-    assert set(by_lr) == {"0.003", "0.01"}
-    assert by_lr["0.01"].data.tags["dvc.exp_name"] == "lr-high"
-    assert by_lr["0.01"].info.status == "FINISHED"
-    assert "test_accuracy" in by_lr["0.01"].data.metrics
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
-    names = json.dumps(shown)
-    assert "lr-high" in names and "best_val_accuracy" in names and '"lr": 0.01' in names
-
-    run(["dvc", "exp", "run", "--queue", "-n", "queued-1", "-S", "seed=7"], root)
-    run(["dvc", "queue", "start"], root)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], root).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    assert "Success" in status, status
-    queued = [r for r in runs(root) if r.data.tags.get("dvc.exp_name") == "queued-1"]
-    assert len(queued) == 1 and queued[0].info.status == "FINISHED"
-    assert queued[0].data.params["seed"] == "7" and "test_accuracy" in queued[0].data.metrics
-    assert not list((root / ".dvc/tmp/exps").rglob("mlflow.db")), "a queued run wrote its own store"
-
-
 def test_exp_run_on_a_dataset_with_no_files_and_no_network_fails_in_one_line(make_project) -> None:
     root = make_project()
     # A dead proxy makes any download fail at once, wherever the suite runs.

@@ -1,0 +1,121 @@
+"""Experiments as a user runs and compares them: `dvc exp run`, the queue, plots and diffs,
+`pipeline.compare`, and the MLflow compare view in a real headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, create_project, run
+from test_pipeline_e2e import runs
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A baseline run committed, then experiment `lr-high` with train.lr=0.01."""
+    root = create_project(tmp_path_factory.mktemp("experiments") / "project")
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "baseline results"], root)
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], root)
+    return root
+
+
+def test_exp_run_is_a_second_tagged_run(project: Path) -> None:
+    by_lr = {r.data.params["train.lr"]: r for r in runs(project)}
+    assert set(by_lr) == {"0.003", "0.01"}
+    high = by_lr["0.01"]
+    assert high.data.tags["dvc.exp_name"] == "lr-high" and high.info.status == "FINISHED"
+    assert high.data.tags["dvc.baseline_rev"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert "test_accuracy" in high.data.metrics
+    assert high.inputs.dataset_inputs[0].dataset.name == "mnist"
+    assert high.inputs.dataset_inputs[0].dataset.digest == high.data.tags["dataset.digest"][:36]
+    shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
+    assert "lr-high" in shown and "best_val_accuracy" in shown and high.info.run_id in shown
+
+
+def test_plots_and_diffs_across_experiments(project: Path) -> None:
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
+    assert set(plots) == {"loss", "accuracy", "confusion", "per_class",
+                          "plots/train_samples.png", "plots/test_predictions.png"}
+    assert all(p[0]["type"] == "vega" for k, p in plots.items() if not k.endswith(".png"))
+    run(["dvc", "plots", "show"], project)
+    assert (project / "dvc_plots" / "index.html").is_file()
+    html = run(["dvc", "plots", "diff", "HEAD", "lr-high", "-o", "diff_plots"], project)
+    assert (project / "diff_plots" / "index.html").is_file(), html.stdout
+    metrics = run(["dvc", "metrics", "diff", "HEAD", "lr-high"], project).stdout
+    assert "accuracy" in metrics
+    params = run(["dvc", "params", "diff", "HEAD", "lr-high"], project).stdout
+    assert "train.lr" in params and "0.003" in params and "0.01" in params
+
+
+def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
+    out = run(["python", "-m", "pipeline.compare", "--last", "2"], project).stdout
+    url, *table = out.splitlines()
+    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[")
+    text = "\n".join(table)
+    assert "train.lr" in text and "0.003" in text and "0.01" in text
+    assert "test_class_accuracy/9" in text and "seed" not in text  # only what differs
+    named = run(["python", "-m", "pipeline.compare", "--exp", "lr-high"], project).stdout
+    assert "lr-high" in named
+    missing = run(["python", "-m", "pipeline.compare", "--exp", "nope"], project, check=False)
+    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip("needs Debian's chromium: apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    url = mlflow_server(backend=f"sqlite:///{project / 'mlflow.db'}")
+    listed = run(["python", "-m", "pipeline.compare", "--last", "2", "--ui", url], project).stdout
+    compare_url = listed.splitlines()[0]
+    names = [r.info.run_name for r in runs(project)]
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 2400})
+        page.goto(compare_url)
+        page.get_by_text("test_class_accuracy/0").first.wait_for(timeout=90_000)
+        body = page.inner_text("body")
+        page.screenshot(path=str(artifacts / "compare-view.png"), full_page=True)
+        browser.close()
+    for needle in [*names, "train.lr", "0.003", "0.01", "test_class_accuracy/0", "test_accuracy"]:
+        assert needle in body, needle
+    assert (artifacts / "compare-view.png").stat().st_size > 10_000
+
+
+def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path) -> None:
+    before = len(runs(project))
+    run(["dvc", "exp", "run", "--queue", "-n", "q-seed-1", "-S", "seed=1"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "q-seed-2", "-S", "seed=2"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") >= 2, status
+    logs = "".join(run(["dvc", "queue", "logs", name], project, check=False).stdout for name in ["q-seed-1", "q-seed-2"])
+    assert "database is locked" not in logs
+    queued = {r.data.tags.get("dvc.exp_name"): r for r in runs(project)}
+    assert {"q-seed-1", "q-seed-2"} <= set(queued) and len(runs(project)) == before + 2
+    assert all(queued[n].info.status == "FINISHED" and "test_accuracy" in queued[n].data.metrics for n in ["q-seed-1", "q-seed-2"])
+    assert not list((project / ".dvc/tmp/exps").rglob("mlflow.db")), "a queued run wrote its own store"
+    shutil.rmtree(project / "diff_plots", ignore_errors=True)
