@@ -38,6 +38,8 @@ def main(params_file: Path) -> None:
         )
         atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
 
+        # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per stage).
+        mlflow.set_tags(tracking.dvc_lock_tags())
         mlflow.log_metrics(
             {
                 **{f"test_{name}": value for name, value in rep.scalars().items()},

@@ -230,6 +230,30 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
     return info.model_uri
 
 
+def package_versions() -> str:
+    """`pip freeze`-style list of the installed distributions (read from metadata, no subprocess)."""
+    from importlib.metadata import distributions
+
+    pins = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
+    return "\n".join(sorted(pins, key=str.lower)) + "\n"
+
+
+def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+    """The content hashes DVC recorded for the data, the statistics and the model, as run tags."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {}
+    tags = {}
+    for stage, out in (("download", "data/raw"), ("normalization-stats", "data/stats.json"), ("train", "models/model.pt")):
+        for entry in stages.get(stage, {}).get("outs", []):
+            if entry.get("path") == out and entry.get("md5"):
+                tags[f"dvc.lock.{out}"] = entry["md5"]
+    return tags
+
+
 def register(model_uri: str, name: str, alias: str) -> str:
     """Register a logged model as a new version of `name` and point `alias` at it; returns the version."""
     version = mlflow.register_model(model_uri, name)

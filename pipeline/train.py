@@ -40,7 +40,7 @@ def main(params_file: Path) -> None:
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
     rt = training.make_runtime(cfg)
-    torch.manual_seed(params.seed)
+    training.seed_everything(params.seed)
     options = models.options_from(cfg)
     model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std, options)
     click.echo(
@@ -70,6 +70,7 @@ def main(params_file: Path) -> None:
         data_digest = datasets.digest(images, labels)
         tracking.log_dataset(spec.name, data_digest, paths.RAW, {"fit": len(fit_idx), "validation": len(val_idx)})
         mlflow.set_tags({"dataset": spec.name, "dataset.digest": data_digest})
+        mlflow.log_text(tracking.package_versions(), "environment/pip-freeze.txt")
         start = time.perf_counter()
         result = training.fit(
             model, images, labels, fit_idx, val_idx, cfg, rt, params.seed, on_epoch,

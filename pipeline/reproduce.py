@@ -1,0 +1,87 @@
+"""`python -m pipeline.reproduce --run-id ID`: re-create a logged MLflow run and compare its metrics.
+
+A run is fully described by its git commit (tag `git.commit`) and its parameters (logged under the
+params.yaml keys), so the run's commit is cloned, its parameters are written back into params.yaml,
+and the pipeline is run from scratch with a store of its own.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from pipeline import rerun
+from pipeline.cli import reports_errors
+from pipeline.errors import PipelineError
+
+
+def params_from_run(logged: dict[str, str]) -> dict[str, Any]:
+    """Nested params.yaml content from MLflow's flat `a.b` → string parameters."""
+    nested: dict[str, Any] = {}
+    for key, text in logged.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text)
+    nested.setdefault("mlflow", {})["register_model"] = None  # re-creating must not publish a model version
+    return nested
+
+
+@click.command()
+@click.option("--run-id", required=True, help="The MLflow run to re-create.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-6, show_default=True,
+              help="Largest absolute difference accepted between logged and re-created metrics.")
+@reports_errors
+def main(run_id: str, tolerance: float) -> None:
+    """Clone the run's commit, apply its parameters, re-run the pipeline, compare the test metrics."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+
+    uri = tracking.tracking_uri()
+    tracking.check_reachable(uri)
+    try:
+        run = MlflowClient(uri).get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"--run-id: no run {run_id} in {uri}") from None
+    commit = run.data.tags.get("git.commit")
+    if not commit:
+        raise PipelineError(f"run {run_id} has no git.commit tag; it was not logged from a git checkout")
+    if run.data.tags.get("git.dirty") == "true" and not run.data.tags.get("dvc.exp_name"):
+        click.echo("warning: the run was logged from a work tree with uncommitted changes; they cannot be re-created", err=True)
+    root = Path(rerun.git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
+    tmp = Path(tempfile.mkdtemp(prefix="reproduce-"))
+    clone = rerun.clone(root, commit, tmp / "clone")
+    (clone / "params.yaml").write_text(yaml.safe_dump(params_from_run(run.data.params), sort_keys=False))
+    click.echo(f"re-creating run {run_id} ({run.info.run_name}) at {commit[:12]} in {clone} ...")
+    rerun.run_pipeline(clone, tmp / "dvc-repro.log")
+
+    evaluation = rerun.flatten(json.loads((clone / "metrics/eval.json").read_text()))
+    rows, mismatched = [], []
+    for key, value in sorted(evaluation.items()):
+        name = f"test_class_accuracy/{key.split('.', 1)[1]}" if key.startswith("per_class_accuracy.") else f"test_{key}"
+        logged = run.data.metrics.get(name)
+        if logged is None:
+            continue
+        delta = abs(logged - value)
+        if delta > tolerance:
+            mismatched.append(name)
+        rows.append([name, f"{logged:.6f}", f"{value:.6f}", f"{delta:.2e}", "ok" if delta <= tolerance else "DIFFERENT"])
+    if not rows:
+        raise PipelineError(f"run {run_id} has no test metrics to compare; was it evaluated?")
+    click.echo(rerun.table(rows, ["metric", "logged", "re-created", "|diff|", "status"]))
+    if mismatched:
+        click.echo(f"NOT REPRODUCED: {len(mismatched)} metric(s) differ by more than {tolerance}", err=True)
+        sys.exit(1)
+    click.echo(f"reproduced: all {len(rows)} test metrics of run {run_id} match within {tolerance}")
+
+
+if __name__ == "__main__":
+    main()
