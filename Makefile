@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Stage commands in dvc.yaml call plain `python`/`dvc`; put the venv first on PATH for them.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test
+.PHONY: setup repro test repro-check
 
 setup: $(STAMP)
 
@@ -20,3 +20,8 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	python -m pytest
+
+# Does this commit reproduce? Two clean runs of the CI configuration, compared with each other and
+# with repro/reference.json (needs a clean work tree).
+repro-check: $(STAMP)
+	python -m pipeline.repro_check

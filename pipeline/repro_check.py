@@ -23,6 +23,26 @@ CONFIG = Path("repro/params-ci.yaml")
 REFERENCE = Path("repro/reference.json")
 
 
+def report(
+    first: rerun.Outcome, second: rerun.Outcome, reference: dict[str, float], tolerance: float
+) -> tuple[list[list[str]], list[str]]:
+    """Table rows (metrics, then file hashes) and the metrics further than `tolerance` from the reference."""
+    rows, off_reference = [], []
+    for key in sorted(first.metrics):
+        ref = reference.get(key)
+        delta = abs(first.metrics[key] - ref) if ref is not None else None
+        ok = delta is not None and delta <= tolerance
+        if ref is not None and not ok:
+            off_reference.append(key)
+        rows.append([key, f"{first.metrics[key]:.6f}", f"{second.metrics.get(key, float('nan')):.6f}",
+                     f"{ref:.6f}" if ref is not None else "-", f"{delta:.6f}" if delta is not None else "-",
+                     "ok" if ok else ("no reference" if ref is None else "OFF")])
+    for path, digest in first.hashes.items():
+        same = digest == second.hashes.get(path)
+        rows.append([path, digest[:12], second.hashes.get(path, "missing")[:12], "", "", "same" if same else "DIFFERENT"])
+    return rows, off_reference
+
+
 @click.command()
 @click.option("--tolerance", type=click.FloatRange(min=0), default=0.002, show_default=True,
               help="Largest absolute difference from the reference accepted for any metric.")
@@ -46,18 +66,7 @@ def main(tolerance: float, update_reference: bool, keep: bool) -> None:
     first, second = outcomes
 
     reference = json.loads((root / REFERENCE).read_text()) if (root / REFERENCE).is_file() else {}
-    rows, off_reference = [], []
-    for key in sorted(first.metrics):
-        ref = reference.get(key)
-        delta = abs(first.metrics[key] - ref) if ref is not None else None
-        ok = delta is not None and delta <= tolerance
-        if ref is not None and not ok:
-            off_reference.append(key)
-        rows.append([key, f"{first.metrics[key]:.6f}", f"{second.metrics.get(key, float('nan')):.6f}",
-                     f"{ref:.6f}" if ref is not None else "-", f"{delta:.6f}" if delta is not None else "-",
-                     "ok" if ok else ("no reference" if ref is None else "OFF")])
-    for path, digest in first.hashes.items():
-        rows.append([path, digest[:12], second.hashes[path][:12], "", "", "same" if digest == second.hashes[path] else "DIFFERENT"])
+    rows, off_reference = report(first, second, reference, tolerance)
     click.echo(rerun.table(rows, ["metric / file", "run 1", "run 2", "reference", "|run1 - ref|", "status"]))
 
     if not keep:

@@ -1,0 +1,61 @@
+"""`pipeline.repro_check` passes on identical reruns and fails, with a diff, when training is not seeded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run
+
+pytestmark = pytest.mark.e2e
+
+SMALL = {"data": {"limit": 1000, "val_size": 500}, "train": {"epochs": 1, "precision": "fp32", "threads": 2}}
+
+
+def checkable_project(make_project, name: str) -> Path:
+    root = make_project(name=name)
+    (root / "repro" / "params-ci.yaml").write_text(yaml.safe_dump(SMALL))
+    run(["git", "commit", "-qam", "smaller CI configuration"], root)
+    return root
+
+
+def test_two_clean_runs_are_identical(make_project) -> None:
+    root = checkable_project(make_project, "seeded")
+    params = root / "params.yaml"
+    params.write_text(params.read_text() + "\n# dirty\n")
+    dirty = run(["python", "-m", "pipeline.repro_check"], root, check=False)
+    assert dirty.returncode == 2 and dirty.stderr.startswith("error: the work tree has uncommitted changes")
+    run(["git", "checkout", "params.yaml"], root)
+
+    first = run(["python", "-m", "pipeline.repro_check", "--update-reference"], root)
+    assert "reproducible: both runs" in first.stdout and "models/model.pt" in first.stdout
+    assert "same" in first.stdout and "DIFFERENT" not in first.stdout
+    reference = json.loads((root / "repro/reference.json").read_text())
+    assert reference["eval.accuracy"] > 0.5 and "train.best_val_accuracy" in reference
+
+
+def test_reference_comparison_uses_the_tolerance() -> None:
+    from pipeline.repro_check import report
+    from pipeline.rerun import Outcome
+
+    run1 = Outcome(hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2})
+    rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)
+    assert off == ["eval.loss"]
+    assert [r[-1] for r in rows] == ["ok", "OFF", "same"]
+
+
+def test_unseeded_shuffling_is_caught_with_a_diff(make_project) -> None:
+    root = checkable_project(make_project, "unseeded")
+    training = root / "pipeline" / "training.py"
+    seeded = "generator = torch.Generator().manual_seed(seed)"
+    assert seeded in training.read_text()
+    # Injected nondeterminism: the shuffling generator seeded from the clock.
+    training.write_text(training.read_text().replace(seeded, "generator = torch.Generator(); generator.seed()"))
+    run(["git", "commit", "-qam", "unseeded shuffle (test only)"], root)
+    proc = run(["python", "-m", "pipeline.repro_check"], root, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "NOT REPRODUCIBLE" in proc.stderr
+    assert "models/model.pt: sha256" in proc.stderr and "DIFFERENT" in proc.stdout
+    assert any(line.strip().startswith("eval.") for line in proc.stderr.splitlines())
