@@ -1,0 +1,321 @@
+"""Speed of the pipeline against the tutorials' loop, side by side in one invocation.
+
+Baseline: torchvision MNIST with per-sample ToTensor + Normalize through a DataLoader, batch 64, Adam
+1e-3, fp32, the same architecture as our default. Ours: the train stage's code on params.yaml's
+defaults. Run from the project root after `make repro` (it reads data/raw; it never writes into the
+workspace: anything that writes runs in a temporary folder).
+
+    python benchmarks/bench.py            # full: about 7 minutes on 2 cores
+    python benchmarks/bench.py --quick    # smoke run, under a minute (figures are rough)
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import datasets, models, paths, splits, stats, training  # noqa: E402
+from pipeline.params import TrainParams, load_params  # noqa: E402
+
+TARGET = 0.99
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "bf16": training.bf16_supported(torch.device("cpu")), "python": platform.python_version()}
+
+
+def ratio(slow: float | None, fast: float | None) -> float | None:
+    return round(slow / fast, 2) if slow and fast else None
+
+
+# ---- the tutorials' baseline ---------------------------------------------------------------
+
+def baseline_loader(root: Path, mean: float, std: float, indices: torch.Tensor, train: bool, batch_size: int):
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import transforms
+    from torchvision.datasets import MNIST
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+    dataset = Subset(MNIST(str(root), train=True, transform=tf), indices.tolist())
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train)
+
+
+def baseline_net() -> torch.nn.Module:
+    # The same network as our default, fed already-normalised floats as in the tutorials.
+    return models.cnn(1, 28, 10, models.options_from(load_params(paths.PARAMS).train))
+
+
+def baseline_epoch(net, opt, loader, max_batches: int | None = None) -> tuple[int, float]:
+    net.train()
+    seen, start = 0, time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+    return seen, time.perf_counter() - start
+
+
+@torch.no_grad()
+def baseline_accuracy(net, loader) -> float:
+    net.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((net(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+# ---- measurements ----------------------------------------------------------------------------
+
+def throughput(fit_idx, images, labels, mean, std, batches: int) -> dict[str, Any]:
+    """Training images per second, same number of batches of each pipeline's own batch size."""
+    torch.manual_seed(0)
+    net = baseline_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loader = baseline_loader(paths.RAW, mean[0], std[0], fit_idx, True, 64)
+    baseline_epoch(net, opt, loader, 5)  # warm-up
+    n, secs = baseline_epoch(net, opt, loader, batches)
+    base = n / secs
+
+    cfg = load_params(paths.PARAMS).train
+    rt = training.make_runtime(cfg)
+    torch.manual_seed(0)
+    model = models.build(cfg.model, 1, 28, 10, mean, std, models.options_from(cfg)).to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = training.make_optimizer(model, cfg)
+    order = fit_idx[torch.randperm(len(fit_idx))]
+
+    def ours_run(count: int) -> tuple[int, float]:
+        it = training.batches(images, labels, order[: count * cfg.batch_size], cfg.batch_size, drop_last=True)
+        start = time.perf_counter()
+        training.train_one_epoch(model, opt, None, it, rt, cfg)
+        return min(count * cfg.batch_size, len(order)), time.perf_counter() - start
+
+    ours_run(3)  # warm-up
+    n, secs = ours_run(max(1, batches * 64 // cfg.batch_size))
+    ours = n / secs
+    return {"baseline_img_per_s": round(base), "ours_img_per_s": round(ours), "ratio": ratio(ours, base),
+            "ours_batch_size": cfg.batch_size, "ours_precision": str(rt.autocast_dtype or "fp32")}
+
+
+def time_to_target(fit_idx, val_idx, images, labels, mean, std, max_epochs: int) -> dict[str, Any]:
+    """Wall seconds (training plus per-epoch validation) until validation accuracy ≥ 99 %."""
+    torch.manual_seed(0)
+    net = baseline_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    train_loader = baseline_loader(paths.RAW, mean[0], std[0], fit_idx, True, 64)
+    val_loader = baseline_loader(paths.RAW, mean[0], std[0], val_idx, False, 1000)
+    base_secs, base_curve, start = None, [], time.perf_counter()
+    for epoch in range(1, max_epochs + 1):
+        baseline_epoch(net, opt, train_loader)
+        acc = baseline_accuracy(net, val_loader)
+        base_curve.append(round(acc, 4))
+        if acc >= TARGET:
+            base_secs = time.perf_counter() - start
+            break
+
+    params = load_params(paths.PARAMS)
+    cfg = params.train
+    rt = training.make_runtime(cfg)
+    training.seed_everything(params.seed)
+    model = models.build(cfg.model, 1, 28, 10, mean, std, models.options_from(cfg))
+    ours_secs, ours_curve, start = None, [], time.perf_counter()
+
+    def on_epoch(r: training.EpochResult) -> None:
+        nonlocal ours_secs
+        ours_curve.append(round(r.val_accuracy, 4))
+        if ours_secs is None and r.val_accuracy >= TARGET:
+            ours_secs = time.perf_counter() - start
+
+    training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, params.seed, on_epoch)
+    return {"baseline_seconds": round(base_secs, 1) if base_secs else None, "baseline_val_curve": base_curve,
+            "ours_seconds": round(ours_secs, 1) if ours_secs else None, "ours_val_curve": ours_curve,
+            "ratio": ratio(base_secs, ours_secs), "target": TARGET}
+
+
+def stats_speed(images, labels, fit_idx, limit: int | None) -> dict[str, Any]:
+    """Our histogram statistics vs the tutorials' stack-every-image-then-mean approach."""
+    from torch.utils.data import Subset
+    from torchvision import transforms
+    from torchvision.datasets import MNIST
+
+    idx = fit_idx[:limit] if limit else fit_idx
+    start = time.perf_counter()
+    ds = Subset(MNIST(str(paths.RAW), train=True, transform=transforms.ToTensor()), idx.tolist())
+    stacked = torch.stack([img for img, _ in ds], dim=3)
+    stacked.view(1, -1).mean(dim=1), stacked.view(1, -1).std(dim=1)
+    stack_secs = time.perf_counter() - start
+
+    start = time.perf_counter()
+    spec = datasets.get("mnist")
+    imgs, _ = datasets.load_split(spec, paths.RAW, train=True)
+    stats.channel_stats(imgs, idx)
+    ours_secs = time.perf_counter() - start
+    return {"images": len(idx), "stacking_seconds": round(stack_secs, 3), "ours_seconds": round(ours_secs, 3),
+            "ratio": ratio(stack_secs, ours_secs)}
+
+
+def noop_repro() -> dict[str, Any]:
+    """Seconds of `dvc repro` in this project when everything is up to date (skipped otherwise)."""
+    status = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True)
+    if status.returncode != 0 or json.loads(status.stdout or "{}"):
+        return {"seconds": None, "skipped": "the pipeline is not up to date here; run `dvc repro` first"}
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], capture_output=True, text=True)
+    return {"seconds": round(time.perf_counter() - start, 2), "ran_nothing": "Running stage" not in proc.stdout}
+
+
+def scratch_project(params: dict[str, Any]) -> Path:
+    """A throwaway folder with this project's data and statistics and the given parameter overrides."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    (tmp / ".dvc").mkdir()
+    (tmp / "data").mkdir()
+    (tmp / "data" / "raw").symlink_to(paths.RAW.resolve())
+    shutil.copy(paths.STATS, tmp / paths.STATS)
+    base = yaml.safe_load(paths.PARAMS.read_text())
+    for section, values in params.items():
+        base.setdefault(section, {}).update(values)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(base))
+    return tmp
+
+
+# The train stage's work without any MLflow call: same loading, split, seeding, model, fit and save.
+UNTRACKED_TRAIN = """
+import torch
+from pipeline import datasets, models, paths, splits, stats, training
+from pipeline.params import load_params
+p = load_params("params.yaml"); cfg = p.train; spec = datasets.get(p.data.dataset)
+norm = stats.load(paths.STATS, spec.name)
+images, labels = datasets.load_split(spec, paths.RAW, train=True)
+fit_idx, val_idx = splits.split_indices(labels, p.data.val_size, p.seed, p.data.limit)
+rt = training.make_runtime(cfg); training.seed_everything(p.seed)
+model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std, models.options_from(cfg))
+training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, p.seed)
+models.save(paths.MODEL, model, {"architecture": cfg.model})
+"""
+
+
+def run_train(folder: Path, tracking: bool) -> tuple[float, int]:
+    """Run the train stage (or its untracked twin) as its own process: (wall seconds, peak RSS in MB)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "pipeline.train"] if tracking else [sys.executable, "-c", UNTRACKED_TRAIN]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - start
+    if status != 0:
+        raise click.ClickException(f"train failed in {folder}: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+    return secs, usage.ru_maxrss // 1024
+
+
+def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """MLflow overhead (train with vs without tracking) and peak RSS of the train stage."""
+    with_secs = []
+    without_secs = []
+    rss = 0
+    for _ in range(repeats):  # interleaved, to spread the machine's noise over both; best of each kept
+        folder = scratch_project(params)
+        secs, peak = run_train(folder, tracking=True)
+        with_secs.append(secs)
+        rss = max(rss, peak)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder = scratch_project(params)
+        without_secs.append(run_train(folder, tracking=False)[0])
+        shutil.rmtree(folder, ignore_errors=True)
+    w, wo = min(with_secs), min(without_secs)
+    return {"with_tracking_seconds": round(w, 2), "without_tracking_seconds": round(wo, 2),
+            "overhead_percent": round(100 * (w - wo) / wo, 1), "peak_rss_mb": rss, "params": params}
+
+
+def default_repro() -> dict[str, Any]:
+    """Wall seconds of `dvc repro` on the defaults in a clean clone whose data is already downloaded."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-repro-"))
+    subprocess.run(["git", "clone", "-q", str(Path.cwd()), str(tmp / "p")], check=True)
+    root = tmp / "p"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    subprocess.run(["dvc", "repro", "download"], cwd=root, env=env, capture_output=True, check=True)
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    secs = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise click.ClickException(f"dvc repro failed in {root}:\n{proc.stderr[-1000:]}")
+    accuracy = json.loads((root / "metrics/eval.json").read_text())["accuracy"]
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"seconds": round(secs, 1), "test_accuracy": accuracy}
+
+
+def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    click.echo(f"{name} ...", err=True)
+    start = time.perf_counter()
+    out = fn()
+    click.echo(f"  {json.dumps(out)}  ({time.perf_counter() - start:.0f}s)", err=True)
+    return out
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="A smoke run in under a minute: fewer batches, a subset, no time-to-accuracy.")
+@click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks/results.json", show_default=True)
+@click.option("--project", type=click.Path(path_type=Path, file_okay=False), default=ROOT, show_default=True,
+              help="Project whose data/raw and data/stats.json are used (after `dvc repro`).")
+def main(quick: bool, out: Path, project: Path) -> None:
+    """Measure and print every figure; write them to --out as JSON."""
+    out = out.resolve()
+    os.chdir(project)
+    for needed in (paths.RAW, paths.STATS):
+        if not needed.exists():
+            raise click.ClickException(f"{project / needed} is missing: run `dvc repro` (or its first two stages) first")
+    params = load_params(paths.PARAMS)
+    spec = datasets.get(params.data.dataset)
+    if spec.name != "mnist":
+        raise click.ClickException("the benchmark compares on MNIST: set data.dataset to mnist")
+    images, labels = datasets.load_split(spec, paths.RAW, train=True)
+    fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed)
+    norm = stats.load(paths.STATS, spec.name)
+    mean, std = list(norm.mean), list(norm.std)
+
+    results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine(),
+                               "date": time.strftime("%Y-%m-%d %H:%M")}
+    results["throughput"] = timed("throughput", lambda: throughput(fit_idx, images, labels, mean, std, 20 if quick else 200))
+    if not quick:
+        results["time_to_99"] = timed("time to 99% validation accuracy",
+                                      lambda: time_to_target(fit_idx, val_idx, images, labels, mean, std, 5))
+    results["normalization_stats"] = timed("normalization stats", lambda: stats_speed(images, labels, fit_idx, 5000 if quick else None))
+    results["noop_dvc_repro"] = timed("no-op dvc repro", noop_repro)
+    small = {"data": {"limit": 2000, "val_size": 500}, "train": {"epochs": 1}} if quick else {}
+    results["train_process"] = timed("train stage with vs without MLflow", lambda: train_process(small, 1 if quick else 2))
+    if not quick:
+        results["default_dvc_repro"] = timed("default dvc repro (data downloaded)", default_repro)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    click.echo(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
