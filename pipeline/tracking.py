@@ -46,7 +46,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+        # A fresh opener reads the proxy settings now; urlopen's global one keeps the first it saw.
+        with urllib.request.build_opener().open(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
             resp.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

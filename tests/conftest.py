@@ -98,10 +98,12 @@ def mlflow_server(tmp_path: Path):
         log = open(tmp_path / f"mlflow-server-{port}.log", "w")
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
+        # Loopback never goes through a proxy, whatever an earlier test left in urllib's global opener.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                with opener.open(f"{url}/health", timeout=2):
                     return url
             except OSError:
                 if procs[-1].poll() is not None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_predict_prints_the_true_labels_first(make_project) -> None:
-    root = make_project({"data": {"limit": 20000}, "train": {"epochs": 2, "batch_size": 128}})
+    root = make_project({"data": {"limit": 12000}, "train": {"epochs": 1, "batch_size": 128}})
     run(["dvc", "repro"], root)
     from torchvision.datasets import MNIST
 
