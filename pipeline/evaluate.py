@@ -60,11 +60,11 @@ def main(params_file: Path) -> None:
         shown = torch.cat([torch.arange(min(16, len(labels))), wrong])
         grid = figures.image_grid(
             images[shown],
-            [f"{names[int(predicted[i])]} ({names[int(labels[i])]})" for i in shown],
+            [f"{names[int(predicted[i])]}/{names[int(labels[i])]}" for i in shown],
             [bool(predicted[i] != labels[i]) for i in shown],
         )
-        mlflow.log_figure(grid, "test_predictions.png")
-        figures.save_png(grid, paths.TEST_SAMPLES_PLOT)
+        atomic.write_bytes(paths.TEST_SAMPLES_PLOT, grid)
+        mlflow.log_artifact(str(paths.TEST_SAMPLES_PLOT))
 
     click.echo(evaluation.per_class_table(rep))
     click.echo(f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}")

@@ -102,8 +102,8 @@ def main(params_file: Path) -> None:
             [spec.class_names[c] for c, idx in enumerate(per_class) for _ in idx],
             [False] * sum(len(idx) for idx in per_class),
         )
-        mlflow.log_figure(grid, "train_samples.png")
-        figures.save_png(grid, paths.TRAIN_SAMPLES_PLOT)
+        atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, grid)
+        mlflow.log_artifact(str(paths.TRAIN_SAMPLES_PLOT))
 
         models.save(
             paths.MODEL,
