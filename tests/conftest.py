@@ -13,6 +13,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The learning rate params.yaml ships with, as MLflow shows it; experiments in the tests change it to 0.01.
+DEFAULT_LR = str(yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"])
+assert DEFAULT_LR != "0.01"
+
 # One epoch on a small subset: the real code paths in seconds.
 TINY_PARAMS = {"data": {"limit": 2000, "val_size": 500}, "train": {"epochs": 1, "batch_size": 64}}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, create_project, run
+from conftest import DEFAULT_LR, REPO, create_project, run
 from test_pipeline_e2e import runs
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_exp_run_is_a_second_tagged_run(project: Path) -> None:
     by_lr = {r.data.params["train.lr"]: r for r in runs(project)}
-    assert set(by_lr) == {"0.003", "0.01"}
+    assert set(by_lr) == {DEFAULT_LR, "0.01"}
     high = by_lr["0.01"]
     assert high.data.tags["dvc.exp_name"] == "lr-high" and high.info.status == "FINISHED"
     assert high.data.tags["dvc.baseline_rev"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
@@ -54,7 +54,7 @@ def test_plots_and_diffs_across_experiments(project: Path) -> None:
     metrics = run(["dvc", "metrics", "diff", "HEAD", "lr-high"], project).stdout
     assert "accuracy" in metrics
     params = run(["dvc", "params", "diff", "HEAD", "lr-high"], project).stdout
-    assert "train.lr" in params and "0.003" in params and "0.01" in params
+    assert "train.lr" in params and DEFAULT_LR in params and "0.01" in params
 
 
 def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
@@ -62,7 +62,7 @@ def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
     url, *table = out.splitlines()
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[")
     text = "\n".join(table)
-    assert "train.lr" in text and "0.003" in text and "0.01" in text
+    assert "train.lr" in text and DEFAULT_LR in text and "0.01" in text
     assert "test_class_accuracy/9" in text and "seed" not in text  # only what differs
     named = run(["python", "-m", "pipeline.compare", "--exp", "lr-high"], project).stdout
     assert "lr-high" in named
@@ -95,7 +95,7 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         body = page.inner_text("body")
         page.screenshot(path=str(artifacts / "compare-view.png"), full_page=True)
         browser.close()
-    for needle in [*names, "train.lr", "0.003", "0.01", "test_class_accuracy/0", "test_accuracy"]:
+    for needle in [*names, "train.lr", DEFAULT_LR, "0.01", "test_class_accuracy/0", "test_accuracy"]:
         assert needle in body, needle
     assert (artifacts / "compare-view.png").stat().st_size > 10_000
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, run
+from conftest import DEFAULT_LR, free_port, run
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ def test_pipeline_logs_over_http_and_registers_the_model(make_project, mlflow_se
     exp = client.get_experiment_by_name("image-classification")
     (logged,) = client.search_runs([exp.experiment_id])
     assert logged.info.status == "FINISHED"
-    assert logged.data.params["train.lr"] == "0.003" and logged.data.params["evaluate.top_k"] == "3"
+    assert logged.data.params["train.lr"] == DEFAULT_LR and logged.data.params["evaluate.top_k"] == "3"
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert logged.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
     assert len([k for k in logged.data.metrics if k.startswith("test_class_accuracy/")]) == 10
