@@ -91,8 +91,9 @@ def baseline_accuracy(net, loader) -> float:
 
 # ---- measurements ----------------------------------------------------------------------------
 
-def throughput(fit_idx, images, labels, mean, std, batches: int) -> dict[str, Any]:
-    """Training images per second over the same number of images, each pipeline at its own batch size."""
+def throughput(fit_idx, images, labels, mean, std, batches: int, rounds: int) -> dict[str, Any]:
+    """Training images per second over the same number of images, each pipeline at its own batch size
+    (best of `rounds` interleaved measurements)."""
     count = batches * 64
     cfg = load_params(paths.PARAMS).train
     rt = training.make_runtime(cfg)
@@ -109,17 +110,19 @@ def throughput(fit_idx, images, labels, mean, std, batches: int) -> dict[str, An
         training.train_one_epoch(model, opt, None, it, rt, cfg)
         return n_images - n_images % cfg.batch_size, time.perf_counter() - start
 
-    ours_run(10 * cfg.batch_size)  # warm-up: oneDNN builds its kernels on first use
-    n, secs = ours_run(count)
-    ours = n / secs
-
     torch.manual_seed(0)
     net = baseline_net()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    base_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loader = baseline_loader(paths.RAW, mean[0], std[0], fit_idx, True, 64)
-    baseline_epoch(net, opt, loader, 10)  # warm-up
-    n, secs = baseline_epoch(net, opt, loader, batches)
-    base = n / secs
+
+    ours_run(10 * cfg.batch_size)  # warm-up: oneDNN builds its kernels on first use
+    baseline_epoch(net, base_opt, loader, 10)
+    ours = base = 0.0
+    for _ in range(rounds):  # interleaved rounds, best of each: a noisy neighbour hits both alike
+        n, secs = ours_run(count)
+        ours = max(ours, n / secs)
+        n, secs = baseline_epoch(net, base_opt, loader, batches)
+        base = max(base, n / secs)
     return {"images": count, "baseline_img_per_s": round(base), "ours_img_per_s": round(ours), "ratio": ratio(ours, base),
             "ours_batch_size": cfg.batch_size, "ours_precision": str(rt.autocast_dtype or "fp32")}
 
@@ -211,10 +214,11 @@ def scratch_project(params: dict[str, Any]) -> Path:
     return tmp
 
 
-# The train stage's work without any MLflow call: same loading, split, seeding, model, fit and save.
+# The train stage's work without any MLflow call: same loading, split, seeding, model, fit with
+# per-epoch checkpoints, sample grid, model and curves. It prints its fit seconds on the last line.
 UNTRACKED_TRAIN = """
-import torch
-from pipeline import datasets, models, paths, splits, stats, training
+import time, torch
+from pipeline import atomic, checkpoints, datasets, figures, models, paths, splits, stats, training
 from pipeline.params import load_params
 p = load_params("params.yaml"); cfg = p.train; spec = datasets.get(p.data.dataset)
 norm = stats.load(paths.STATS, spec.name)
@@ -222,31 +226,56 @@ images, labels = datasets.load_split(spec, paths.RAW, train=True)
 fit_idx, val_idx = splits.split_indices(labels, p.data.val_size, p.seed, p.data.limit)
 rt = training.make_runtime(cfg); training.seed_everything(p.seed)
 model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std, models.options_from(cfg))
-training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, p.seed)
+start = time.perf_counter()
+result = training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, p.seed,
+                      on_checkpoint=lambda state: checkpoints.save(state, "fp", "none"), progress=False)
+seconds = time.perf_counter() - start
+per_class = [fit_idx[labels[fit_idx] == c][:8] for c in range(spec.num_classes)]
+n = sum(len(i) for i in per_class)
+atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.image_grid(images[torch.cat(per_class)], ["x"] * n, [False] * n))
 models.save(paths.MODEL, model, {"architecture": cfg.model})
+atomic.write_json(paths.TRAIN_METRICS, {"epochs_run": len(result.history)})
+checkpoints.remove()
+print(seconds)
 """
 
 
-def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, int]:
+def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float, int]:
     """Run the train stage (or, without a tracking URI, its untracked twin) as its own process:
-    (wall seconds, peak RSS in MB)."""
+    (wall seconds, seconds inside `fit`, peak RSS in MB)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env["PYTHONPATH"] = str(ROOT)
     tracking = tracking_uri is not None
     if tracking:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     cmd = [sys.executable, "-m", "pipeline.train"] if tracking else [sys.executable, "-c", UNTRACKED_TRAIN]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - start
+    # Output to files, not pipes: a full pipe would stall the child, and os.wait4 gives its peak RSS.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        secs = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
     if status != 0:
-        raise click.ClickException(f"train failed in {folder}: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
-    return secs, usage.ru_maxrss // 1024
+        raise click.ClickException(f"train failed in {folder}: {stderr[-500:]}")
+    if tracking:
+        from mlflow.tracking import MlflowClient
+
+        run_id = json.loads((folder / paths.RUN_FILE).read_text())["run_id"]
+        fit_secs = MlflowClient(tracking_uri).get_run(run_id).data.metrics["train_seconds"]
+    else:
+        fit_secs = float(stdout.strip().splitlines()[-1])
+    return secs, fit_secs, usage.ru_maxrss // 1024
 
 
 def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
-    """MLflow overhead (train with vs without tracking) and peak RSS of the train stage."""
+    """MLflow overhead (train stage with vs without tracking) and peak RSS of the train stage.
+
+    Split in two: per-epoch logging (seconds inside `fit`, where the 3 % target applies) and the
+    fixed cost per run outside it (importing MLflow, opening the store, exporting the model).
+    """
     from mlflow.tracking import MlflowClient
 
     # One store for all tracked runs, created beforehand, as in a project that has run before.
@@ -254,22 +283,22 @@ def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
     uri = f"sqlite:///{store / 'mlflow.db'}"
     MlflowClient(uri).create_experiment(load_params(paths.PARAMS).mlflow.experiment_name,
                                         artifact_location=(store / "mlruns").as_uri())
-    with_secs = []
-    without_secs = []
-    rss = 0
+    tracked: list[tuple[float, float, int]] = []
+    untracked: list[tuple[float, float, int]] = []
     for _ in range(repeats):  # interleaved, to spread the machine's noise over both; best of each kept
-        folder = scratch_project(params)
-        secs, peak = run_train(folder, uri)
-        with_secs.append(secs)
-        rss = max(rss, peak)
-        shutil.rmtree(folder, ignore_errors=True)
-        folder = scratch_project(params)
-        without_secs.append(run_train(folder, None)[0])
-        shutil.rmtree(folder, ignore_errors=True)
+        for runs, uri_or_none in ((tracked, uri), (untracked, None)):
+            folder = scratch_project(params)
+            runs.append(run_train(folder, uri_or_none))
+            shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(store, ignore_errors=True)
-    w, wo = min(with_secs), min(without_secs)
+    w, wo = min(r[0] for r in tracked), min(r[0] for r in untracked)
+    fw, fwo = min(r[1] for r in tracked), min(r[1] for r in untracked)
     return {"with_tracking_seconds": round(w, 2), "without_tracking_seconds": round(wo, 2),
-            "overhead_percent": round(100 * (w - wo) / wo, 1), "peak_rss_mb": rss, "params": params}
+            "overhead_percent": round(100 * (w - wo) / wo, 1),
+            "fit_with_tracking_seconds": round(fw, 2), "fit_without_tracking_seconds": round(fwo, 2),
+            "fit_overhead_percent": round(100 * (fw - fwo) / fwo, 1),
+            "fixed_cost_per_run_seconds": round((w - fw) - (wo - fwo), 2),
+            "peak_rss_mb": max(r[2] for r in tracked), "params": params}
 
 
 def default_repro() -> dict[str, Any]:
@@ -297,6 +326,35 @@ def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def summary(r: dict[str, Any]) -> list[str]:
+    """The figures side by side with their targets, one line each (the JSON has everything)."""
+    def row(name: str, base: Any, ours: Any, rat: Any, target: str) -> str:
+        return f"{name:<30}{str(base):>14}{str(ours):>14}{str(rat):>10}   {target}"
+
+    lines = [row("", "baseline", "ours", "ratio", "target")]
+    t = r["throughput"]
+    lines.append(row("throughput (img/s)", t["baseline_img_per_s"], t["ours_img_per_s"], t["ratio"], ">= 3x"))
+    if "time_to_99" in r:
+        t = r["time_to_99"]
+        base = t["baseline_seconds"] or f">{t.get('baseline_not_reached_after_seconds')}"
+        rat = t["ratio"] or f">={t.get('ratio_at_least')}"
+        lines.append(row("time to 99% val (s)", base, t["ours_seconds"], rat, ">= 4x"))
+    t = r["normalization_stats"]
+    lines.append(row("normalization stats (s)", t["stacking_seconds"], t["ours_seconds"], t["ratio"], ">= 10x"))
+    t = r["train_process"]
+    lines.append(row("train stage wall (s)", t["without_tracking_seconds"], t["with_tracking_seconds"],
+                     f"+{t['overhead_percent']}%", "MLflow overhead (untracked vs tracked)"))
+    lines.append(row("  inside fit (s)", t["fit_without_tracking_seconds"], t["fit_with_tracking_seconds"],
+                     f"+{t['fit_overhead_percent']}%", "<= 3% (per-epoch logging)"))
+    lines.append(row("  fixed per run (s)", "", t["fixed_cost_per_run_seconds"], "", "import, store, model export"))
+    lines.append(row("peak RSS of train (MB)", "", t["peak_rss_mb"], "", "<= 2048"))
+    lines.append(row("no-op dvc repro (s)", "", r["noop_dvc_repro"]["seconds"], "", "<= 3"))
+    if "default_dvc_repro" in r:
+        t = r["default_dvc_repro"]
+        lines.append(row("default dvc repro (s)", "", t["seconds"], "", f"<= 60 (test accuracy {t['test_accuracy']})"))
+    return lines
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="A smoke run in under a minute: fewer batches, a subset, no time-to-accuracy.")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks/results.json", show_default=True)
@@ -320,7 +378,7 @@ def main(quick: bool, out: Path, project: Path) -> None:
 
     results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine(),
                                "date": time.strftime("%Y-%m-%d %H:%M")}
-    results["throughput"] = timed("throughput", lambda: throughput(fit_idx, images, labels, mean, std, 20 if quick else 400))
+    results["throughput"] = timed("throughput", lambda: throughput(fit_idx, images, labels, mean, std, 20 if quick else 400, 1 if quick else 3))
     if not quick:
         results["time_to_99"] = timed("time to 99% validation accuracy",
                                       lambda: time_to_target(fit_idx, val_idx, images, labels, mean, std, 6))
@@ -333,6 +391,7 @@ def main(quick: bool, out: Path, project: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    click.echo("\n".join(summary(results)), err=True)  # stdout stays pure JSON for scripts
     click.echo(json.dumps(results, indent=2))
 
 
