@@ -270,11 +270,28 @@ def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float, int
     return secs, fit_secs, usage.ru_maxrss // 1024
 
 
+def logging_seconds(uri: str, calls: int = 20) -> float:
+    """Mean wall seconds of one epoch's `tracking.log_epoch` (all its metrics, one request) into `uri`."""
+    import mlflow
+
+    from pipeline import tracking
+
+    metrics = {"train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.9, "lr": 1e-3, "seconds": 5.0}
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=mlflow.set_experiment("bench-logging").experiment_id):
+        tracking.log_epoch(0, metrics)  # the first request pays for connecting
+        start = time.perf_counter()
+        for epoch in range(1, calls + 1):
+            tracking.log_epoch(epoch, metrics)
+        return (time.perf_counter() - start) / calls
+
+
 def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
     """MLflow overhead (train stage with vs without tracking) and peak RSS of the train stage.
 
-    Split in two: per-epoch logging (seconds inside `fit`, where the 3 % target applies) and the
-    fixed cost per run outside it (importing MLflow, opening the store, exporting the model).
+    Split in two: the per-epoch logging inside training (measured directly: the difference of two
+    ~20 s fits is mostly the machine's noise), and the fixed cost of a run outside it (importing
+    MLflow, opening the store, logging parameters, exporting the model).
     """
     from mlflow.tracking import MlflowClient
 
@@ -290,14 +307,17 @@ def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
             folder = scratch_project(params)
             runs.append(run_train(folder, uri_or_none))
             shutil.rmtree(folder, ignore_errors=True)
+    per_epoch = logging_seconds(uri)
     shutil.rmtree(store, ignore_errors=True)
     w, wo = min(r[0] for r in tracked), min(r[0] for r in untracked)
     fw, fwo = min(r[1] for r in tracked), min(r[1] for r in untracked)
+    epochs = {**vars(load_params(paths.PARAMS).train), **params.get("train", {})}["epochs"]
     return {"with_tracking_seconds": round(w, 2), "without_tracking_seconds": round(wo, 2),
             "overhead_percent": round(100 * (w - wo) / wo, 1),
             "fit_with_tracking_seconds": round(fw, 2), "fit_without_tracking_seconds": round(fwo, 2),
-            "fit_overhead_percent": round(100 * (fw - fwo) / fwo, 1),
-            "fixed_cost_per_run_seconds": round((w - fw) - (wo - fwo), 2),
+            "logging_ms_per_epoch": round(1000 * per_epoch, 1),
+            "logging_percent_of_training": round(100 * per_epoch * epochs / fwo, 2),
+            "fixed_cost_per_run_seconds": round((w - wo) - per_epoch * epochs, 2),
             "peak_rss_mb": max(r[2] for r in tracked), "params": params}
 
 
@@ -344,8 +364,8 @@ def summary(r: dict[str, Any]) -> list[str]:
     t = r["train_process"]
     lines.append(row("train stage wall (s)", t["without_tracking_seconds"], t["with_tracking_seconds"],
                      f"+{t['overhead_percent']}%", "MLflow overhead (untracked vs tracked)"))
-    lines.append(row("  inside fit (s)", t["fit_without_tracking_seconds"], t["fit_with_tracking_seconds"],
-                     f"+{t['fit_overhead_percent']}%", "<= 3% (per-epoch logging)"))
+    lines.append(row("  per-epoch logging (ms)", "", t["logging_ms_per_epoch"],
+                     f"+{t['logging_percent_of_training']}%", "<= 3% of training time"))
     lines.append(row("  fixed per run (s)", "", t["fixed_cost_per_run_seconds"], "", "import, store, model export"))
     lines.append(row("peak RSS of train (MB)", "", t["peak_rss_mb"], "", "<= 2048"))
     lines.append(row("no-op dvc repro (s)", "", r["noop_dvc_repro"]["seconds"], "", "<= 3"))
