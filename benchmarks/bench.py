@@ -5,7 +5,7 @@ Baseline: torchvision MNIST with per-sample ToTensor + Normalize through a DataL
 defaults. Run from the project root after `make repro` (it reads data/raw; it never writes into the
 workspace: anything that writes runs in a temporary folder).
 
-    python benchmarks/bench.py            # full: about 7 minutes on 2 cores
+    python benchmarks/bench.py            # full: about 5 minutes on 2 cores
     python benchmarks/bench.py --quick    # smoke run, under a minute (figures are rough)
 """
 from __future__ import annotations
