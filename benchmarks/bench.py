@@ -217,7 +217,7 @@ def scratch_project(params: dict[str, Any]) -> Path:
 # The train stage's work without any MLflow call: same loading, split, seeding, model, fit with
 # per-epoch checkpoints, sample grid, model and curves. It prints its fit seconds on the last line.
 UNTRACKED_TRAIN = """
-import time, torch
+import time
 from pipeline import atomic, checkpoints, datasets, figures, models, paths, splits, stats, training
 from pipeline.params import load_params
 p = load_params("params.yaml"); cfg = p.train; spec = datasets.get(p.data.dataset)
@@ -230,9 +230,7 @@ start = time.perf_counter()
 result = training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, p.seed,
                       on_checkpoint=lambda state: checkpoints.save(state, "fp", "none"), progress=False)
 seconds = time.perf_counter() - start
-per_class = [fit_idx[labels[fit_idx] == c][:8] for c in range(spec.num_classes)]
-n = sum(len(i) for i in per_class)
-atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.image_grid(images[torch.cat(per_class)], ["x"] * n, [False] * n))
+atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(images, labels, fit_idx, spec.class_names))
 models.save(paths.MODEL, model, {"architecture": cfg.model})
 atomic.write_json(paths.TRAIN_METRICS, {"epochs_run": len(result.history)})
 checkpoints.remove()
@@ -240,9 +238,9 @@ print(seconds)
 """
 
 
-def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float, int]:
+def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float | None, int]:
     """Run the train stage (or, without a tracking URI, its untracked twin) as its own process:
-    (wall seconds, seconds inside `fit`, peak RSS in MB)."""
+    (wall seconds, the twin's seconds inside `fit` or None, peak RSS in MB)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env["PYTHONPATH"] = str(ROOT)
     tracking = tracking_uri is not None
@@ -260,13 +258,7 @@ def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float, int
         stdout, stderr = out.read().decode(), err.read().decode()
     if status != 0:
         raise click.ClickException(f"train failed in {folder}: {stderr[-500:]}")
-    if tracking:
-        from mlflow.tracking import MlflowClient
-
-        run_id = json.loads((folder / paths.RUN_FILE).read_text())["run_id"]
-        fit_secs = MlflowClient(tracking_uri).get_run(run_id).data.metrics["train_seconds"]
-    else:
-        fit_secs = float(stdout.strip().splitlines()[-1])
+    fit_secs = None if tracking else float(stdout.strip().splitlines()[-1])
     return secs, fit_secs, usage.ru_maxrss // 1024
 
 
@@ -300,8 +292,8 @@ def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
     uri = f"sqlite:///{store / 'mlflow.db'}"
     MlflowClient(uri).create_experiment(load_params(paths.PARAMS).mlflow.experiment_name,
                                         artifact_location=(store / "mlruns").as_uri())
-    tracked: list[tuple[float, float, int]] = []
-    untracked: list[tuple[float, float, int]] = []
+    tracked: list[tuple[float, float | None, int]] = []
+    untracked: list[tuple[float, float | None, int]] = []
     for _ in range(repeats):  # interleaved, to spread the machine's noise over both; best of each kept
         for runs, uri_or_none in ((tracked, uri), (untracked, None)):
             folder = scratch_project(params)
@@ -310,11 +302,11 @@ def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
     per_epoch = logging_seconds(uri)
     shutil.rmtree(store, ignore_errors=True)
     w, wo = min(r[0] for r in tracked), min(r[0] for r in untracked)
-    fw, fwo = min(r[1] for r in tracked), min(r[1] for r in untracked)
-    epochs = {**vars(load_params(paths.PARAMS).train), **params.get("train", {})}["epochs"]
+    fwo = min(r[1] for r in untracked)
+    epochs = params.get("train", {}).get("epochs", load_params(paths.PARAMS).train.epochs)
     return {"with_tracking_seconds": round(w, 2), "without_tracking_seconds": round(wo, 2),
             "overhead_percent": round(100 * (w - wo) / wo, 1),
-            "fit_with_tracking_seconds": round(fw, 2), "fit_without_tracking_seconds": round(fwo, 2),
+            "fit_without_tracking_seconds": round(fwo, 2),
             "logging_ms_per_epoch": round(1000 * per_epoch, 1),
             "logging_percent_of_training": round(100 * per_epoch * epochs / fwo, 2),
             "fixed_cost_per_run_seconds": round((w - wo) - per_epoch * epochs, 2),

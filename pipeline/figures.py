@@ -55,3 +55,12 @@ def image_grid(
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def training_samples(
+    images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, class_names: Sequence[str], per_class: int = 8
+) -> bytes:
+    """A PNG grid of the first `per_class` images of each class among `indices`, captioned with the class."""
+    picked = [indices[labels[indices] == c][:per_class] for c in range(len(class_names))]
+    captions = [class_names[c] for c, idx in enumerate(picked) for _ in idx]
+    return image_grid(images[torch.cat(picked)], captions, [False] * len(captions))

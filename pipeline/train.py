@@ -96,12 +96,7 @@ def main(params_file: Path) -> None:
             click.echo(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
         from pipeline import figures
 
-        per_class = [fit_idx[labels[fit_idx] == c][:8] for c in range(spec.num_classes)]
-        grid = figures.image_grid(
-            images[torch.cat(per_class)],
-            [spec.class_names[c] for c, idx in enumerate(per_class) for _ in idx],
-            [False] * sum(len(idx) for idx in per_class),
-        )
+        grid = figures.training_samples(images, labels, fit_idx, spec.class_names)
         atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, grid)
         mlflow.log_artifact(str(paths.TRAIN_SAMPLES_PLOT))
 
