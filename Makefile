@@ -6,22 +6,29 @@ STAMP := $(VENV)/.installed
 # Stage commands in dvc.yaml call plain `python`/`dvc`; put the venv first on PATH for them.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test repro-check
+.PHONY: setup repro test test-fast repro-check
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The project itself is installed editable, so `import pipeline` works from anywhere without path tricks.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -qq -r requirements-dev.txt
+	$(VENV)/bin/python -m pip install -qq --no-deps -e .
 	touch $@
 
 repro: $(STAMP)
 	dvc repro
 
+# Everything, as CI runs it (about 10 minutes on 2 cores).
 test: $(STAMP)
 	python -m pytest -n 2 --dist loadfile
+
+# Unit and stage-error tests, no end-to-end pipeline runs: for iterating (under 2 minutes).
+test-fast: $(STAMP)
+	python -m pytest -n 2 --dist loadfile -m "not e2e"
 
 # Does this commit reproduce? Two clean runs of the CI configuration, compared with each other and
 # with repro/reference.json (needs a clean work tree).
 repro-check: $(STAMP)
-	python -m pipeline.repro_check
+	python -m pipeline repro-check

@@ -1,8 +1,8 @@
 """Speed of the pipeline against the tutorials' loop, side by side in one invocation.
 
 Baseline: torchvision MNIST with per-sample ToTensor + Normalize through a DataLoader, batch 64, Adam
-1e-3, fp32, the same architecture as our default. Ours: the train stage's code on params.yaml's
-defaults. Run from the project root after `make repro` (it reads data/raw; it never writes into the
+1e-3, fp32, the same architecture as our default. Ours: the train stage's own workflow
+(`core.trainer.train`) on params.yaml's defaults, with the MLflow tracker and with the no-op one. Run from the project root after `make repro` (it reads data/raw; it never writes into the
 workspace: anything that writes runs in a temporary folder).
 
     python benchmarks/bench.py            # full: about 5 minutes on 2 cores
@@ -10,10 +10,10 @@ workspace: anything that writes runs in a temporary folder).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.core import datasets, loop, models, normalization, paths, splits, trainer, tracking
+from pipeline.core.optim import Optimization
+from pipeline.core.params import load_params
+from pipeline.core.repo import clean_env
 
-from pipeline import datasets, models, paths, splits, stats, training  # noqa: E402
-from pipeline.params import TrainParams, load_params  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGET = 0.99
 
@@ -41,7 +42,7 @@ def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "bf16": training.bf16_supported(torch.device("cpu")), "python": platform.python_version()}
+            "bf16": loop.bf16_supported(torch.device("cpu")), "python": platform.python_version()}
 
 
 def ratio(slow: float | None, fast: float | None) -> float | None:
@@ -96,18 +97,17 @@ def throughput(fit_idx, images, labels, mean, std, batches: int, rounds: int) ->
     (best of `rounds` interleaved measurements)."""
     count = batches * 64
     cfg = load_params(paths.PARAMS).train
-    rt = training.make_runtime(cfg)
+    rt = loop.make_runtime(cfg)
     torch.manual_seed(0)
-    model = models.build(cfg.model, 1, 28, 10, mean, std, models.options_from(cfg)).to(rt.device)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
-    opt = training.make_optimizer(model, cfg)
+    model = rt.place(models.build(cfg.model, 1, 28, 10, mean, std, models.options_from(cfg)))
+    # A constant rate: a schedule sized for one run's steps would run out over repeated rounds.
+    opt = Optimization.build(model, dataclasses.replace(cfg, scheduler="none"), steps_per_epoch=1)
     order = fit_idx[torch.randperm(len(fit_idx))]
 
     def ours_run(n_images: int) -> tuple[int, float]:
-        it = training.batches(images, labels, order[:n_images], cfg.batch_size, drop_last=True)
+        it = loop.batches(images, labels, order[:n_images], cfg.batch_size, drop_last=True)
         start = time.perf_counter()
-        training.train_one_epoch(model, opt, None, it, rt, cfg)
+        loop.train_one_epoch(model, it, opt, rt)
         return n_images - n_images % cfg.batch_size, time.perf_counter() - start
 
     torch.manual_seed(0)
@@ -144,20 +144,24 @@ def time_to_target(fit_idx, val_idx, images, labels, mean, std, max_epochs: int)
             break
     base_elapsed = time.perf_counter() - start
 
-    params = load_params(paths.PARAMS)
-    cfg = params.train
-    rt = training.make_runtime(cfg)
-    training.seed_everything(params.seed)
-    model = models.build(cfg.model, 1, 28, 10, mean, std, models.options_from(cfg))
-    ours_secs, ours_curve, start = None, [], time.perf_counter()
+    # Ours: the train stage's workflow, untracked, in a scratch copy; its epochs' seconds (training plus
+    # validation, as the baseline's) add up to the time to the target.
+    ours_secs, ours_curve, elapsed = None, [], 0.0
 
-    def on_epoch(r: training.EpochResult) -> None:
-        nonlocal ours_secs
+    def on_epoch(r: loop.EpochResult) -> None:
+        nonlocal ours_secs, elapsed
+        elapsed += r.seconds
         ours_curve.append(round(r.val_accuracy, 4))
         if ours_secs is None and r.val_accuracy >= TARGET:
-            ours_secs = time.perf_counter() - start
+            ours_secs = elapsed
 
-    training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, params.seed, on_epoch)
+    folder, here = scratch_project({}), Path.cwd()
+    try:
+        os.chdir(folder)
+        trainer.train(load_params(paths.PARAMS), tracking.Tracker(), on_epoch=on_epoch)
+    finally:
+        os.chdir(here)
+        shutil.rmtree(folder, ignore_errors=True)
     out = {"baseline_seconds": round(base_secs, 1) if base_secs else None, "baseline_val_curve": base_curve,
            "ours_seconds": round(ours_secs, 1) if ours_secs else None, "ours_val_curve": ours_curve,
            "ratio": ratio(base_secs, ours_secs), "target": TARGET}
@@ -184,7 +188,7 @@ def stats_speed(images, labels, fit_idx, limit: int | None) -> dict[str, Any]:
     start = time.perf_counter()
     spec = datasets.get("mnist")
     imgs, _ = datasets.load_split(spec, paths.RAW, train=True)
-    stats.channel_stats(imgs, idx)
+    normalization.channel_stats(imgs, idx)
     ours_secs = time.perf_counter() - start
     return {"images": len(idx), "stacking_seconds": round(stack_secs, 3), "ours_seconds": round(ours_secs, 3),
             "ratio": ratio(stack_secs, ours_secs)}
@@ -214,39 +218,11 @@ def scratch_project(params: dict[str, Any]) -> Path:
     return tmp
 
 
-# The train stage's work without any MLflow call: same loading, split, seeding, model, fit with
-# per-epoch checkpoints, sample grid, model and curves. It prints its fit seconds on the last line.
-UNTRACKED_TRAIN = """
-import time
-from pipeline import atomic, checkpoints, datasets, figures, models, paths, splits, stats, training
-from pipeline.params import load_params
-p = load_params("params.yaml"); cfg = p.train; spec = datasets.get(p.data.dataset)
-norm = stats.load(paths.STATS, spec.name)
-images, labels = datasets.load_split(spec, paths.RAW, train=True)
-fit_idx, val_idx = splits.split_indices(labels, p.data.val_size, p.seed, p.data.limit)
-rt = training.make_runtime(cfg); training.seed_everything(p.seed)
-model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std, models.options_from(cfg))
-start = time.perf_counter()
-result = training.fit(model, images, labels, fit_idx, val_idx, cfg, rt, p.seed,
-                      on_checkpoint=lambda state: checkpoints.save(state, "fp", "none"), progress=False)
-seconds = time.perf_counter() - start
-atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(images, labels, fit_idx, spec.class_names))
-models.save(paths.MODEL, model, {"architecture": cfg.model})
-atomic.write_json(paths.TRAIN_METRICS, {"epochs_run": len(result.history)})
-checkpoints.remove()
-print(seconds)
-"""
-
-
-def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float | None, int]:
-    """Run the train stage (or, without a tracking URI, its untracked twin) as its own process:
-    (wall seconds, the twin's seconds inside `fit` or None, peak RSS in MB)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    tracking = tracking_uri is not None
-    if tracking:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    cmd = [sys.executable, "-m", "pipeline.train"] if tracking else [sys.executable, "-c", UNTRACKED_TRAIN]
+def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float, int]:
+    """Run the train workflow (`core.trainer.train`) as its own process in `folder`, tracked into
+    `tracking_uri` or, without one, untracked: (wall seconds, seconds inside the loop, peak RSS in MB)."""
+    env = clean_env(**({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--train-once", "mlflow" if tracking_uri else "none"]
     # Output to files, not pipes: a full pipe would stall the child, and os.wait4 gives its peak RSS.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -258,23 +234,20 @@ def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float | No
         stdout, stderr = out.read().decode(), err.read().decode()
     if status != 0:
         raise click.ClickException(f"train failed in {folder}: {stderr[-500:]}")
-    fit_secs = None if tracking else float(stdout.strip().splitlines()[-1])
-    return secs, fit_secs, usage.ru_maxrss // 1024
+    return secs, json.loads(stdout.strip().splitlines()[-1])["fit_seconds"], usage.ru_maxrss // 1024
 
 
 def logging_seconds(uri: str, calls: int = 20) -> float:
     """Mean wall seconds of one epoch's `tracking.log_epoch` (all its metrics, one request) into `uri`."""
     import mlflow
 
-    from pipeline import tracking
-
     metrics = {"train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.9, "lr": 1e-3, "seconds": 5.0}
-    mlflow.set_tracking_uri(uri)
+    tracker = tracking.MlflowTracker(uri)
     with mlflow.start_run(experiment_id=mlflow.set_experiment("bench-logging").experiment_id):
-        tracking.log_epoch(0, metrics)  # the first request pays for connecting
+        tracker.log_metrics(metrics, step=0)  # the first request pays for connecting
         start = time.perf_counter()
         for epoch in range(1, calls + 1):
-            tracking.log_epoch(epoch, metrics)
+            tracker.log_metrics(metrics, step=epoch)
         return (time.perf_counter() - start) / calls
 
 
@@ -292,8 +265,8 @@ def train_process(params: dict[str, Any], repeats: int) -> dict[str, Any]:
     uri = f"sqlite:///{store / 'mlflow.db'}"
     MlflowClient(uri).create_experiment(load_params(paths.PARAMS).mlflow.experiment_name,
                                         artifact_location=(store / "mlruns").as_uri())
-    tracked: list[tuple[float, float | None, int]] = []
-    untracked: list[tuple[float, float | None, int]] = []
+    tracked: list[tuple[float, float, int]] = []
+    untracked: list[tuple[float, float, int]] = []
     for _ in range(repeats):  # interleaved, to spread the machine's noise over both; best of each kept
         for runs, uri_or_none in ((tracked, uri), (untracked, None)):
             folder = scratch_project(params)
@@ -318,7 +291,7 @@ def default_repro() -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-repro-"))
     subprocess.run(["git", "clone", "-q", str(Path.cwd()), str(tmp / "p")], check=True)
     root = tmp / "p"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env = clean_env()
     subprocess.run(["dvc", "repro", "download"], cwd=root, env=env, capture_output=True, check=True)
     start = time.perf_counter()
     proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
@@ -372,8 +345,15 @@ def summary(r: dict[str, Any]) -> list[str]:
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks/results.json", show_default=True)
 @click.option("--project", type=click.Path(path_type=Path, file_okay=False), default=ROOT, show_default=True,
               help="Project whose data/raw and data/stats.json are used (after `dvc repro`).")
-def main(quick: bool, out: Path, project: Path) -> None:
+@click.option("--train-once", type=click.Choice(["mlflow", "none"]), hidden=True,
+              help="(internal) run the train workflow once here, with this tracker, and print its loop seconds.")
+def main(quick: bool, out: Path, project: Path, train_once: str | None) -> None:
     """Measure and print every figure; write them to --out as JSON."""
+    if train_once:  # one side of the MLflow-overhead measurement, in a process of its own
+        tracker = tracking.MlflowTracker() if train_once == "mlflow" else tracking.Tracker()
+        outcome = trainer.train(load_params(paths.PARAMS), tracker)
+        click.echo(json.dumps({"fit_seconds": outcome.seconds}))
+        return
     out = out.resolve()
     os.chdir(project)
     for needed in (paths.RAW, paths.STATS):
@@ -385,7 +365,7 @@ def main(quick: bool, out: Path, project: Path) -> None:
         raise click.ClickException("the benchmark compares on MNIST: set data.dataset to mnist")
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed)
-    norm = stats.load(paths.STATS, spec.name)
+    norm = normalization.load(paths.STATS, spec.name)
     mean, std = list(norm.mean), list(norm.std)
 
     results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine(),

@@ -1,1 +1,1 @@
-"""A reproducible DVC + MLflow pipeline for PyTorch image classification."""
+"""Image-classification pipeline: `stages/` (the DVC stage commands), `core/` (the work), `tools/` (other commands)."""

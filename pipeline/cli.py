@@ -1,18 +1,25 @@
-"""Shared glue for the stage commands: one-line errors and exit codes."""
+"""Click glue shared by the stage and tool commands: the --params option and one-line errors."""
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import click
 
-from pipeline.errors import PipelineError
+from pipeline.core import paths
+from pipeline.core.errors import PipelineError
 
 F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_USER_ERROR = 2  # the same code Click uses for usage errors
+
+params_option = click.option(
+    "--params", "params_file", type=click.Path(path_type=Path), default=paths.PARAMS, show_default=True,
+    help="The parameters file.",
+)
 
 
 def reports_errors(func: F) -> F:

@@ -1,88 +1,20 @@
-"""Shared fixtures: a throwaway copy of this project as its own git + DVC repository."""
+"""Fixtures: a throwaway project per test, and real `mlflow server` processes stopped by their pid."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
-# The learning rate params.yaml ships with, as MLflow shows it; experiments in the tests change it to 0.01.
-DEFAULT_LR = str(yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"])
-assert DEFAULT_LR != "0.01"
-
-# One epoch on a small subset: the real code paths in seconds.
-TINY_PARAMS = {"data": {"limit": 2000, "val_size": 500}, "train": {"epochs": 1, "batch_size": 64}}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for subprocesses: this interpreter's bin first, no inherited MLflow/DVC state."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
-    return env
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run a command, failing the test with its output when `check` and it fails."""
-    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def project_files() -> list[str]:
-    """The files of this project as git sees them (tracked, plus new files not ignored)."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    # Pipeline outputs are never part of a fresh clone, whatever the working tree holds.
-    outputs = ("data/", "models/", "metrics/", "plots/", "mlruns/", "test-artifacts/", "dvc.lock", ".venv")
-    return [f for f in out if f and not f.startswith(outputs) and (REPO / f).is_file()]
-
-
-def create_project(root: Path, params: dict | None = None) -> Path:
-    """A git repository at `root` holding this project's files with tiny parameters, committed."""
-    for rel in project_files():
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest)
-    current = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(current, merge(TINY_PARAMS, params or {})), sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], root)
-    run(["git", "config", "user.email", "tests@example.invalid"], root)
-    run(["git", "config", "user.name", "tests"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-q", "-m", "project under test"], root)
-    return root
+from helpers import create_project, free_port
+from pipeline.core.repo import clean_env
 
 
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:
     """Factory: create_project in this test's temporary folder."""
     return lambda params=None, name="project": create_project(tmp_path / name, params)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

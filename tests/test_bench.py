@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run
+from helpers import REPO, run
 
 pytestmark = pytest.mark.e2e
 
 
 def test_quick_benchmark_writes_its_json(make_project, tmp_path: Path) -> None:
     root = make_project()
-    run(["python", "-m", "pipeline.download"], root)
-    run(["python", "-m", "pipeline.normalization_stats"], root)
+    run(["python", "-m", "pipeline", "download"], root)
+    run(["python", "-m", "pipeline", "normalization-stats"], root)
     out = tmp_path / "results.json"
     proc = run(["python", str(REPO / "benchmarks" / "bench.py"), "--quick", "--project", str(root), "--out", str(out)], root)
     results = json.loads(out.read_text())

@@ -6,9 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import atomic, evaluation, models, splits, stats, training
-from pipeline.errors import PipelineError
-from pipeline.params import TrainParams
+from helpers import fit_tiny
+from pipeline.core import atomic, checkpoints, loop, metrics, models, normalization, splits
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import TrainParams
+
+OPTIONS = models.options_from(TrainParams())  # the defaults, from the one place they live
 
 
 def test_split_is_stratified_disjoint_and_seeded() -> None:
@@ -32,7 +35,7 @@ def test_channel_stats_match_a_direct_float_computation() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8, generator=g)
     idx = torch.arange(0, 300, 2)
-    result = stats.channel_stats(images, idx, chunk=7)
+    result = normalization.channel_stats(images, idx, chunk=7)
     direct = images[idx].double() / 255
     assert result.mean == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-12)
     assert result.std == pytest.approx(direct.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-12)
@@ -42,7 +45,7 @@ def test_channel_stats_match_a_direct_float_computation() -> None:
 @pytest.mark.parametrize("arch", ["cnn", "mlp"])
 def test_models_take_uint8_and_float_images(arch: str) -> None:
     torch.manual_seed(0)
-    model = models.build(arch, 1, 28, 10, [0.13], [0.31]).eval()
+    model = models.build(arch, 1, 28, 10, [0.13], [0.31], OPTIONS).eval()
     raw = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     with torch.no_grad():
         from_uint8 = model(raw)
@@ -53,8 +56,8 @@ def test_models_take_uint8_and_float_images(arch: str) -> None:
 
 def test_model_file_round_trip_is_byte_stable(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = models.build("cnn", 1, 28, 10, [0.5], [0.25])
-    meta = {"architecture": "cnn", "dataset": "mnist", "in_channels": 1, "image_size": 28,
+    model = models.build("cnn", 1, 28, 10, [0.5], [0.25], OPTIONS)
+    meta = {"architecture": "cnn", "options": models.options_dict(OPTIONS), "dataset": "mnist", "in_channels": 1, "image_size": 28,
             "class_names": [str(i) for i in range(10)], "mean": [0.5], "std": [0.25]}
     models.save(tmp_path / "a.pt", model, meta)
     models.save(tmp_path / "b.pt", model, meta)
@@ -72,7 +75,7 @@ def test_report_on_known_predictions() -> None:
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     predicted = torch.tensor([0, 1, 1, 1, 2, 0])
     logits = torch.nn.functional.one_hot(predicted, 3).float() * 5
-    rep = evaluation.report(logits, labels, ["a", "b", "c"])
+    rep = metrics.report(logits, labels, ["a", "b", "c"])
     assert rep.accuracy == pytest.approx(4 / 6)
     assert rep.per_class_accuracy == {"a": 0.5, "b": 1.0, "c": 0.5}
     assert rep.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
@@ -89,17 +92,15 @@ def test_fit_learns_and_early_stopping_restores_the_best_epoch() -> None:
     # Validation accuracy reaches 1.0 in epoch 1 and can only plateau after it.
     cfg = TrainParams(model="mlp", epochs=10, batch_size=32, lr=0.01, patience=2, precision="fp32", device="cpu",
                       scheduler="none")
-    model = models.build("mlp", 1, 8, 2, [0.25], [0.43])
-    rt = training.make_runtime(cfg)
+    model = models.build("mlp", 1, 8, 2, [0.25], [0.43], OPTIONS)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
-    def keep(state: dict) -> None:
-        snapshots[state["epoch"]] = {k: v.clone() for k, v in state["model"].items()}
+    def keep(result: loop.EpochResult, state: loop.TrainState) -> None:
+        snapshots[state.epoch] = {k: v.clone() for k, v in state.model.items()}
 
-    result = training.fit(model, images, labels, torch.arange(400), torch.arange(400, 512), cfg, rt, seed=0,
-                          on_checkpoint=keep)
-    assert result.best.val_accuracy == 1.0
-    assert result.best_epoch == 1 and result.stopped_early and len(result.history) == 3  # 1 + patience
+    state = fit_tiny(model, images, labels, torch.arange(400), torch.arange(400, 512), cfg, keep)
+    assert state.best.val_accuracy == 1.0
+    assert state.best_epoch == 1 and state.epoch == 3 and len(state.history) == 3  # 1 + patience, then stop
     assert not all(torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])  # it kept training...
     for key, value in model.state_dict().items():  # ...but ends with epoch 1's weights
         assert torch.equal(value, snapshots[1][key]), key
@@ -115,3 +116,36 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with atomic.directory(target) as tmp:
         (tmp / "whole").write_text("x")
     assert [p.name for p in target.iterdir()] == ["whole"]
+
+
+def test_checkpoint_round_trip_and_refusal(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = models.build("mlp", 1, 8, 2, [0.5], [0.25], OPTIONS)
+    result = loop.EpochResult(1, 0.5, 0.8, 0.4, 0.9, 1e-3, 2.0)
+    state = loop.TrainState(
+        generator=torch.Generator().manual_seed(3).get_state(), torch_rng=torch.get_rng_state(), epoch=1,
+        model=model.state_dict(), optimizer={"state": {}, "param_groups": []}, scheduler=None, history=(result,),
+        best_acc=0.9, best_epoch=1, best_state={k: v.clone() for k, v in model.state_dict().items()},
+    )
+    path = tmp_path / "ckpt" / "train.pt"
+    checkpoints.save(state, "fp-a", "run-1", path)
+    loaded = checkpoints.load("fp-a", path)
+    assert loaded is not None and loaded.run_id == "run-1"
+    assert loaded.state.history == (result,) and loaded.state.best == result and loaded.state.epoch == 1
+    assert torch.equal(loaded.state.generator, state.generator)
+    assert all(torch.equal(loaded.state.model[k], v) for k, v in state.model.items())
+    assert checkpoints.load("fp-b", path) is None  # other parameters: not resumable
+    path.write_bytes(b"truncated")
+    assert checkpoints.load("fp-a", path) is None
+    checkpoints.remove(path)
+    assert not path.exists()
+
+
+def test_early_stopping_is_decided_by_the_state() -> None:
+    cfg = TrainParams(epochs=10, patience=2)
+    state = loop.TrainState.start(0)
+    assert not state.finished(cfg)
+    assert loop.TrainState(generator=state.generator, epoch=3, best_epoch=1).finished(cfg)  # 2 epochs without better
+    assert not loop.TrainState(generator=state.generator, epoch=2, best_epoch=1).finished(cfg)
+    assert loop.TrainState(generator=state.generator, epoch=10, best_epoch=10).finished(cfg)  # out of epochs
+    assert not loop.TrainState(generator=state.generator, epoch=9, best_epoch=1).finished(TrainParams(epochs=10, patience=None))

@@ -6,6 +6,7 @@ extraction and loading all run for real.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -22,10 +23,14 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from pipeline import datasets, download, evaluate, models, normalization_stats, train, training
-from pipeline.datasets import md5sum
-from pipeline.errors import PipelineError
-from pipeline.params import TrainParams
+from helpers import fit_tiny
+from pipeline.core import acquisition, datasets, models
+from pipeline.core.acquisition import md5sum
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import TrainParams
+from pipeline.stages import download, evaluate, normalization_stats, train
+
+OPTIONS = models.options_from(TrainParams())
 
 N_TRAIN, N_TEST = 200, 50
 
@@ -128,7 +133,7 @@ def test_tar_member_escaping_the_target_is_refused(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b"x"))
     (tmp_path / "dest").mkdir()
     with pytest.raises(PipelineError, match="refusing to extract '../escaped.txt'"):
-        datasets.safe_extract(archive, tmp_path / "dest")
+        acquisition.safe_extract(archive, tmp_path / "dest")
     assert not (tmp_path / "escaped.txt").exists()
 
 
@@ -136,17 +141,17 @@ def test_tar_member_escaping_the_target_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
 def test_every_model_has_the_right_output_shape_and_trains_one_epoch(arch: str, channels: int, size: int) -> None:
     torch.manual_seed(0)
-    model = models.build(arch, channels, size, 10, [0.5] * channels, [0.25] * channels)
+    model = models.build(arch, channels, size, 10, [0.5] * channels, [0.25] * channels, OPTIONS)
     x = torch.randint(0, 256, (64, channels, size, size), dtype=torch.uint8)
     y = torch.arange(64) % 10
     assert model.eval()(x[:3]).shape == (3, 10)
     cfg = TrainParams(model=arch, epochs=1, batch_size=16, precision="fp32", device="cpu", patience=None)
-    result = training.fit(model, x, y, torch.arange(48), torch.arange(48, 64), cfg, training.make_runtime(cfg), seed=0)
-    assert len(result.history) == 1 and np.isfinite(result.history[0].train_loss)
+    state = fit_tiny(model, x, y, torch.arange(48), torch.arange(48, 64), cfg)
+    assert len(state.history) == 1 and np.isfinite(state.history[0].train_loss)
 
 
 def test_freeze_backbone_trains_only_the_classifier() -> None:
-    opts = models.ModelOptions(freeze_backbone=True)
+    opts = dataclasses.replace(OPTIONS, freeze_backbone=True)
     model = models.build("resnet18", 3, 32, 10, [0.5] * 3, [0.25] * 3, opts)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"net.fc.weight", "net.fc.bias"}
@@ -157,5 +162,5 @@ def test_pretrained_weights_offline_fail_in_one_line(tmp_path: Path, monkeypatch
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # and no way to download them
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     with pytest.raises(PipelineError, match="train.pretrained: could not get the ImageNet weights") as err:
-        models.build("resnet18", 3, 32, 10, [0.5] * 3, [0.25] * 3, models.ModelOptions(pretrained=True))
+        models.build("resnet18", 3, 32, 10, [0.5] * 3, [0.25] * 3, dataclasses.replace(OPTIONS, pretrained=True))
     assert "\n" not in str(err.value)

@@ -1,5 +1,5 @@
 """Experiments as a user runs and compares them: `dvc exp run`, the queue, plots and diffs,
-`pipeline.compare`, and the MLflow compare view in a real headless Chromium."""
+`python -m pipeline compare`, and the MLflow compare view in a real headless Chromium."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_LR, REPO, create_project, run
-from test_pipeline_e2e import runs
+from helpers import DEFAULT_LR, REPO, create_project, run, runs
 
 pytestmark = pytest.mark.e2e
 
@@ -58,15 +57,15 @@ def test_plots_and_diffs_across_experiments(project: Path) -> None:
 
 
 def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
-    out = run(["python", "-m", "pipeline.compare", "--last", "2"], project).stdout
+    out = run(["python", "-m", "pipeline", "compare", "--last", "2"], project).stdout
     url, *table = out.splitlines()
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[")
     text = "\n".join(table)
     assert "train.lr" in text and DEFAULT_LR in text and "0.01" in text
     assert "test_class_accuracy/9" in text and "seed" not in text  # only what differs
-    named = run(["python", "-m", "pipeline.compare", "--exp", "lr-high"], project).stdout
+    named = run(["python", "-m", "pipeline", "compare", "--exp", "lr-high"], project).stdout
     assert "lr-high" in named
-    missing = run(["python", "-m", "pipeline.compare", "--exp", "nope"], project, check=False)
+    missing = run(["python", "-m", "pipeline", "compare", "--exp", "nope"], project, check=False)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -78,7 +77,7 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
     from playwright.sync_api import sync_playwright
 
     url = mlflow_server(backend=f"sqlite:///{project / 'mlflow.db'}")
-    listed = run(["python", "-m", "pipeline.compare", "--last", "2", "--ui", url], project).stdout
+    listed = run(["python", "-m", "pipeline", "compare", "--last", "2", "--ui", url], project).stdout
     compare_url = listed.splitlines()[0]
     names = [r.info.run_name for r in runs(project)]
     artifacts = REPO / "test-artifacts"

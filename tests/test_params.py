@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import datasets, models, params
-from pipeline.errors import PipelineError
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+from pipeline.core import datasets, models, optim, params
+from pipeline.core.errors import PipelineError
 
 
 def test_committed_params_file_is_valid_and_complete() -> None:
@@ -31,6 +30,27 @@ def test_readme_documents_every_parameter() -> None:
 def test_registries_match_the_names_params_accepts() -> None:
     assert tuple(datasets.DATASETS) == params.DATASETS
     assert tuple(models.ARCHITECTURES) == params.MODELS
+    assert tuple(optim.OPTIMIZERS) == params.OPTIMIZERS
+    assert tuple(optim.SCHEDULERS) == params.SCHEDULERS
+    assert tuple(optim.LOSSES) == params.LOSSES
+
+
+@pytest.mark.parametrize("key", ["optimizer", "scheduler", "loss"])
+def test_factories_refuse_a_name_they_do_not_know(key: str) -> None:
+    import dataclasses
+
+    import torch
+
+    # Only a parsed params file is validated; a hand-built TrainParams can carry any name.
+    cfg = dataclasses.replace(params.TrainParams(), **{key: "lion"})
+    model = torch.nn.Linear(2, 2)
+    build = {
+        "optimizer": lambda: optim.make_optimizer(model, cfg),
+        "scheduler": lambda: optim.make_scheduler(torch.optim.SGD(model.parameters(), lr=0.1), cfg, 1),
+        "loss": lambda: optim.make_loss(cfg),
+    }[key]
+    with pytest.raises(ValueError, match=f"train.{key}: no {key} named 'lion'"):
+        build()
 
 
 @pytest.mark.parametrize(

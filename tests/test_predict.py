@@ -1,13 +1,12 @@
-"""`python -m pipeline.predict` on real MNIST test images written as PNG files."""
+"""`python -m pipeline predict` on real MNIST test images written as PNG files."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import run
+from helpers import run
 
 pytestmark = pytest.mark.e2e
 
@@ -26,13 +25,13 @@ def test_predict_prints_the_true_labels_first(make_project) -> None:
         Image.fromarray(test.data[i].numpy()).save(path)
         truth[str(path)] = str(int(test.targets[i]))
 
-    table = run(["python", "-m", "pipeline.predict", str(folder)], root).stdout.splitlines()
+    table = run(["python", "-m", "pipeline", "predict", str(folder)], root).stdout.splitlines()
     assert len(table) == 3
     for line in table:
         path, first, prob, *rest = line.split()
         assert first == truth[path] and 0.5 < float(prob) <= 1.0 and len(rest) == 4  # two more (class, p)
 
-    as_json = json.loads(run(["python", "-m", "pipeline.predict", "--json", "--top-k", "2", *truth], root).stdout)
+    as_json = json.loads(run(["python", "-m", "pipeline", "predict", "--json", "--top-k", "2", *truth], root).stdout)
     for item in as_json:
         assert item["predictions"][0]["class"] == truth[item["path"]]
         assert len(item["predictions"]) == 2
@@ -40,7 +39,7 @@ def test_predict_prints_the_true_labels_first(make_project) -> None:
 
     # A colour image of another size is converted and resized, not refused.
     Image.new("RGB", (64, 48), "white").save(root / "big.jpg")
-    assert run(["python", "-m", "pipeline.predict", "big.jpg"], root).stdout.startswith("big.jpg")
+    assert run(["python", "-m", "pipeline", "predict", "big.jpg"], root).stdout.startswith("big.jpg")
     (root / "notes.png").write_text("not an image")
-    bad = run(["python", "-m", "pipeline.predict", "notes.png"], root, check=False)
+    bad = run(["python", "-m", "pipeline", "predict", "notes.png"], root, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: notes.png: not a readable image (UnidentifiedImageError)"

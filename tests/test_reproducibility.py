@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run
+from helpers import run
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,11 @@ def test_two_clean_runs_are_identical(make_project) -> None:
     root = checkable_project(make_project, "seeded")
     params = root / "params.yaml"
     params.write_text(params.read_text() + "\n# dirty\n")
-    dirty = run(["python", "-m", "pipeline.repro_check"], root, check=False)
+    dirty = run(["python", "-m", "pipeline", "repro-check"], root, check=False)
     assert dirty.returncode == 2 and dirty.stderr.startswith("error: the work tree has uncommitted changes")
     run(["git", "checkout", "params.yaml"], root)
 
-    first = run(["python", "-m", "pipeline.repro_check", "--update-reference"], root)
+    first = run(["python", "-m", "pipeline", "repro-check", "--update-reference"], root)
     assert "reproducible: both runs" in first.stdout and "models/model.pt" in first.stdout
     assert "same" in first.stdout and "DIFFERENT" not in first.stdout
     reference = json.loads((root / "repro/reference.json").read_text())
@@ -37,8 +37,8 @@ def test_two_clean_runs_are_identical(make_project) -> None:
 
 
 def test_reference_comparison_uses_the_tolerance() -> None:
-    from pipeline.repro_check import report
-    from pipeline.rerun import Outcome
+    from pipeline.core.rerun import Outcome
+    from pipeline.tools.repro_check import report
 
     run1 = Outcome(hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2})
     rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)
@@ -48,13 +48,13 @@ def test_reference_comparison_uses_the_tolerance() -> None:
 
 def test_unseeded_shuffling_is_caught_with_a_diff(make_project) -> None:
     root = checkable_project(make_project, "unseeded")
-    training = root / "pipeline" / "training.py"
-    seeded = "generator = torch.Generator().manual_seed(seed)"
-    assert seeded in training.read_text()
+    loop = root / "pipeline" / "core" / "loop.py"
+    seeded = "generator=torch.Generator().manual_seed(seed)"
+    assert seeded in loop.read_text()
     # Injected nondeterminism: the shuffling generator seeded from the clock.
-    training.write_text(training.read_text().replace(seeded, "generator = torch.Generator(); generator.seed()"))
+    loop.write_text(loop.read_text().replace(seeded, "generator=torch.Generator().manual_seed(__import__('time').time_ns())"))
     run(["git", "commit", "-qam", "unseeded shuffle (test only)"], root)
-    proc = run(["python", "-m", "pipeline.repro_check"], root, check=False)
+    proc = run(["python", "-m", "pipeline", "repro-check"], root, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "NOT REPRODUCIBLE" in proc.stderr
     assert "models/model.pt: sha256" in proc.stderr and "DIFFERENT" in proc.stdout

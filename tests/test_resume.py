@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env, run
+from helpers import run
+from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e
 
@@ -25,14 +26,14 @@ def sha256(path: Path) -> str:
 
 def test_killed_train_resumes_to_identical_weights(make_project) -> None:
     root = make_project(PARAMS)
-    run(["python", "-m", "pipeline.download"], root)
-    run(["python", "-m", "pipeline.normalization_stats"], root)
+    run(["python", "-m", "pipeline", "download"], root)
+    run(["python", "-m", "pipeline", "normalization-stats"], root)
 
-    run(["python", "-m", "pipeline.train"], root)
+    run(["python", "-m", "pipeline", "train"], root)
     uninterrupted = sha256(root / "models/model.pt")
     assert not (root / "checkpoints/train.pt").exists()  # removed after a finished run
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train"], cwd=root, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train"], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=clean_env(PYTHONUNBUFFERED="1"))
     assert proc.stdout is not None
     seen = []
@@ -45,7 +46,7 @@ def test_killed_train_resumes_to_identical_weights(make_project) -> None:
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
     assert (root / "checkpoints/train.pt").is_file()
 
-    resumed = run(["python", "-m", "pipeline.train"], root).stdout
+    resumed = run(["python", "-m", "pipeline", "train"], root).stdout
     assert "resuming from the checkpoint after epoch" in resumed
     assert "epoch 1/3" not in resumed
     assert sha256(root / "models/model.pt") == uninterrupted

@@ -6,22 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run
-
-STAGES = ["download", "normalization_stats", "train", "evaluate"]
+from helpers import assert_one_line_error, run
 
 
 def stage(name: str, cwd: Path, *args: str):
-    return run(["python", "-m", f"pipeline.{name}", *args], cwd, check=False, PYTHONPATH=str(REPO))
-
-
-def assert_one_line_error(proc, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    """A stage command exactly as dvc.yaml runs it (the installed package, no path tricks)."""
+    return run(["python", "-m", f"pipeline.stages.{name}", *args], cwd, check=False)
 
 
 def written(root: Path) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import DEFAULT_LR, free_port, run
+from helpers import DEFAULT_LR, free_port, run
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline.reproduce --run-id ID`: re-create a logged MLflow run and compare its metrics.
+"""`python -m pipeline reproduce --run-id ID`: re-create a logged MLflow run and compare its metrics.
 
 A run is fully described by its git commit (tag `git.commit`) and its parameters (logged under the
 params.yaml keys), so the run's commit is cloned, its parameters are written back into params.yaml,
@@ -15,9 +15,10 @@ from typing import Any
 import click
 import yaml
 
-from pipeline import rerun
 from pipeline.cli import reports_errors
-from pipeline.errors import PipelineError
+from pipeline.core import paths, rerun
+from pipeline.core.errors import PipelineError
+from pipeline.core.repo import git
 
 
 def params_from_run(logged: dict[str, str]) -> dict[str, Any]:
@@ -43,7 +44,8 @@ def main(run_id: str, tolerance: float) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.core import tracking
+    from pipeline.core.metrics import mlflow_name
 
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
@@ -56,17 +58,17 @@ def main(run_id: str, tolerance: float) -> None:
         raise PipelineError(f"run {run_id} has no git.commit tag; it was not logged from a git checkout")
     if run.data.tags.get("git.dirty") == "true" and not run.data.tags.get("dvc.exp_name"):
         click.echo("warning: the run was logged from a work tree with uncommitted changes; they cannot be re-created", err=True)
-    root = Path(rerun.git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
+    root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
     tmp = Path(tempfile.mkdtemp(prefix="reproduce-"))
     clone = rerun.clone(root, commit, tmp / "clone")
-    (clone / "params.yaml").write_text(yaml.safe_dump(params_from_run(run.data.params), sort_keys=False))
+    (clone / paths.PARAMS).write_text(yaml.safe_dump(params_from_run(run.data.params), sort_keys=False))
     click.echo(f"re-creating run {run_id} ({run.info.run_name}) at {commit[:12]} in {clone} ...")
     rerun.run_pipeline(clone, tmp / "dvc-repro.log")
 
-    evaluation = rerun.flatten(json.loads((clone / "metrics/eval.json").read_text()))
+    evaluation = rerun.flatten(json.loads((clone / paths.EVAL_METRICS).read_text()))
     rows, mismatched = [], []
     for key, value in sorted(evaluation.items()):
-        name = f"test_class_accuracy/{key.split('.', 1)[1]}" if key.startswith("per_class_accuracy.") else f"test_{key}"
+        name = mlflow_name(key)
         logged = run.data.metrics.get(name)
         if logged is None:
             continue

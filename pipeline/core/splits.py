@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 def split_indices(

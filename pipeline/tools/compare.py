@@ -1,4 +1,4 @@
-"""`python -m pipeline.compare`: the MLflow compare-view URL and a terminal table of runs side by side."""
+"""`python -m pipeline compare`: the MLflow compare-view URL and a terminal table of runs side by side."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from pipeline.cli import reports_errors
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
-KEY_METRICS = ("test_accuracy", "test_loss", "test_macro_f1", "best_val_accuracy")
+KEY_TEST_METRICS = ("accuracy", "loss", "macro_f1")  # metrics/eval.json keys, shown under their MLflow names
 
 
 def compare_url(base: str, run_ids: list[str], experiment_ids: list[str]) -> str:
@@ -27,10 +27,12 @@ def table(runs: list[Any]):  # -> pandas.DataFrame
     names = [r.info.run_name or r.info.run_id[:8] for r in runs]
     keys = sorted({k for r in runs for k in r.data.params})
     differing = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
-    per_class = sorted({k for r in runs for k in r.data.metrics if k.startswith("test_class_accuracy/")})
+    from pipeline.core.metrics import CLASS_ACCURACY_PREFIX, mlflow_name
+
+    per_class = sorted({k for r in runs for k in r.data.metrics if k.startswith(CLASS_ACCURACY_PREFIX)})
     rows: dict[str, list[Any]] = {"run id": [r.info.run_id for r in runs], "status": [r.info.status for r in runs]}
     rows.update({k: [r.data.params.get(k, "") for r in runs] for k in differing})
-    for metric in [*KEY_METRICS, *per_class]:
+    for metric in [*map(mlflow_name, KEY_TEST_METRICS), "best_val_accuracy", *per_class]:
         values = [r.data.metrics.get(metric) for r in runs]
         if any(v is not None for v in values):
             rows[metric] = [f"{v:.4f}" if v is not None else "" for v in values]
@@ -40,16 +42,18 @@ def table(runs: list[Any]):  # -> pandas.DataFrame
 @click.command()
 @click.option("--last", "last", type=click.IntRange(min=1), default=2, show_default=True, help="Compare the N newest runs.")
 @click.option("--exp", "exp_names", multiple=True, help="A DVC experiment name (repeatable); overrides --last.")
-@click.option("--experiment-name", default="image-classification", show_default=True, help="MLflow experiment.")
+@click.option("--experiment-name", default=None, help="MLflow experiment [default: mlflow.experiment_name in params.yaml].")
 @click.option("--ui", "ui_base", default=None, help="Base URL of the MLflow UI [default: the tracking server, or http://127.0.0.1:5000].")
 @reports_errors
-def main(last: int, exp_names: tuple[str, ...], experiment_name: str, ui_base: str | None) -> None:
+def main(last: int, exp_names: tuple[str, ...], experiment_name: str | None, ui_base: str | None) -> None:
     """Print the compare-view URL and a table of the runs' differing parameters and metrics."""
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.core import tracking
+    from pipeline.core.params import load_params
 
+    experiment_name = experiment_name or load_params().mlflow.experiment_name
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
     client = MlflowClient(uri)

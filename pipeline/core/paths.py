@@ -16,6 +16,7 @@ CONFUSION_PLOT = Path("plots/confusion.csv")
 PER_CLASS_PLOT = Path("plots/per_class.csv")
 TEST_SAMPLES_PLOT = Path("plots/test_predictions.png")
 TRAIN_SAMPLES_PLOT = Path("plots/train_samples.png")
+CHECKPOINT = Path("checkpoints/train.pt")  # not a DVC output: DVC would delete it before a resume
 
 
 def project_root() -> Path:

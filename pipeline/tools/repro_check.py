@@ -1,4 +1,4 @@
-"""`python -m pipeline.repro_check`: does this commit reproduce?
+"""`python -m pipeline repro-check`: does this commit reproduce?
 
 Clones the current commit twice, runs the pipeline in each on the small CI configuration
 (`repro/params-ci.yaml`), fails with a diff when model hashes or metrics differ, then compares the
@@ -15,9 +15,10 @@ from pathlib import Path
 import click
 import yaml
 
-from pipeline import rerun
 from pipeline.cli import reports_errors
-from pipeline.errors import PipelineError
+from pipeline.core import rerun
+from pipeline.core.errors import PipelineError
+from pipeline.core.repo import git
 
 CONFIG = Path("repro/params-ci.yaml")
 REFERENCE = Path("repro/reference.json")
@@ -51,10 +52,10 @@ def report(
 @reports_errors
 def main(tolerance: float, update_reference: bool, keep: bool) -> None:
     """Run the pipeline twice from clean clones of HEAD; compare hashes, metrics and the reference."""
-    root = Path(rerun.git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
-    if rerun.git("status", "--porcelain", "--untracked-files=no", cwd=root):
+    root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
+    if git("status", "--porcelain", "--untracked-files=no", cwd=root):
         raise PipelineError("the work tree has uncommitted changes; commit or stash them: only a commit can be checked")
-    commit = rerun.git("rev-parse", "HEAD", cwd=root)
+    commit = git("rev-parse", "HEAD", cwd=root)
     override = yaml.safe_load((root / CONFIG).read_text()) if (root / CONFIG).is_file() else {}
     tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))
     outcomes = []

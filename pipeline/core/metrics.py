@@ -1,4 +1,10 @@
-"""Test-set metrics from logits: accuracy, loss, macro F1, per-class accuracy, confusion matrix."""
+"""Test-set metrics from logits (accuracy, loss, macro F1, per-class accuracy, confusion) and their MLflow names.
+
+The same values appear under two spellings: `metrics/eval.json` keys (`accuracy`,
+`per_class_accuracy.<class>` once flattened) and MLflow metric names (`test_accuracy`,
+`test_class_accuracy/<class>`, prefixed so they do not collide with the per-epoch curves).
+`mlflow_name` is the one mapping between them.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,6 +12,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+TEST_PREFIX = "test_"
+CLASS_ACCURACY_PREFIX = "test_class_accuracy/"
+
+
+def mlflow_name(key: str) -> str:
+    """The MLflow metric name of a flattened metrics/eval.json key."""
+    if key.startswith("per_class_accuracy."):
+        return CLASS_ACCURACY_PREFIX + key.split(".", 1)[1]
+    return TEST_PREFIX + key
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,13 @@ class Report:
     def metrics(self) -> dict[str, object]:
         """The content of metrics/eval.json."""
         return {**self.scalars(), "per_class_accuracy": self.per_class_accuracy}
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Every metric under its MLflow name."""
+        return {
+            **{mlflow_name(k): v for k, v in self.scalars().items()},
+            **{mlflow_name(f"per_class_accuracy.{n}"): a for n, a in self.per_class_accuracy.items()},
+        }
 
 
 def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top_k: int = 3) -> Report:

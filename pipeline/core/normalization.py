@@ -1,4 +1,4 @@
-"""Per-channel normalisation statistics, computed exactly from uint8 pixel histograms."""
+"""Per-channel normalisation statistics of the fitting images, computed exactly from uint8 pixel histograms."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import atomic
-from pipeline.errors import PipelineError
+from pipeline.core import atomic, datasets, paths, splits
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,16 @@ class ChannelStats:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     count: int  # images the statistics were computed from
+
+
+def compute(params: Params) -> ChannelStats:
+    """The `normalization-stats` stage's work: statistics of the images train will fit on, into data/stats.json."""
+    spec = datasets.get(params.data.dataset)
+    images, labels = datasets.load_split(spec, paths.RAW, train=True)
+    fit_idx, _ = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
+    result = channel_stats(images, fit_idx)
+    save(paths.STATS, result, spec.name)
+    return result
 
 
 def channel_stats(images: torch.Tensor, indices: torch.Tensor, chunk: int = 8192) -> ChannelStats:

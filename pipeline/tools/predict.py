@@ -1,4 +1,4 @@
-"""`python -m pipeline.predict PATH…`: top-k classes with probabilities for image files or folders."""
+"""`python -m pipeline predict PATH…`: top-k classes with probabilities for image files or folders."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from pipeline import paths
 from pipeline.cli import reports_errors
-from pipeline.errors import PipelineError
+from pipeline.core import paths
+from pipeline.core.errors import PipelineError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -58,7 +58,7 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
     files = image_files(list(inputs))
     import torch
 
-    from pipeline import models
+    from pipeline.core import models
 
     model, meta = models.load(model_file)
     names = meta["class_names"]

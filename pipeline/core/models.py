@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import atomic
-from pipeline.errors import PipelineError
+from pipeline.core import atomic
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import TrainParams
 
 
 class ImageClassifier(nn.Module):
@@ -37,14 +38,17 @@ class ImageClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Architecture knobs from train.*; stored in model.pt so evaluate and predict rebuild the same net."""
+    """Architecture knobs from train.*; stored in model.pt so evaluate and predict rebuild the same net.
 
-    mlp_hidden: tuple[int, ...] = (512, 256)
-    cnn_channels: tuple[int, ...] = (16, 32)
-    dropout: float = 0.25
-    batch_norm: bool = False
-    pretrained: bool = False
-    freeze_backbone: bool = False
+    No defaults here: they live in core.params (`options_from(TrainParams())` gives them).
+    """
+
+    mlp_hidden: tuple[int, ...]
+    cnn_channels: tuple[int, ...]
+    dropout: float
+    batch_norm: bool
+    pretrained: bool
+    freeze_backbone: bool
 
 
 def cnn(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
@@ -142,7 +146,7 @@ def build(
     num_classes: int,
     mean: Sequence[float],
     std: Sequence[float],
-    options: ModelOptions = ModelOptions(),
+    options: ModelOptions,
 ) -> ImageClassifier:
     """An ImageClassifier of the named architecture, freshly initialised from torch's global RNG."""
     if architecture not in ARCHITECTURES:
@@ -151,8 +155,8 @@ def build(
     return ImageClassifier(net, mean, std)
 
 
-def options_from(cfg: Any) -> ModelOptions:
-    """ModelOptions from the train parameters (any object with the same field names)."""
+def options_from(cfg: TrainParams) -> ModelOptions:
+    """ModelOptions from the train parameters."""
     return ModelOptions(**{f.name: getattr(cfg, f.name) for f in fields(ModelOptions)})
 
 

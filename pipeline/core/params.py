@@ -1,8 +1,8 @@
 """Every parameter of the pipeline, validated once into typed, frozen objects.
 
-`params.yaml` is read here and nowhere else. Each field carries its default, its allowed values
-and a one-line help text; the README's parameter reference is generated from the same fields
-(`python -m pipeline.params`), so the two cannot drift apart.
+`params.yaml` is read here and nowhere else. Each field carries its default (the only place it is
+written down), its allowed values and a one-line help text; the README's parameter reference is
+generated from the same fields (`python -m pipeline params-reference`), so the two cannot drift apart.
 """
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
-# Names only: the registries that implement them (pipeline.datasets, pipeline.models) import
+# Names only: the registries that implement them (core.datasets, core.models, core.optim) import
 # torch, which the edge should not pay for. tests/test_params.py checks the two agree.
 DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10")
 MODELS = ("cnn", "mlp", "resnet", "resnet18")
@@ -279,16 +278,3 @@ def _yaml_scalar(value: Any) -> str:
 def _show(value: Any) -> str:
     text = repr(value) if not isinstance(value, dict) else "a mapping"
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-@click.command()
-def main() -> None:
-    """Print the parameter reference as a Markdown table (it is pasted into the README)."""
-    click.echo("| key | default | allowed | what it does |")
-    click.echo("| --- | --- | --- | --- |")
-    for key, default, allowed, text in reference():
-        click.echo(f"| `{key}` | `{default}` | {allowed} | {text} |")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,18 +1,18 @@
-"""Re-running the pipeline from scratch in a clean clone: the engine of repro_check and reproduce."""
+"""Re-running the pipeline from scratch in a clean clone: the engine of the repro-check and reproduce tools."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.core import paths
+from pipeline.core.errors import PipelineError
+from pipeline.core.repo import clean_env, git
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,6 @@ class Outcome:
             if a != b:
                 lines.append(f"{key}: {a!r} vs {b!r}")
         return lines
-
-
-def git(*args: str, cwd: Path) -> str:
-    """Run git, raising PipelineError with its message on failure."""
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PipelineError(f"git {' '.join(args)}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
-    return proc.stdout.strip()
 
 
 def clone(source: Path, commit: str, dest: Path) -> Path:
@@ -64,10 +56,8 @@ def write_params(root: Path, override: dict[str, Any]) -> None:
 
 def run_pipeline(root: Path, log: Path) -> Outcome:
     """`dvc repro` in `root` with its own MLflow store; the outputs that must be reproducible."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with open(log, "w") as fh:
-        proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run(["dvc", "repro"], cwd=root, env=clean_env(), stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise PipelineError(f"dvc repro failed in {root} (log {log}):\n{tail}")
@@ -76,11 +66,11 @@ def run_pipeline(root: Path, log: Path) -> Outcome:
 
 def collect(root: Path) -> Outcome:
     """Hashes of model and statistics, and every numeric metric (the MLflow run id excluded)."""
-    hashes = {p: hashlib.sha256((root / p).read_bytes()).hexdigest() for p in ("models/model.pt", "data/stats.json")}
+    hashes = {p.as_posix(): hashlib.sha256((root / p).read_bytes()).hexdigest() for p in (paths.MODEL, paths.STATS)}
     metrics: dict[str, float] = {}
-    for name in ("metrics/train.json", "metrics/eval.json"):
+    for name in (paths.TRAIN_METRICS, paths.EVAL_METRICS):
         data = json.loads((root / name).read_text())
-        prefix = Path(name).stem
+        prefix = name.stem
         for key, value in flatten(data).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 metrics[f"{prefix}.{key}"] = float(value)

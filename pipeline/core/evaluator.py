@@ -1,0 +1,56 @@
+"""The `evaluate` stage's work in-process: `evaluate(params, tracker)`, called by the stage and the tests.
+
+Everything but evaluate.* comes with the model (models/model.pt); the results go to the files DVC
+tracks and into the train stage's run.
+"""
+from __future__ import annotations
+
+import torch
+
+from pipeline.core import atomic, datasets, figures, loop, models, paths
+from pipeline.core.metrics import Report, report
+from pipeline.core.params import Params, flatten
+from pipeline.core.tracking import Tracker, dvc_lock_tags, read_run_file
+
+BATCH_SIZE = 1000
+
+
+def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
+    """Evaluate models/model.pt on the test split; returns the report and the tracker's run id."""
+    model, meta = models.load(paths.MODEL)
+    spec = datasets.get(meta["dataset"])
+    images, labels = datasets.load_split(spec, paths.RAW, train=False)
+    run_info = read_run_file(paths.RUN_FILE)
+    names = meta["class_names"]
+    with tracker.evaluate_run(run_info, flatten(params.evaluate, "evaluate.")) as run_id:
+        # fp32 on the CPU, exactly what the exported MLflow model computes.
+        logits = loop.logits(model, images, BATCH_SIZE, loop.CPU_FP32)
+        rep = report(logits, labels, names, params.evaluate.top_k)
+        predicted = logits.argmax(1)
+
+        atomic.write_json(paths.EVAL_METRICS, rep.metrics())
+        atomic.write_csv(
+            paths.CONFUSION_PLOT, ["actual", "predicted"],
+            ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())),
+        )
+        atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
+
+        # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per stage).
+        tracker.set_tags(dvc_lock_tags())
+        tracker.log_metrics(rep.mlflow_metrics())
+        tracker.log_table(
+            {"class": names, "images": rep.confusion.sum(1).tolist(), "accuracy": list(rep.per_class_accuracy.values())},
+            "per_class_accuracy.json",
+        )
+        tracker.log_figure(figures.confusion_matrix(rep.confusion, names), "confusion_matrix.png")
+        # The first test images plus the first mistakes, so the grid always shows some errors.
+        wrong = (predicted != labels).nonzero().flatten()[:16]
+        shown = torch.cat([torch.arange(min(16, len(labels))), wrong])
+        grid = figures.image_grid(
+            images[shown],
+            [f"{names[int(predicted[i])]}/{names[int(labels[i])]}" for i in shown],
+            [bool(predicted[i] != labels[i]) for i in shown],
+        )
+        atomic.write_bytes(paths.TEST_SAMPLES_PLOT, grid)
+        tracker.log_file(paths.TEST_SAMPLES_PLOT)
+    return rep, run_id

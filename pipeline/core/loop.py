@@ -1,0 +1,306 @@
+"""The training loop: device, precision and seeding; whole splits as uint8 tensors; epochs with early stopping.
+
+Images stay uint8 until a batch is drawn and the model normalises each batch itself: no per-sample
+transforms, no DataLoader. Read `fit` top to bottom: shuffle, train one epoch, validate, keep the
+best weights, hand the state to `on_epoch` (which checkpoints it), stop when patience runs out.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.optim import Optimization
+from pipeline.core.params import TrainParams
+
+VAL_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None = plain fp32
+    channels_last: bool
+
+    def autocast(self) -> ContextManager[Any]:
+        """Autocast context for forward passes (a no-op in fp32)."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """Move `model` to the device and memory format it is trained in (before its optimizer is built)."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the device, in the memory format of the model."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+CPU_FP32 = Runtime(torch.device("cpu"), None, False)  # what the exported MLflow model computes
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively (AVX-512 BF16/AMX on the CPU, Ampere+ on CUDA)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def make_runtime(cfg: TrainParams) -> Runtime:
+    """Pick device, threads and precision from the parameters and what this machine has."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("train.device is cuda, but no CUDA device is available")
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype: torch.dtype | None = None
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device)):
+        dtype = torch.bfloat16
+    return Runtime(device=device, autocast_dtype=dtype, channels_last=cfg.channels_last)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels.
+
+    With this, a fixed thread count and the explicit generators used for splits and shuffling, the
+    same code, parameters and data on the same machine give byte-identical weights.
+    """
+    import os
+    import random
+
+    import numpy as np
+
+    # cuBLAS needs this before CUDA initialises to have deterministic GEMMs (ignored on the CPU).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The training split resident on the device: every image once, which of them to fit on, the validation set."""
+
+    images: torch.Tensor  # uint8 N×C×H×W
+    labels: torch.Tensor  # int64 N
+    fit_idx: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    augment: bool = False  # random crop + flip of every training batch
+
+    @classmethod
+    def on(cls, rt: Runtime, images: torch.Tensor, labels: torch.Tensor, fit_idx: torch.Tensor,
+           val_idx: torch.Tensor, augment: bool = False) -> TrainData:
+        """Move the split to the runtime's device once: no per-batch host→device copies."""
+        images, labels, val_idx = images.to(rt.device), labels.to(rt.device), val_idx.to(rt.device)
+        return cls(images, labels, fit_idx.to(rt.device), images[val_idx], labels[val_idx], augment)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Full batches in one epoch (the tail is dropped), at least one."""
+        return max(1, len(self.fit_idx) // batch_size)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One row of plots/train.csv and one step of the MLflow curves."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        """Everything but the epoch number, for MLflow."""
+        return {k: v for k, v in asdict(self).items() if k != "epoch"}
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Where training stands after `epoch` finished epochs: what a checkpoint holds and a resume needs.
+
+    `model`, `optimizer` and `scheduler` are the live state dicts of the last epoch (None before the
+    first); `best_state` is a copy of the best epoch's weights.
+    """
+
+    generator: torch.Tensor  # the shuffling/augmentation generator
+    torch_rng: torch.Tensor | None = None  # torch's global RNG (dropout); None = leave it as it is
+    epoch: int = 0
+    model: dict[str, torch.Tensor] | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    history: tuple[EpochResult, ...] = field(default_factory=tuple)
+    best_acc: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def start(cls, seed: int) -> TrainState:
+        """Before the first epoch."""
+        return cls(generator=torch.Generator().manual_seed(seed).get_state())
+
+    @property
+    def best(self) -> EpochResult:
+        """The epoch whose weights the model ends with."""
+        return self.history[self.best_epoch - 1]
+
+    def patience_exhausted(self, cfg: TrainParams) -> bool:
+        """Early stopping, decided here alone: `patience` epochs have passed without a better one."""
+        return cfg.patience is not None and self.best_epoch > 0 and self.epoch - self.best_epoch >= cfg.patience
+
+    def finished(self, cfg: TrainParams) -> bool:
+        """No epoch left to run."""
+        return self.epoch >= cfg.epochs or self.patience_exhausted(cfg)
+
+
+def batches(
+    images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, batch_size: int, drop_last: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 images, labels) batches of `indices`, in the order given."""
+    stop = len(indices)
+    if drop_last and stop > batch_size:
+        stop -= stop % batch_size  # a size-1 tail batch would break BatchNorm
+    for start in range(0, stop, batch_size):
+        idx = indices[start : start + batch_size]
+        yield images[idx], labels[idx]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4 px zero padding and random horizontal flip, per image, on a uint8 batch."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)  # n×h
+    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)  # n×w
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_n = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n×h×w×c
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batch_iter: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    opt: Optimization,
+    rt: Runtime,
+    progress: Any = None,
+) -> tuple[float, float]:
+    """One pass over the batches; returns (mean loss, accuracy). `progress` is an optional tqdm bar."""
+    model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
+    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    seen = 0
+    for x, y in batch_iter:
+        x, y = rt.images(x), y.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(x)
+            loss = opt.loss(logits.float(), y)
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if opt.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+        opt.optimizer.step()
+        opt.after_batch()
+        # Accumulate on the device: no host sync per batch.
+        total_loss += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if progress is not None:
+            progress.update(1)
+            if progress.n % 20 == 0:  # reading the totals syncs the device; not every batch
+                progress.set_postfix(loss=f"{float(total_loss) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
+    return float(total_loss) / seen, int(correct) / seen
+
+
+@torch.no_grad()
+def logits(model: nn.Module, images: torch.Tensor, batch_size: int, rt: Runtime) -> torch.Tensor:
+    """Logits (float32, on the CPU) for every image, in order."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        with rt.autocast():
+            out.append(model(rt.images(images[start : start + batch_size])).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def fit(
+    model: nn.Module,
+    data: TrainData,
+    opt: Optimization,
+    cfg: TrainParams,
+    rt: Runtime,
+    state: TrainState,
+    on_epoch: Callable[[EpochResult, TrainState], None] = lambda result, state: None,
+    progress: bool = False,
+) -> TrainState:
+    """Train from `state` (fresh or a checkpoint) until the epochs or the patience run out; the model ends
+    with its best weights. Resuming a state an interrupted run handed to `on_epoch` ends with exactly the
+    weights of an uninterrupted run."""
+    generator = torch.Generator()
+    generator.set_state(state.generator)
+    if state.model is not None:
+        model.load_state_dict(state.model)
+        opt.optimizer.load_state_dict(state.optimizer)
+        if opt.scheduler is not None:
+            opt.scheduler.load_state_dict(state.scheduler)
+    if state.torch_rng is not None:
+        torch.set_rng_state(state.torch_rng)
+    steps = data.batches_per_epoch(cfg.batch_size)
+    while not state.finished(cfg):
+        epoch, start = state.epoch + 1, time.perf_counter()
+        lr = opt.optimizer.param_groups[0]["lr"]
+        shuffled = data.fit_idx[torch.randperm(len(data.fit_idx), generator=generator).to(rt.device)]
+        batch_iter = batches(data.images, data.labels, shuffled, cfg.batch_size, drop_last=True)
+        if data.augment:
+            batch_iter = ((augment(x, generator), y) for x, y in batch_iter)
+        with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress) as bar:
+            train_loss, train_acc = train_one_epoch(model, batch_iter, opt, rt, bar if progress else None)
+        opt.after_epoch()
+        val_logits = logits(model, data.val_images, VAL_BATCH_SIZE, rt)
+        labels = data.val_labels.cpu()
+        # Plain cross-entropy, not train.loss: with label smoothing the training loss is not a likelihood,
+        # and one scale lets runs with different losses be compared (nll on log-softmax is the same maths).
+        val_loss = float(F.cross_entropy(val_logits, labels))
+        val_acc = int((val_logits.argmax(1) == labels).sum()) / len(labels)
+        result = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start)
+        better = state.best_state is None or val_acc > state.best_acc + cfg.min_delta
+        state = replace(
+            state,
+            generator=generator.get_state(),
+            torch_rng=torch.get_rng_state(),
+            epoch=epoch,
+            model=model.state_dict(),
+            optimizer=opt.optimizer.state_dict(),
+            scheduler=opt.scheduler.state_dict() if opt.scheduler is not None else None,
+            history=(*state.history, result),
+            **({"best_acc": val_acc, "best_epoch": epoch,
+                "best_state": {k: v.detach().clone() for k, v in model.state_dict().items()}} if better else {}),
+        )
+        on_epoch(result, state)
+    assert state.best_state is not None
+    model.load_state_dict(state.best_state)
+    return state

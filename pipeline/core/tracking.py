@@ -1,0 +1,352 @@
+"""Experiment tracking: the Tracker interface the workflow talks to, and its MLflow implementation.
+
+This is the only module that imports mlflow, and only inside MlflowTracker: an untracked run (the
+base Tracker, which records nothing) never pays for the import. One MLflow run per pipeline
+execution: train opens it, evaluate reopens it from `models/mlflow_run.json`.
+
+The store is `MLFLOW_TRACKING_URI` when set, else SQLite at the *project root*: `DVC_ROOT` points
+there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so `dvc repro`,
+`dvc exp run` and queued runs all land in one store.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.core import atomic, paths
+from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.repo import git
+
+RUN_FILE_VERSION = 1
+
+
+class Tracker:
+    """What the workflow reports about a run. This base class records nothing: an untracked run."""
+
+    @contextmanager
+    def train_run(
+        self, experiment_name: str, run_name: str, params: Mapping[str, Any], resume_run_id: str | None = None
+    ) -> Iterator[str]:
+        """Open the train stage's run (or reopen the one a resumed checkpoint belongs to), log `params`,
+        yield the run id."""
+        yield ""
+
+    @contextmanager
+    def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
+        """Reopen the run that `run_info` (models/mlflow_run.json) names, log `params`, yield its id."""
+        yield ""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log metrics in one request (per-epoch ones with `step` = epoch)."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set run tags."""
+
+    def log_dataset(self, name: str, digest: str, source: Path, rows: Mapping[str, int]) -> None:
+        """Record the training data as an input of the run."""
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store a text artifact."""
+
+    def log_file(self, path: Path) -> None:
+        """Store a file as an artifact under its name."""
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Store a matplotlib figure."""
+
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """Store a table given as {column: values}."""
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
+        """Store the model; returns its URI ("" when untracked)."""
+        return ""
+
+    def register(self, model_uri: str, name: str, alias: str) -> str:
+        """Register a stored model as a new version of `name` with `alias`; returns the version."""
+        return ""
+
+
+class MlflowTracker(Tracker):
+    """Records into the MLflow store at `uri` (default: `tracking_uri()`); checks it answers first."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        # Decided before set_tracking_uri, which also exports MLFLOW_TRACKING_URI to this process.
+        self.uri = uri or tracking_uri()
+        self._default_store = uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+        check_reachable(self.uri)  # before any work, not after an hour of training
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+
+    def _experiment_id(self, name: str) -> str:
+        """The id of experiment `name`, created if needed."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            # The default store would put artifacts in ./mlruns of whatever folder the stage runs in
+            # (a throwaway copy for queued experiments); pin them beside the database instead.
+            location = (paths.project_root() / "mlruns").as_uri() if self._default_store else None
+            try:
+                return client.create_experiment(name, artifact_location=location)
+            except MlflowException:
+                exp = client.get_experiment_by_name(name)  # created meanwhile by a parallel run
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":
+            raise PipelineError(
+                f"mlflow.experiment_name: experiment {name!r} is deleted in {self.uri}; restore it or choose another name"
+            )
+        return exp.experiment_id
+
+    @contextmanager
+    def _run(self, **start_kwargs: Any) -> Iterator[Any]:
+        """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never RUNNING."""
+        import mlflow
+        from mlflow.entities import RunStatus
+        from mlflow.exceptions import MlflowException
+
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            run = mlflow.start_run(**start_kwargs)
+        except MlflowException as exc:
+            raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+        else:
+            mlflow.end_run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    @contextmanager
+    def train_run(
+        self, experiment_name: str, run_name: str, params: Mapping[str, Any], resume_run_id: str | None = None
+    ) -> Iterator[str]:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = self._experiment_id(experiment_name)
+        start: dict[str, Any] = {"experiment_id": experiment_id, "run_name": run_name, "tags": origin_tags()}
+        if resume_run_id is not None:
+            try:
+                MlflowClient().get_run(resume_run_id)
+                start = {"run_id": resume_run_id}
+            except MlflowException:
+                pass  # the store lost it: resume the training, in a new run
+        with self._run(**start) as run:
+            mlflow.log_params({k: param_value(v) for k, v in params.items()})
+            yield run.info.run_id
+
+    @contextmanager
+    def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
+        """As Tracker.evaluate_run; a new run, tagged with the original id and carrying its parameters, is
+        opened instead when the store does not know that run (a fresh store, a clone) or when the run was
+        already evaluated with other evaluate.* values (MLflow parameters cannot change)."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = self._experiment_id(run_info["experiment_name"])
+        wanted = {k: param_value(v) for k, v in params.items()}
+        try:
+            original = MlflowClient().get_run(run_info["run_id"])
+        except MlflowException:
+            original = None
+        if original is not None and all(original.data.params.get(k, v) == v for k, v in wanted.items()):
+            start: dict[str, Any] = {"run_id": run_info["run_id"]}
+            inherited: dict[str, str] = {}
+        else:
+            start = {
+                "experiment_id": experiment_id,
+                "run_name": run_info.get("run_name"),
+                "tags": {**origin_tags(), "original_run_id": run_info["run_id"]},
+            }
+            inherited = {k: v for k, v in original.data.params.items() if k not in wanted} if original else {}
+        with self._run(**start) as run:
+            mlflow.log_params({**inherited, **wanted})
+            yield run.info.run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        mlflow.log_metrics(dict(metrics), step=step)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(dict(tags))
+
+    def log_dataset(self, name: str, digest: str, source: Path, rows: Mapping[str, int]) -> None:
+        import mlflow
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        dataset = MetaDataset(LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
+        mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in rows.items()})
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        import mlflow
+
+        mlflow.log_text(text, artifact_file)
+
+    def log_file(self, path: Path) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path))
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        import mlflow
+
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        import mlflow
+        import pandas as pd
+
+        mlflow.log_table(pd.DataFrame(dict(columns)), artifact_file=artifact_file)
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
+        """A self-contained torch.export program that takes raw uint8 images.
+
+        MLflow's pyfunc enforces one input dtype; uint8 is what datasets and image decoders give.
+        `mlflow.pytorch.load_model` returns the same program for callers that hold tensors.
+        """
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
+        example = example[:2].cpu().contiguous()
+        with torch.no_grad():
+            output = model(example)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example.numpy(), output.numpy()),
+            input_example=example.numpy(),
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        return info.model_uri
+
+    def register(self, model_uri: str, name: str, alias: str) -> str:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        version = mlflow.register_model(model_uri, name)
+        MlflowClient().set_registered_model_alias(name, alias, version.version)
+        return str(version.version)
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or the SQLite store at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.project_root() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when a tracking server does not answer.
+
+    MLflow's own client retries with backoff for minutes; a pipeline should not train for an hour
+    and then find out it cannot log.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        # A fresh opener reads the proxy settings now; urlopen's global one keeps the first it saw.
+        with urllib.request.build_opener().open(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); start it or unset the variable"
+        ) from None
+
+
+def origin_tags() -> dict[str, str]:
+    """Tags that tie a run to its code and its DVC experiment."""
+    tags: dict[str, str] = {}
+    commit = git("rev-parse", "HEAD", check=False)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no", check=False))).lower()
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def param_value(value: Any) -> str:
+    """A parameter as MLflow should show it: YAML spelling for null and booleans."""
+    if value is None or isinstance(value, (bool, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return str(value)
+
+
+def write_run_file(path: Path, run_id: str, experiment_name: str, run_name: str) -> None:
+    """Record the run id so that evaluate appends to the same run."""
+    atomic.write_json(
+        path,
+        {"version": RUN_FILE_VERSION, "run_id": run_id, "experiment_name": experiment_name, "run_name": run_name},
+    )
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """Read models/mlflow_run.json."""
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+        info["run_id"], info["experiment_name"]
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the train stage first") from None
+    except (ValueError, KeyError, TypeError):
+        raise PipelineError(f"{path}: not a run file written by the train stage; rerun train") from None
+    return info
+
+
+def package_versions() -> str:
+    """`pip freeze`-style list of the installed distributions (read from metadata, no subprocess)."""
+    from importlib.metadata import distributions
+
+    pins = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
+    return "\n".join(sorted(pins, key=str.lower)) + "\n"
+
+
+def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+    """The content hashes DVC recorded for the data, the statistics and the model, as run tags."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {}
+    tags = {}
+    for stage, out in (("download", paths.RAW), ("normalization-stats", paths.STATS), ("train", paths.MODEL)):
+        for entry in stages.get(stage, {}).get("outs", []):
+            if entry.get("path") == out.as_posix() and entry.get("md5"):
+                tags[f"dvc.lock.{out.as_posix()}"] = entry["md5"]
+    return tags
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,143 @@
+"""The `train` stage's work in-process: `train(params, tracker)`, called by the stage, the benchmark and the tests.
+
+Loads the fitting and validation images, builds the model, runs the loop (resuming a matching
+checkpoint), and writes the model, the run file, the metrics and the curves. What it tells the
+tracker is all the tracking there is: with the base `Tracker` nothing is logged anywhere.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from pipeline.core import atomic, checkpoints, datasets, figures, loop, models, normalization, paths, splits
+from pipeline.core.loop import EpochResult, TrainState
+from pipeline.core.optim import Optimization
+from pipeline.core.params import Params, flatten
+from pipeline.core.tracking import Tracker, package_versions, write_run_file
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a finished train run produced, besides its files."""
+
+    run_id: str
+    state: TrainState
+    stopped_early: bool
+    seconds: float  # inside the loop
+    registered_version: str | None
+
+    def summary(self) -> dict[str, object]:
+        """The content of metrics/train.json (no timings: identical runs give identical files)."""
+        best = self.state.best
+        return {
+            "best_val_accuracy": best.val_accuracy,
+            "best_val_loss": best.val_loss,
+            "best_epoch": self.state.best_epoch,
+            "epochs_run": len(self.state.history),
+            "stopped_early": self.stopped_early,
+            "mlflow_run_id": self.run_id,
+        }
+
+
+def run_name(params: Params) -> str:
+    """A name a person can read in the MLflow UI, e.g. mnist-cnn-lr0.01-<dvc experiment>."""
+    name = f"{params.data.dataset}-{params.train.model}-lr{params.train.lr:g}"
+    exp = os.environ.get("DVC_EXP_NAME")
+    return f"{name}-{exp}" if exp else name
+
+
+def train(
+    params: Params,
+    tracker: Tracker,
+    log: Callable[[str], None] = lambda line: None,
+    on_epoch: Callable[[EpochResult], None] = lambda result: None,
+    progress: bool = False,
+) -> TrainOutcome:
+    """Fit on the fitting split, validate every epoch, keep the best weights; write every train output.
+
+    `log` gets the lines a person reads (header, one per epoch, resume notices); `on_epoch` gets each
+    epoch's result as it finishes; `progress` shows tqdm bars.
+    """
+    cfg = params.train
+    spec = datasets.get(params.data.dataset)
+    norm = normalization.load(paths.STATS, spec.name)
+    images, labels = datasets.load_split(spec, paths.RAW, train=True)
+    fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
+    rt = loop.make_runtime(cfg)
+    loop.seed_everything(params.seed)
+    options = models.options_from(cfg)
+    model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std, options)
+    log(
+        f"train: {cfg.model} on {spec.name}, {len(fit_idx)} fit / {len(val_idx)} val images, "
+        f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
+    )
+
+    name = run_name(params)
+    # evaluate.* are logged by the evaluate stage, which is the one that reads them.
+    logged = {k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")}
+    fingerprint = checkpoints.fingerprint(
+        {k: v for k, v in logged.items() if not k.startswith("mlflow.")}, [norm.mean, norm.std]
+    )
+    resume = checkpoints.load(fingerprint)
+    if resume is not None:
+        log(f"resuming from the checkpoint after epoch {resume.state.epoch} (MLflow run {resume.run_id})")
+    with tracker.train_run(params.mlflow.experiment_name, name, logged, resume.run_id if resume else None) as run_id:
+        data_digest = datasets.digest(images, labels)
+        tracker.log_dataset(spec.name, data_digest, paths.RAW, {"fit": len(fit_idx), "validation": len(val_idx)})
+        tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest})
+        tracker.log_text(package_versions(), "environment/pip-freeze.txt")
+
+        data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx, augment=params.data.augment)
+        model = rt.place(model)
+        opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
+
+        def after_epoch(r: EpochResult, state: TrainState) -> None:
+            checkpoints.save(state, fingerprint, run_id)
+            tracker.log_metrics(r.metrics(), step=r.epoch)
+            log(
+                f"epoch {r.epoch}/{cfg.epochs}: train_loss {r.train_loss:.4f} train_acc {r.train_accuracy:.4f} "
+                f"val_loss {r.val_loss:.4f} val_acc {r.val_accuracy:.4f} lr {r.lr:.2e} ({r.seconds:.1f}s)"
+            )
+            on_epoch(r)
+
+        start = time.perf_counter()
+        state = resume.state if resume else TrainState.start(params.seed)
+        state = loop.fit(model, data, opt, cfg, rt, state, after_epoch, progress=progress)
+        seconds = time.perf_counter() - start
+        # Timing goes to the tracker only: metrics files must be identical between identical runs.
+        tracker.log_metrics({"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
+                            step=state.best_epoch)
+        model_uri = tracker.log_model(model, images[val_idx[:2]])
+        version = None
+        if params.mlflow.register_model:
+            version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
+            log(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
+
+        atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(images, labels, fit_idx, spec.class_names))
+        tracker.log_file(paths.TRAIN_SAMPLES_PLOT)
+        models.save(
+            paths.MODEL,
+            model,
+            {
+                "architecture": cfg.model,
+                "options": models.options_dict(options),
+                "dataset": spec.name,
+                "in_channels": spec.channels,
+                "image_size": spec.image_size,
+                "class_names": list(spec.class_names),
+                "mean": list(norm.mean),
+                "std": list(norm.std),
+            },
+        )
+        outcome = TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
+                               registered_version=version)
+        write_run_file(paths.RUN_FILE, run_id, params.mlflow.experiment_name, name)
+        atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
+        columns = [f.name for f in fields(EpochResult)]
+        atomic.write_csv(paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history))
+    checkpoints.remove()
+    return outcome

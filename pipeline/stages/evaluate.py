@@ -1,0 +1,30 @@
+"""Stage `evaluate`: test-set metrics, DVC plots, and the test results in the train stage's MLflow run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli import params_option, reports_errors
+from pipeline.core.params import load_params
+
+
+@click.command()
+@params_option
+@reports_errors
+def main(params_file: Path) -> None:
+    """Evaluate models/model.pt on the test split; everything but evaluate.* comes with the model.
+
+    Reads evaluate.*.
+    """
+    params = load_params(params_file)
+    from pipeline.core import evaluator, tracking
+    from pipeline.core.metrics import per_class_table
+
+    rep, run_id = evaluator.evaluate(params, tracking.MlflowTracker())
+    click.echo(per_class_table(rep))
+    click.echo(f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}")
+
+
+if __name__ == "__main__":
+    main()
