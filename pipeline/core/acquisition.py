@@ -19,13 +19,21 @@ from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params
 
 
-def acquire(params: Params) -> tuple[DatasetSpec, Path | None]:
-    """The `download` stage's work: data.dataset's files into data/raw; returns (spec, local source or None)."""
+def acquire(params: Params) -> tuple[DatasetSpec, Path | None, list[str]]:
+    """The `download` stage's work: data.dataset's files into data/raw.
+
+    Returns (spec, the local folder they came from or None for a download, notices for the user).
+    """
     spec = datasets.get(params.data.dataset)
     mirror = paths.project_root() / params.data.mirror if params.data.mirror else None
     if mirror is not None and not mirror.is_dir():
         raise PipelineError(f"data.mirror: folder {mirror} does not exist")
-    return spec, download(spec, paths.RAW, mirror)
+    notices = []
+    if mirror is not None:
+        missing = [name for name, _ in spec.files if not (mirror / name).is_file()]
+        if missing:
+            notices.append(f"data.mirror {mirror} lacks {', '.join(missing)}; trying the next source")
+    return spec, download(spec, paths.RAW, mirror), notices
 
 
 def md5sum(path: Path) -> str:

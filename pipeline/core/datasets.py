@@ -96,18 +96,23 @@ def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor
     """One split as (uint8 images N×C×H×W, int64 labels), without per-sample transforms."""
     if not (Path(root) / spec.folder).is_dir():
         raise PipelineError(f"{root}: no {spec.folder} data there; run the download stage first (dvc repro download)")
+    rerun = "rerun the download stage (dvc repro -f download)"
     try:
         ds = spec.torchvision_class(str(root), train=train, download=False)
-    except RuntimeError as exc:
-        raise PipelineError(f"{root}: {spec.folder} data is incomplete ({first_line(exc)}); rerun the download stage") from None
-    images = torch.as_tensor(ds.data)
+        images = torch.as_tensor(ds.data)
+        labels = torch.as_tensor(ds.targets, dtype=torch.int64)
+    except Exception as exc:  # torchvision's readers fail in many ways on cut or foreign files
+        raise PipelineError(f"{root}: {spec.folder} data is damaged or incomplete ({first_line(exc)}); {rerun}") from None
     if images.ndim == 3:
         images = images.unsqueeze(1)
-    elif images.shape[-1] == spec.channels:  # channels-last arrays (CIFAR's numpy layout)
+    elif images.ndim == 4 and images.shape[-1] == spec.channels:  # channels-last arrays (CIFAR's numpy layout)
         images = images.permute(0, 3, 1, 2).contiguous()
-    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
     if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (spec.channels, spec.image_size, spec.image_size):
-        raise PipelineError(f"{root}: {spec.folder} images have shape {tuple(images.shape)}, not the expected format")
+        raise PipelineError(f"{root}: {spec.folder} images have shape {tuple(images.shape)}, not the expected format; {rerun}")
+    if len(labels) != len(images) or len(images) == 0:
+        raise PipelineError(f"{root}: {spec.folder} has {len(images)} images but {len(labels)} labels; {rerun}")
+    if int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes:
+        raise PipelineError(f"{root}: {spec.folder} labels outside 0..{spec.num_classes - 1}; {rerun}")
     return images, labels
 
 

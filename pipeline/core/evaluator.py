@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.core import atomic, datasets, figures, loop, models, paths
+from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import Report, report
 from pipeline.core.params import Params, flatten
 from pipeline.core.tracking import Tracker, dvc_lock_tags, read_run_file
@@ -18,6 +19,10 @@ BATCH_SIZE = 1000
 def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     """Evaluate models/model.pt on the test split; returns the report and the tracker's run id."""
     model, meta = models.load(paths.MODEL)
+    if params.evaluate.top_k > len(meta["class_names"]):
+        raise PipelineError(
+            f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(meta['class_names'])} classes of the model"
+        )
     spec = datasets.get(meta["dataset"])
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
     run_info = read_run_file(paths.RUN_FILE)

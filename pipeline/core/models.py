@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import io
-import pickle
+import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.core import atomic
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import TrainParams
 
 
@@ -182,15 +182,53 @@ def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run the train stage first")
+    if path.stat().st_size == 0:
+        raise PipelineError(f"{path}: empty file; rerun the train stage (dvc repro -f train)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get("options", {}).items()}
         options = ModelOptions(**{**stored, "pretrained": False})  # weights come from the file
-        model = build(
-            ckpt["architecture"], ckpt["in_channels"], ckpt["image_size"], len(ckpt["class_names"]),
-            ckpt["mean"], ckpt["std"], options,
-        )
+        shape = (ckpt["architecture"], ckpt["in_channels"], ckpt["image_size"], len(ckpt["class_names"]))
+        check_fits(*shape, options, batch_size=1, blame=str(path))  # a foreign file must not allocate terabytes
+        model = build(*shape, ckpt["mean"], ckpt["std"], options)
         model.load_state_dict(ckpt.pop("state_dict"))
-    except (RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
-        raise PipelineError(f"{path}: not a model written by the train stage ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # truncated, foreign or hostile: torch's unpickler and load_state_dict fail many ways
+        raise PipelineError(f"{path}: not a model written by the train stage ({first_line(exc)})") from None
     return model.eval(), ckpt
+
+
+def training_bytes(
+    architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions, batch_size: int
+) -> int:
+    """Rough bytes to train the model: weights, gradients and two optimizer moments, plus one batch's
+    activations and their gradients. Nothing is allocated: the weights are counted on the meta device,
+    the activations of cnn and mlp (the architectures with size parameters) from their shapes."""
+    if architecture not in ARCHITECTURES:
+        raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    with torch.device("meta"):
+        net = ARCHITECTURES[architecture](in_channels, image_size, num_classes, replace(options, pretrained=False))
+    weights = sum(p.numel() for p in net.parameters())
+    if architecture == "cnn":  # conv, ReLU and pool outputs of each block
+        per_sample, side = 0, image_size
+        for cout in options.cnn_channels:
+            per_sample, side = per_sample + 2 * cout * side * side + cout * (side // 2) ** 2, side // 2
+    elif architecture == "mlp":  # linear, ReLU and dropout outputs of each hidden layer
+        per_sample = in_channels * image_size * image_size + 3 * sum(options.mlp_hidden)
+    else:  # fixed shapes, downsampling inside: about 16 full-resolution feature maps per layer
+        per_sample = 16 * image_size * image_size * sum(1 for m in net.modules() if not list(m.children()))
+    return 4 * (4 * weights + 2 * batch_size * per_sample)
+
+
+def check_fits(
+    architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions,
+    batch_size: int, blame: str,
+) -> None:
+    """Refuse a model that would not fit in this machine's memory before a weight is allocated; `blame`
+    names what to change (a parameter, or the file the model came from)."""
+    need = training_bytes(architecture, in_channels, image_size, num_classes, options, batch_size)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 2:
+        raise PipelineError(
+            f"{blame}: a {architecture} of this size needs about {need / 2**30:.1f} GiB to train with batch "
+            f"{batch_size}, more than half of this machine's {have / 2**30:.1f} GiB; choose a smaller one"
+        )

@@ -62,17 +62,24 @@ def save(path: Path, stats: ChannelStats, dataset: str) -> None:
     atomic.write_json(path, {"dataset": dataset, "mean": list(stats.mean), "std": list(stats.std), "count": stats.count})
 
 
-def load(path: Path, dataset: str) -> ChannelStats:
-    """Read data/stats.json, checking it belongs to `dataset`."""
+def load(path: Path, dataset: str, channels: int) -> ChannelStats:
+    """Read data/stats.json, checking it belongs to `dataset` and can normalise: one finite mean and one
+    finite, positive std per channel (a zero std would train on NaNs without a word)."""
     path = Path(path)
+    rerun = "rerun the normalization-stats stage (dvc repro -f normalization-stats)"
     try:
         raw = json.loads(path.read_text())
-        stats = ChannelStats(mean=tuple(raw["mean"]), std=tuple(raw["std"]), count=int(raw["count"]))
+        stats = ChannelStats(mean=tuple(map(float, raw["mean"])), std=tuple(map(float, raw["std"])),
+                             count=int(raw["count"]))
         name = raw["dataset"]
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run the normalization-stats stage first") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path}: not a statistics file; rerun the normalization-stats stage") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise PipelineError(f"{path}: not a statistics file; {rerun}") from None
     if name != dataset:
-        raise PipelineError(f"{path}: statistics are for {name}, not data.dataset={dataset}; rerun normalization-stats")
+        raise PipelineError(f"{path}: statistics are for {name}, not data.dataset={dataset}; {rerun}")
+    if len(stats.mean) != channels or len(stats.std) != channels:
+        raise PipelineError(f"{path}: {len(stats.mean)} means and {len(stats.std)} stds for {channels} channel(s); {rerun}")
+    if not all(math.isfinite(m) for m in stats.mean) or not all(math.isfinite(s) and s > 0 for s in stats.std):
+        raise PipelineError(f"{path}: every mean must be finite and every std finite and > 0; {rerun}")
     return stats

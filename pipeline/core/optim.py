@@ -33,8 +33,16 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainParams, int], lr_sch
     "none": lambda o, c, steps: None,
     "step": lambda o, c, steps: lr_scheduler.StepLR(o, step_size=c.step_size, gamma=c.gamma),
     "cosine": lambda o, c, steps: lr_scheduler.CosineAnnealingLR(o, T_max=c.epochs),
-    "onecycle": lambda o, c, steps: lr_scheduler.OneCycleLR(o, max_lr=c.lr, epochs=c.epochs, steps_per_epoch=steps),
+    "onecycle": lambda o, c, steps: lr_scheduler.OneCycleLR(
+        o, max_lr=c.lr, epochs=c.epochs, steps_per_epoch=steps, cycle_momentum=_has_momentum(o)
+    ),
 }
+
+
+def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether onecycle can cycle momentum: Adam-style betas, or SGD/RMSprop momentum the user switched on
+    (adadelta has none, and cycling would silently turn on momentum that train.momentum: 0 turned off)."""
+    return "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
 PER_BATCH_SCHEDULERS = frozenset({"onecycle"})  # the others step once per epoch
 
 LOSSES: dict[str, Callable[[TrainParams], Loss]] = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,12 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
+MAX_FILE_BYTES = 1 << 20  # params.yaml is a few kB; anything near this is a mistake or an attack
+# MLflow's own rules for aliases (alphanumerics, _ and -; "latest" and v<number> are reserved) and
+# registered-model names (no / or :), checked here so a bad value stops before training, not after.
+ALIAS_PATTERN = r"(?![vV]\d+$)(?![lL][aA][tT][eE][sS][tT]$)[\w-]{1,255}"
+MODEL_NAME_PATTERN = r"[^/:]{1,255}"
+
 
 def spec(
     default: Any,
@@ -36,9 +44,15 @@ def spec(
     gt: float | None = None,
     ge: float | None = None,
     lt: float | None = None,
+    le: float | None = None,
+    pattern: tuple[str, str] | None = None,
 ) -> Any:
-    """A dataclass field with a default, constraints and the help text used in the README."""
-    return field(default=default, metadata={"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt})
+    """A dataclass field with a default, constraints and the help text used in the README.
+
+    `pattern` is (regular expression a string must match in full, how to say it in a message).
+    """
+    meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le, "pattern": pattern}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -66,8 +80,10 @@ class TrainParams:
         "resnet18 (torchvision's, adapted to small inputs).",
         choices=MODELS,
     )
-    mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1)
-    cnn_channels: tuple[int, ...] = spec((16, 32), "cnn: output channels of each conv block (each halves the size).", ge=1)
+    mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20)
+    cnn_channels: tuple[int, ...] = spec(
+        (16, 32), "cnn: output channels of each conv block (each halves the size).", ge=1, le=1 << 16
+    )
     dropout: float = spec(0.25, "Dropout probability: mlp after each hidden layer, cnn before its last layer.", ge=0, lt=1)
     batch_norm: bool = spec(
         False, "cnn: batch normalisation after each convolution (off by default: ~20 % slower on CPU for ~0.1 pt on MNIST)."
@@ -110,14 +126,18 @@ class EvaluateParams:
 class MlflowParams:
     experiment_name: str = spec("image-classification", "MLflow experiment that every run lands in.")
     register_model: str | None = spec(
-        None, "Register the trained model under this name in the MLflow model registry; null = don't."
+        None, "Register the trained model under this name in the MLflow model registry; null = don't.",
+        pattern=(MODEL_NAME_PATTERN, "a name without / or :"),
     )
-    model_alias: str = spec("candidate", "Alias set on the registered model version.")
+    model_alias: str = spec(
+        "candidate", "Alias set on the registered model version.",
+        pattern=(ALIAS_PATTERN, "letters, digits, _ and - (not 'latest' or v<number>, which MLflow reserves)"),
+    )
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = spec(42, "Seed for the validation split, initialisation and shuffling.", ge=0)
+    seed: int = spec(42, "Seed for the validation split, initialisation and shuffling.", ge=0, lt=1 << 32)
     data: DataParams = field(default_factory=DataParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
@@ -128,19 +148,34 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate a params file; raise PipelineError naming the file or the bad key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise PipelineError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a parameters file")
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        # Aliases are refused before anything is built: nested aliases ("billion laughs") expand
+        # exponentially, and a parameters file never needs them.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise PipelineError(f"{path}: YAML alias *{event.anchor} at line {line}; aliases are not allowed here")
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise PipelineError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_params(raw if raw is not None else {}, source=str(path))
+    if raw is None:
+        raise PipelineError(f"{path}: empty; it must hold the parameters (git checkout {path} restores them)")
+    return parse_params(raw, source=str(path))
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
@@ -233,12 +268,11 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
             raise bad()
         if meta["choices"] and value not in meta["choices"]:
             raise bad()
-    if meta["gt"] is not None and not value > meta["gt"]:
-        raise bad()
-    if meta["ge"] is not None and not value >= meta["ge"]:
-        raise bad()
-    if meta["lt"] is not None and not value < meta["lt"]:
-        raise bad()
+        if meta["pattern"] and not re.fullmatch(meta["pattern"][0], value):
+            raise bad()
+    for bound, holds in (("gt", operator.gt), ("ge", operator.ge), ("lt", operator.lt), ("le", operator.le)):
+        if meta[bound] is not None and not holds(value, meta[bound]):
+            raise bad()
     return value
 
 
@@ -256,17 +290,20 @@ def _describe(hint: Any, meta: Any) -> str:
         return "a non-empty list of " + _describe(typing.get_args(base)[0], meta).replace("an integer", "integers")
     if meta["choices"]:
         text = "one of " + ", ".join(meta["choices"])
+    elif meta["pattern"]:
+        text = meta["pattern"][1]
     else:
         text = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[base]
-        bounds = [
-            f"> {meta['gt']:g}" if meta["gt"] is not None else "",
-            f">= {meta['ge']:g}" if meta["ge"] is not None else "",
-            f"< {meta['lt']:g}" if meta["lt"] is not None else "",
-        ]
-        bounds = [b for b in bounds if b]
+        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        bounds = [f"{sign} {_number(meta[b])}" for b, sign in signs.items() if meta[b] is not None]
         if bounds:
             text += " " + " and ".join(bounds)
     return text + (" or null" if optional else "")
+
+
+def _number(x: float) -> str:
+    """A bound as a person writes it: 4294967296, not 4.29497e+09; 0.5 as 0.5."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _yaml_scalar(value: Any) -> str:

@@ -22,7 +22,9 @@ def main(params_file: Path) -> None:
     # Imported once the parameters are valid: a typo is reported at once, not after seconds of imports.
     from pipeline.core import acquisition
 
-    spec, source = acquisition.acquire(params)
+    spec, source, notices = acquisition.acquire(params)
+    for notice in notices:
+        click.echo(notice)
     how = f"copied from {source}" if source else "downloaded by torchvision"
     click.echo(f"{spec.name}: {how}, verified and extracted into {paths.RAW}")
 

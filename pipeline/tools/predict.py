@@ -11,6 +11,7 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_PIXELS = 64 * 1024 * 1024  # 8k × 8k: far beyond any input a 28/32 px classifier needs; refused before decoding
 
 
 def image_files(inputs: list[Path]) -> list[Path]:
@@ -31,12 +32,24 @@ def image_files(inputs: list[Path]) -> list[Path]:
 
 def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×W uint8)
     """An image as the model expects it: converted to its channel count and resized to its size."""
+    import warnings
+
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # one line, not a warning + traceback
+            img = Image.open(path)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise PipelineError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise PipelineError(f"{path}: {width}×{height} pixels is too large (at most {MAX_PIXELS} pixels)")
+    try:
+        with img:
             img = img.convert("L" if channels == 1 else "RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
