@@ -365,7 +365,7 @@ def main(quick: bool, out: Path, project: Path, train_once: str | None) -> None:
         raise click.ClickException("the benchmark compares on MNIST: set data.dataset to mnist")
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed)
-    norm = normalization.load(paths.STATS, spec.name)
+    norm = normalization.load(paths.STATS, spec.name, spec.channels)
     mean, std = list(norm.mean), list(norm.std)
 
     results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine(),

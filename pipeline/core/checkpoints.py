@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pipeline.core import atomic, paths
+from pipeline.core.errors import first_line
 from pipeline.core.loop import EpochResult, TrainState
 
 PATH = paths.CHECKPOINT
@@ -47,19 +48,21 @@ def save(state: TrainState, fp: str, run_id: str, path: Path = PATH) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
-def load(fp: str, path: Path = PATH) -> Checkpoint | None:
-    """The checkpoint at `path` if it exists and matches `fp`, else None."""
+def load(fp: str, path: Path = PATH) -> tuple[Checkpoint | None, str | None]:
+    """(the checkpoint at `path` if it matches `fp`, else None; why an existing file is ignored, else None)."""
     if not path.is_file():
-        return None
+        return None, None
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file fails anywhere inside torch's unpickler
-        return None
-    if not isinstance(raw, dict) or raw.get("fingerprint") != fp:
-        return None
-    raw["history"] = tuple(EpochResult(**row) for row in raw["history"])
-    state = TrainState(**{f.name: raw[f.name] for f in fields(TrainState)})
-    return Checkpoint(state=state, run_id=raw["run_id"])
+        if not isinstance(raw, dict) or "fingerprint" not in raw:
+            raise ValueError("no fingerprint")
+        if raw["fingerprint"] != fp:
+            return None, f"ignoring {path}: it belongs to a run with other parameters or statistics"
+        raw["history"] = tuple(EpochResult(**row) for row in raw["history"])
+        state = TrainState(**{f.name: raw[f.name] for f in fields(TrainState)})
+        return Checkpoint(state=state, run_id=str(raw["run_id"])), None
+    except Exception as exc:  # a truncated or foreign file fails anywhere inside torch's unpickler
+        return None, f"ignoring {path}: not a checkpoint of this pipeline ({first_line(exc)})"
 
 
 def remove(path: Path = PATH) -> None:

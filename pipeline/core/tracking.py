@@ -11,13 +11,15 @@ there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so
 from __future__ import annotations
 
 import copy
+import fcntl
+import functools
 import json
 import os
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,6 +28,26 @@ from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.repo import git
 
 RUN_FILE_VERSION = 1
+# Stores MLflow can open; anything else is a typo that MLflow would report with a traceback.
+SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _store_errors(method: F) -> F:
+    """Turn a failure of the store (refused request, lost connection, database error) into one line."""
+
+    @functools.wraps(method)
+    def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return method(self, *args, **kwargs)
+        except (MlflowException, SQLAlchemyError, OSError) as exc:
+            raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Tracker:
@@ -78,7 +100,8 @@ class MlflowTracker(Tracker):
     """Records into the MLflow store at `uri` (default: `tracking_uri()`); checks it answers first."""
 
     def __init__(self, uri: str | None = None) -> None:
-        # Decided before set_tracking_uri, which also exports MLFLOW_TRACKING_URI to this process.
+        # Decided before set_tracking_uri, which also exports MLFLOW_TRACKING_URI to this process: a
+        # queued experiment that creates the experiment must still pin its artifacts at the real root.
         self.uri = uri or tracking_uri()
         self._default_store = uri is None and "MLFLOW_TRACKING_URI" not in os.environ
         check_reachable(self.uri)  # before any work, not after an hour of training
@@ -86,23 +109,27 @@ class MlflowTracker(Tracker):
 
         mlflow.set_tracking_uri(self.uri)
 
+    @_store_errors
     def _experiment_id(self, name: str) -> str:
-        """The id of experiment `name`, created if needed."""
+        """The id of experiment `name`, created if needed. On a SQLite store, creating the database, its
+        migrations and the experiment happen under a file lock: parallel first runs (`dvc queue start -j 2`
+        on a fresh clone) would otherwise race in the schema migration."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient()
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            # The default store would put artifacts in ./mlruns of whatever folder the stage runs in
-            # (a throwaway copy for queued experiments); pin them beside the database instead.
-            location = (paths.project_root() / "mlruns").as_uri() if self._default_store else None
-            try:
-                return client.create_experiment(name, artifact_location=location)
-            except MlflowException:
-                exp = client.get_experiment_by_name(name)  # created meanwhile by a parallel run
-                if exp is None:
-                    raise
+        with _sqlite_lock(self.uri):
+            client = MlflowClient()
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                # The default store would put artifacts in ./mlruns of whatever folder the stage runs in
+                # (a throwaway copy for queued experiments); pin them beside the database instead.
+                location = (paths.project_root() / "mlruns").as_uri() if self._default_store else None
+                try:
+                    return client.create_experiment(name, artifact_location=location)
+                except MlflowException:
+                    exp = client.get_experiment_by_name(name)  # created meanwhile by a run on another machine
+                    if exp is None:
+                        raise
         if exp.lifecycle_stage == "deleted":
             raise PipelineError(
                 f"mlflow.experiment_name: experiment {name!r} is deleted in {self.uri}; restore it or choose another name"
@@ -124,43 +151,60 @@ class MlflowTracker(Tracker):
             raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
         try:
             yield run
-        except KeyboardInterrupt:
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-            raise
-        except BaseException:
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        except BaseException as exc:
+            status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+            try:
+                mlflow.end_run(RunStatus.to_string(status))
+            except Exception:  # the store may be what failed; the original error is the one to report
+                pass
             raise
         else:
-            mlflow.end_run()
+            self._end_run()
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+    @_store_errors
+    def _end_run(self) -> None:
+        import mlflow
+
+        mlflow.end_run()
 
     @contextmanager
     def train_run(
         self, experiment_name: str, run_name: str, params: Mapping[str, Any], resume_run_id: str | None = None
     ) -> Iterator[str]:
-        import mlflow
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         experiment_id = self._experiment_id(experiment_name)
+        wanted = {k: param_value(v) for k, v in params.items()}
         start: dict[str, Any] = {"experiment_id": experiment_id, "run_name": run_name, "tags": origin_tags()}
         if resume_run_id is not None:
             try:
-                MlflowClient().get_run(resume_run_id)
-                start = {"run_id": resume_run_id}
+                old = MlflowClient().get_run(resume_run_id)
             except MlflowException:
-                pass  # the store lost it: resume the training, in a new run
+                old = None  # the store lost it: resume the training, in a new run
+            # MLflow parameters are immutable: a checkpoint resumed with other mlflow.* values (the
+            # only ones its fingerprint leaves out) continues in a new run that points to the old one.
+            if old is not None and all(old.data.params.get(k, v) == v for k, v in wanted.items()):
+                start = {"run_id": resume_run_id}
+            else:
+                start["tags"] = {**start["tags"], "resumed_from_run_id": resume_run_id}
         with self._run(**start) as run:
-            mlflow.log_params({k: param_value(v) for k, v in params.items()})
+            self._log_params(wanted)
             yield run.info.run_id
+
+    @_store_errors
+    def _log_params(self, params: Mapping[str, str]) -> None:
+        import mlflow
+
+        mlflow.log_params(dict(params))
 
     @contextmanager
     def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
         """As Tracker.evaluate_run; a new run, tagged with the original id and carrying its parameters, is
         opened instead when the store does not know that run (a fresh store, a clone) or when the run was
         already evaluated with other evaluate.* values (MLflow parameters cannot change)."""
-        import mlflow
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -181,19 +225,22 @@ class MlflowTracker(Tracker):
             }
             inherited = {k: v for k, v in original.data.params.items() if k not in wanted} if original else {}
         with self._run(**start) as run:
-            mlflow.log_params({**inherited, **wanted})
+            self._log_params({**inherited, **wanted})
             yield run.info.run_id
 
+    @_store_errors
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
         mlflow.log_metrics(dict(metrics), step=step)
 
+    @_store_errors
     def set_tags(self, tags: Mapping[str, str]) -> None:
         import mlflow
 
         mlflow.set_tags(dict(tags))
 
+    @_store_errors
     def log_dataset(self, name: str, digest: str, source: Path, rows: Mapping[str, int]) -> None:
         import mlflow
         from mlflow.data.meta_dataset import MetaDataset
@@ -202,27 +249,32 @@ class MlflowTracker(Tracker):
         dataset = MetaDataset(LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
         mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in rows.items()})
 
+    @_store_errors
     def log_text(self, text: str, artifact_file: str) -> None:
         import mlflow
 
         mlflow.log_text(text, artifact_file)
 
+    @_store_errors
     def log_file(self, path: Path) -> None:
         import mlflow
 
         mlflow.log_artifact(str(path))
 
+    @_store_errors
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         import mlflow
 
         mlflow.log_figure(figure, artifact_file)
 
+    @_store_errors
     def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
         import mlflow
         import pandas as pd
 
         mlflow.log_table(pd.DataFrame(dict(columns)), artifact_file=artifact_file)
 
+    @_store_errors
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
         """A self-contained torch.export program that takes raw uint8 images.
 
@@ -246,6 +298,7 @@ class MlflowTracker(Tracker):
         )
         return info.model_uri
 
+    @_store_errors
     def register(self, model_uri: str, name: str, alias: str) -> str:
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -261,25 +314,69 @@ def tracking_uri() -> str:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, with one line, when a tracking server does not answer.
+    """Fail in seconds, with one line, unless `uri` is a store MLflow can open and, for a server, an
+    MLflow server that answers its API (a silent port, another web server, missing credentials).
 
     MLflow's own client retries with backoff for minutes; a pipeline should not train for an hour
     and then find out it cannot log.
     """
-    if not uri.startswith(("http://", "https://")):
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in SCHEMES:
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; use http(s)://HOST:PORT of an MLflow server, "
+            "sqlite:///PATH, postgresql+psycopg2://… or unset the variable"
+        )
+    if scheme not in ("http", "https"):
         return
+    import base64
     import urllib.error
     import urllib.request
 
+    base = uri.rstrip("/")
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
         # A fresh opener reads the proxy settings now; urlopen's global one keeps the first it saw.
-        with urllib.request.build_opener().open(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+        opener = urllib.request.build_opener()
+        with opener.open(f"{base}/health", timeout=timeout) as resp:
             resp.read()
+        with opener.open(request, timeout=timeout) as resp:
+            answer = json.loads(resp.read(1 << 20))
+        if not isinstance(answer, dict):
+            raise ValueError("not a JSON object")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise PipelineError(
+                f"MLFLOW_TRACKING_URI={uri}: the server refused the credentials (HTTP {exc.code}); "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (HTTP {exc.code} from its API)") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PipelineError(
             f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); start it or unset the variable"
         ) from None
+    except ValueError:
+        raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (its API does not answer JSON)") from None
+
+
+@contextmanager
+def _sqlite_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite store's database for the block (nothing for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    lock = db.with_name(db.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def origin_tags() -> dict[str, str]:
@@ -314,13 +411,17 @@ def write_run_file(path: Path, run_id: str, experiment_name: str, run_name: str)
 def read_run_file(path: Path) -> dict[str, Any]:
     """Read models/mlflow_run.json."""
     path = Path(path)
+    bad = f"{path}: not a run file written by the train stage; rerun train (dvc repro -f train)"
     try:
         info = json.loads(path.read_text())
-        info["run_id"], info["experiment_name"]
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run the train stage first") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path}: not a run file written by the train stage; rerun train") from None
+    except (ValueError, UnicodeDecodeError):
+        raise PipelineError(bad) from None
+    if not isinstance(info, dict) or not isinstance(info.get("run_id"), str):
+        raise PipelineError(bad)
+    if not isinstance(info.get("experiment_name"), str) or not info["experiment_name"].strip():
+        raise PipelineError(f"{path}: no experiment name; rerun train (dvc repro -f train)")
     return info
 
 

@@ -64,13 +64,16 @@ def train(
     """
     cfg = params.train
     spec = datasets.get(params.data.dataset)
-    norm = normalization.load(paths.STATS, spec.name)
+    options = models.options_from(cfg)
+    shape = (cfg.model, spec.channels, spec.image_size, spec.num_classes)
+    blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(cfg.model, "train.batch_size")
+    models.check_fits(*shape, options, cfg.batch_size, blame)  # before any data is loaded
+    norm = normalization.load(paths.STATS, spec.name, spec.channels)
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
     rt = loop.make_runtime(cfg)
     loop.seed_everything(params.seed)
-    options = models.options_from(cfg)
-    model = models.build(cfg.model, spec.channels, spec.image_size, spec.num_classes, norm.mean, norm.std, options)
+    model = models.build(*shape, norm.mean, norm.std, options)
     log(
         f"train: {cfg.model} on {spec.name}, {len(fit_idx)} fit / {len(val_idx)} val images, "
         f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
@@ -82,10 +85,15 @@ def train(
     fingerprint = checkpoints.fingerprint(
         {k: v for k, v in logged.items() if not k.startswith("mlflow.")}, [norm.mean, norm.std]
     )
-    resume = checkpoints.load(fingerprint)
+    resume, notice = checkpoints.load(fingerprint)
+    if notice:
+        log(notice)
     if resume is not None:
         log(f"resuming from the checkpoint after epoch {resume.state.epoch} (MLflow run {resume.run_id})")
     with tracker.train_run(params.mlflow.experiment_name, name, logged, resume.run_id if resume else None) as run_id:
+        if resume is not None and run_id != resume.run_id:  # a new run: give it the curves so far
+            for r in resume.state.history:
+                tracker.log_metrics(r.metrics(), step=r.epoch)
         data_digest = datasets.digest(images, labels)
         tracker.log_dataset(spec.name, data_digest, paths.RAW, {"fit": len(fit_idx), "validation": len(val_idx)})
         tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest})
