@@ -19,21 +19,24 @@ def make_project(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
-    """Factory: start a real `mlflow server` on a free loopback port; returns its URL. Stopped after the test."""
+    """Factory: start a real `mlflow server` on a loopback port (a free one unless given); returns its URL.
+    `mlflow_server.stop(url)` stops one early; all are stopped by their pid after the test."""
     import time
     import urllib.request
 
-    procs: list[subprocess.Popen] = []
+    procs: dict[str, subprocess.Popen] = {}
 
-    def start(backend: str | None = None, artifacts: Path | None = None) -> str:
-        port = free_port()
+    def start(backend: str | None = None, artifacts: Path | None = None, port: int | None = None) -> str:
+        port = port or free_port()
         cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", backend or f"sqlite:///{tmp_path / f'server-{port}.db'}"]
         if artifacts is not None:
             cmd += ["--artifacts-destination", str(artifacts)]
         log = open(tmp_path / f"mlflow-server-{port}.log", "w")
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT))
         url = f"http://127.0.0.1:{port}"
+        # No job consumers: two processes in ~0.5 GB instead of nine in ~2.4 GB.
+        env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        procs[url] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         # Loopback never goes through a proxy, whatever an earlier test left in urllib's global opener.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 120
@@ -42,15 +45,21 @@ def mlflow_server(tmp_path: Path):
                 with opener.open(f"{url}/health", timeout=2):
                     return url
             except OSError:
-                if procs[-1].poll() is not None:
+                if procs[url].poll() is not None:
                     break
                 time.sleep(0.5)
         pytest.fail(f"mlflow server did not start: {(tmp_path / f'mlflow-server-{port}.log').read_text()[-2000:]}")
 
-    yield start
-    for proc in procs:
+    def stop(url: str) -> None:
+        proc = procs.pop(url)
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+    start.stop = stop  # type: ignore[attr-defined]
+    yield start
+    for url in list(procs):
+        stop(url)

@@ -101,3 +101,35 @@ def fit_tiny(model, images, labels, fit_idx, val_idx, cfg, on_epoch=None):  # ->
     model = rt.place(model)
     opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
     return loop.fit(model, data, opt, cfg, rt, loop.TrainState.start(0), on_epoch or (lambda result, state: None))
+
+
+# Not the project's outputs: git's and DVC's own state, and the MLflow store (a failed run may be recorded).
+NOT_OUTPUTS = (".git/", ".dvc/", "mlflow.db", "mlruns/", "checkpoints/")
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file of the project (code, parameters, data, every output), by relative path."""
+    import hashlib
+
+    files = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not rel.startswith(NOT_OUTPUTS):
+            files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def assert_unchanged(before: dict[str, str], after: dict[str, str]) -> None:
+    """Every file byte-identical, nothing missing, nothing new."""
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+    missing, new = sorted(before.keys() - after.keys()), sorted(after.keys() - before.keys())
+    assert not (changed or missing or new), f"changed {changed}, missing {missing}, new {new}"
+
+
+def finished_project(root: Path) -> Path:
+    """A project after a whole `dvc repro`, its results committed: what a user has after day one."""
+    create_project(root)
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "results"], root)
+    return root

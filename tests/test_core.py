@@ -129,15 +129,17 @@ def test_checkpoint_round_trip_and_refusal(tmp_path: Path) -> None:
     )
     path = tmp_path / "ckpt" / "train.pt"
     checkpoints.save(state, "fp-a", "run-1", path)
-    loaded = checkpoints.load("fp-a", path)
-    assert loaded is not None and loaded.run_id == "run-1"
+    loaded, notice = checkpoints.load("fp-a", path)
+    assert loaded is not None and loaded.run_id == "run-1" and notice is None
     assert loaded.state.history == (result,) and loaded.state.best == result and loaded.state.epoch == 1
     assert torch.equal(loaded.state.generator, state.generator)
     assert all(torch.equal(loaded.state.model[k], v) for k, v in state.model.items())
-    assert checkpoints.load("fp-b", path) is None  # other parameters: not resumable
+    assert checkpoints.load("fp-b", path) == (None, f"ignoring {path}: it belongs to a run with other parameters or statistics")
     path.write_bytes(b"truncated")
-    assert checkpoints.load("fp-a", path) is None
+    none, notice = checkpoints.load("fp-a", path)
+    assert none is None and notice.startswith(f"ignoring {path}: not a checkpoint of this pipeline (")
     checkpoints.remove(path)
+    assert checkpoints.load("fp-a", path) == (None, None)
     assert not path.exists()
 
 

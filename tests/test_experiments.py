@@ -100,9 +100,16 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
 
 
 def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path) -> None:
+    import mlflow
+    import numpy as np
+
+    from helpers import store
+
     before = len(runs(project))
     run(["dvc", "exp", "run", "--queue", "-n", "q-seed-1", "-S", "seed=1"], project)
-    run(["dvc", "exp", "run", "--queue", "-n", "q-seed-2", "-S", "seed=2"], project)
+    # This one creates its MLflow experiment from DVC's throwaway copy: the artifacts must still land
+    # at the project root, or every model of that experiment vanishes with the copy.
+    run(["dvc", "exp", "run", "--queue", "-n", "q-seed-2", "-S", "seed=2", "-S", "mlflow.experiment_name=queued"], project)
     run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -113,8 +120,16 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path) ->
     assert status.count("Success") >= 2, status
     logs = "".join(run(["dvc", "queue", "logs", name], project, check=False).stdout for name in ["q-seed-1", "q-seed-2"])
     assert "database is locked" not in logs
-    queued = {r.data.tags.get("dvc.exp_name"): r for r in runs(project)}
-    assert {"q-seed-1", "q-seed-2"} <= set(queued) and len(runs(project)) == before + 2
+    client = store(project)
+    other = client.search_runs([client.get_experiment_by_name("queued").experiment_id])
+    queued = {r.data.tags.get("dvc.exp_name"): r for r in [*runs(project), *other]}
+    assert {"q-seed-1", "q-seed-2"} <= set(queued) and len(runs(project)) == before + 1 and len(other) == 1
     assert all(queued[n].info.status == "FINISHED" and "test_accuracy" in queued[n].data.metrics for n in ["q-seed-1", "q-seed-2"])
     assert not list((project / ".dvc/tmp/exps").rglob("mlflow.db")), "a queued run wrote its own store"
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    for name in ["q-seed-1", "q-seed-2"]:  # after DVC removed its copies
+        run_id = queued[name].info.run_id
+        assert {"confusion_matrix.png", "per_class_accuracy.json"} <= {a.path for a in client.list_artifacts(run_id)}
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        assert model.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8)).shape == (2, 10)
     shutil.rmtree(project / "diff_plots", ignore_errors=True)

@@ -96,5 +96,12 @@ def test_file_errors(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"broken.yaml: not valid YAML at line \d+"):
         params.load_params(broken)
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert params.load_params(empty) == params.Params()
+    empty.write_text("# only a comment\n")
+    with pytest.raises(PipelineError, match="empty.yaml: empty; it must hold the parameters"):
+        params.load_params(empty)  # not "all defaults": an emptied file is a mistake, not a choice
+    assert params.load_params(_write(tmp_path / "partial.yaml", "train: {lr: 0.1}\n")).train.lr == 0.1
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,159 @@
+"""The catalogue of bad parameters and parameter files, against a finished project: each one stops with one
+line naming the key or file, exit code 2, no traceback, and every file of the project byte-identical —
+run as the stage commands themselves and through `dvc repro` / `dvc exp run` (where DVC would otherwise
+have deleted the outputs before the command ran)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import assert_one_line_error, assert_unchanged, finished_project, run, snapshot
+from pipeline.core.rerun import merge
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    needles: tuple[str, ...]
+    params: dict = field(default_factory=dict)  # merged into params.yaml
+    text: bytes | None = None  # or params.yaml replaced by these bytes
+    stage: str = "train"
+
+
+def key_case(name: str, key: str, value: object, stage: str = "train") -> Case:
+    """A case setting the dotted `key` to `value`; the error must name the key."""
+    *parents, leaf = key.split(".")
+    nested: dict = {leaf: value}
+    for part in reversed(parents):
+        nested = {part: nested}
+    return Case(name, (key,), params=nested, stage=stage)
+
+
+BOMB = "".join(
+    f"{chr(97 + i)}: &{chr(97 + i)} [{','.join([f'*{chr(96 + i)}'] * 9) if i else ','.join(['lol'] * 9)}]\n"
+    for i in range(9)
+).encode()
+
+CASES = [
+    # unknown names
+    key_case("unknown-dataset", "data.dataset", "imagenet", "download"),
+    key_case("unknown-model", "train.model", "vit"),
+    key_case("unknown-optimizer", "train.optimizer", "lion"),
+    key_case("unknown-scheduler", "train.scheduler", "warmup"),
+    key_case("unknown-loss", "train.loss", "hinge"),
+    key_case("unknown-precision", "train.precision", "fp16"),
+    key_case("unknown-device", "train.device", "tpu"),
+    Case("unknown-key", ("train.learning_rate",), params={"train": {"learning_rate": 0.1}}),
+    Case("unknown-section", ("optimiser",), params={"optimiser": "adam"}),
+    # numbers out of range or of the wrong type
+    key_case("negative-lr", "train.lr", -1),
+    key_case("zero-lr", "train.lr", 0),
+    key_case("text-lr", "train.lr", "fast"),
+    key_case("nan-min-delta", "train.min_delta", float("nan")),
+    key_case("zero-batch", "train.batch_size", 0),
+    key_case("fractional-batch", "train.batch_size", 12.5),
+    key_case("zero-epochs", "train.epochs", 0),
+    key_case("boolean-epochs", "train.epochs", True),
+    key_case("momentum-one", "train.momentum", 1),
+    key_case("dropout-one", "train.dropout", 1),
+    key_case("negative-label-smoothing", "train.label_smoothing", -0.1),
+    key_case("negative-weight-decay", "train.weight_decay", -1),
+    key_case("negative-threads", "train.threads", -1),
+    key_case("zero-patience", "train.patience", 0),
+    key_case("zero-grad-clip", "train.grad_clip", 0),
+    key_case("gamma-one", "train.gamma", 1),
+    key_case("zero-step-size", "train.step_size", 0),
+    key_case("integer-nesterov", "train.nesterov", 1),
+    key_case("text-augment", "data.augment", "yes", "download"),
+    key_case("null-val-size", "data.val_size", None, "normalization_stats"),
+    key_case("zero-limit", "data.limit", 0, "normalization_stats"),
+    key_case("empty-mirror", "data.mirror", "", "download"),
+    key_case("negative-seed", "seed", -1, "normalization_stats"),
+    key_case("seed-past-64-bits", "seed", 18446744073709551616, "normalization_stats"),
+    key_case("zero-top-k", "evaluate.top_k", 0, "evaluate"),
+    # sizes: lists, and layers no machine could hold
+    key_case("empty-hidden-layers", "train.mlp_hidden", []),
+    key_case("zero-hidden-layer", "train.mlp_hidden", [0]),
+    key_case("billion-unit-layer", "train.mlp_hidden", [1000000000]),
+    key_case("text-channels", "train.cnn_channels", "16"),
+    # MLflow names MLflow would refuse only after training
+    key_case("reserved-alias-latest", "mlflow.model_alias", "latest"),
+    key_case("reserved-alias-version", "mlflow.model_alias", "v3"),
+    key_case("alias-with-space", "mlflow.model_alias", "a b"),
+    key_case("model-name-with-slash", "mlflow.register_model", "team/model"),
+    key_case("empty-experiment-name", "mlflow.experiment_name", ""),
+    # the file itself
+    Case("section-not-a-mapping", ("train must be a mapping",), params={"train": 3}),
+    Case("top-level-list", ("the top level must be a mapping",), text=b"- 1\n- 2\n"),
+    Case("empty-file", ("params.yaml: empty",), text=b"# nothing here\n"),
+    Case("yaml-syntax-error", ("not valid YAML at line",), text=b"train: {lr: 0.1\n"),
+    Case("alias-bomb", ("aliases are not allowed",), text=BOMB),
+    Case("python-tag", ("not valid YAML",), text=b"seed: !!python/object/apply:os.system ['true']\n"),
+    Case("not-utf8", ("not UTF-8",), text=b"seed: 42\ndata: {dataset: \xff\xfe}\n"),
+    Case("oversized-file", ("larger than 1024 KiB",), text=b"# " + b"x" * (1 << 20) + b"\nseed: 1\n"),
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return finished_project(tmp_path_factory.mktemp("catalogue-params") / "project")
+
+
+def test_the_catalogue_covers_every_class() -> None:
+    assert len(CASES) >= 50 and len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_parameter_through_the_stage_command(project: Path, case: Case) -> None:
+    params = project / "params.yaml"
+    original = params.read_bytes()
+    try:
+        if case.text is not None:
+            params.write_bytes(case.text)
+        else:
+            params.write_text(yaml.safe_dump(merge(yaml.safe_load(original), case.params), sort_keys=False))
+        before = snapshot(project)
+        proc = run(["python", "-m", f"pipeline.stages.{case.stage}"], project, check=False)
+        assert_one_line_error(proc, "params.yaml", *case.needles)
+        assert_unchanged(before, snapshot(project))
+    finally:
+        params.write_bytes(original)
+
+
+@pytest.mark.parametrize(
+    ("command", "key"),
+    [
+        (["dvc", "exp", "run", "-S", "train.lr=-1"], "train.lr"),
+        (["dvc", "exp", "run", "-S", "train.optimizer=lion"], "train.optimizer"),
+        (["dvc", "exp", "run", "-S", "mlflow.model_alias=latest"], "mlflow.model_alias"),
+        (["dvc", "exp", "run", "-S", "evaluate.top_k=11"], "evaluate.top_k"),
+        (["dvc", "exp", "run", "-S", "train.cnn_channels=[8,8,8,8,8,8]"], "train.cnn_channels"),
+        (["dvc", "repro"], "train.lr"),  # after editing params.yaml by hand
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, list) else v,
+)
+def test_bad_parameter_through_dvc_deletes_nothing(project: Path, command: list[str], key: str) -> None:
+    params = project / "params.yaml"
+    original = params.read_bytes()
+    try:
+        if command == ["dvc", "repro"]:
+            params.write_text(original.decode().replace("lr: 0.008", "lr: -1"))
+        before = snapshot(project)
+        proc = run(command, project, check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "Traceback" not in output
+        errors = [line for line in output.splitlines() if "error: " in line]  # ours; DVC's say "ERROR: "
+        assert len(errors) == 1 and key in errors[0], output
+        after = snapshot(project)
+        # DVC writes `-S` values into params.yaml before running the stages; everything else is as it was.
+        before.pop("params.yaml"), after.pop("params.yaml")
+        assert_unchanged(before, after)
+        changed = run(["git", "status", "--porcelain"], project).stdout.split()
+        assert changed in ([], ["M", "params.yaml"]), changed
+    finally:
+        params.write_bytes(original)
