@@ -143,6 +143,17 @@ def test_checkpoint_round_trip_and_refusal(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_changed_params_compare_validated_values() -> None:
+    from pipeline.core.params import Params, flatten
+    from pipeline.core.tracking import changed_params
+
+    committed = "train:\n  lr: 1\n  cnn_channels: [16, 32]\n"
+    current = flatten(Params())
+    assert changed_params(committed, {**current, "train.lr": 1.0}) == {}  # 1 and 1.0 are one value
+    assert changed_params(committed, {**current, "train.lr": 0.01, "seed": 7}) == {"train.lr": "0.01", "seed": "7"}
+    assert changed_params("not: [valid", {"seed": 1}) == {"seed": "1"}  # nothing to compare with: all changed
+
+
 def test_early_stopping_is_decided_by_the_state() -> None:
     cfg = TrainParams(epochs=10, patience=2)
     state = loop.TrainState.start(0)

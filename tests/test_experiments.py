@@ -33,7 +33,9 @@ def test_exp_run_is_a_second_tagged_run(project: Path) -> None:
     assert set(by_lr) == {DEFAULT_LR, "0.01"}
     high = by_lr["0.01"]
     assert high.data.tags["dvc.exp_name"] == "lr-high" and high.info.status == "FINISHED"
-    assert high.data.tags["dvc.baseline_rev"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    baseline = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert high.data.tags["dvc.baseline_rev"] == baseline == high.data.tags["git.commit"]
+    assert high.data.tags["git.dirty"] == "false" and high.data.tags["params.changed"] == "train.lr=0.01"
     assert "test_accuracy" in high.data.metrics
     assert high.inputs.dataset_inputs[0].dataset.name == "mnist"
     assert high.inputs.dataset_inputs[0].dataset.digest == high.data.tags["dataset.digest"][:36]
@@ -133,3 +135,19 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path) ->
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
         assert model.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8)).shape == (2, 10)
     shutil.rmtree(project / "diff_plots", ignore_errors=True)
+
+
+def test_back_to_the_baseline_deletes_nothing(project: Path, tmp_path: Path) -> None:
+    # In the project: the workspace holds an experiment; its baseline's model is in the local cache.
+    out = run(["python", "-m", "pipeline", "baseline"], project).stdout
+    assert "restored from HEAD: params.yaml, dvc.lock" in out and "models/model.pt" in out.split("DVC cache:")[1]
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], project).stdout == ""
+    assert "up to date" in run(["dvc", "status"], project).stdout  # the model is the lock's again
+    # A fresh clone elsewhere: no cache, so nothing can be checked out; the model there stays.
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    (clone / "models").mkdir(exist_ok=True)
+    (clone / "models/model.pt").write_bytes(b"a model trained on this machine")
+    out = run(["python", "-m", "pipeline", "baseline"], clone).stdout
+    assert "models/model.pt: the committed copy is in no cache on this machine" in out
+    assert (clone / "models/model.pt").read_bytes() == b"a model trained on this machine"

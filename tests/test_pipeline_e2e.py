@@ -37,6 +37,12 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
     assert expected["data.limit"] == "2000" and expected["train.mlp_hidden"] == "[512, 256]"
     assert {k: only.data.params.get(k) for k in expected} == expected
     assert only.data.tags["mlflow.source.git.commit"] == run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    # A pristine clone's run: DVC rewrote dvc.lock and the outputs on the way, but the code is the commit's.
+    assert only.data.tags["git.dirty"] == "false" and "params.changed" not in only.data.tags
+    machine = json.loads((root / "metrics/train.json").read_text())
+    from pipeline.core import cpu
+
+    assert machine["cpu"] == cpu.flags() and machine["threads"] >= 1 and machine["portable"] is False
     client = store(root)
     history = client.get_metric_history(only.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
@@ -82,6 +88,9 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
     atomic.write_text(atomic.read_text() + "\n# edited\n")
     status = run(["dvc", "status", "--json"], root).stdout
     assert set(json.loads(status)) == {"download", "normalization-stats", "train", "evaluate"}, status
+    # ...and a run of that edited code says so.
+    run(["python", "-m", "pipeline", "train"], root)
+    assert runs(root)[-1].data.tags["git.dirty"] == "true"
 
 
 def test_exp_run_on_a_dataset_with_no_files_and_no_network_fails_in_one_line(make_project) -> None:

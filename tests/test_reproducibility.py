@@ -11,7 +11,8 @@ from helpers import run
 
 pytestmark = pytest.mark.e2e
 
-SMALL = {"data": {"limit": 1000, "val_size": 500}, "train": {"epochs": 1, "precision": "fp32", "threads": 2}}
+SMALL = {"data": {"limit": 1000, "val_size": 500},
+         "train": {"epochs": 1, "precision": "fp32", "threads": 2, "portable": True}}
 
 
 def checkable_project(make_project, name: str) -> Path:
@@ -34,6 +35,21 @@ def test_two_clean_runs_are_identical(make_project) -> None:
     assert "same" in first.stdout and "DIFFERENT" not in first.stdout
     reference = json.loads((root / "repro/reference.json").read_text())
     assert reference["eval.accuracy"] > 0.5 and "train.best_val_accuracy" in reference
+    from pipeline.core import cpu
+
+    hashes = json.loads((root / "repro/model-hashes.json").read_text())
+    assert list(hashes) == [cpu.flags()] and len(hashes[cpu.flags()]) == 64
+    assert f"CPU flags: {cpu.flags()}; configuration repro/params-ci.yaml: portable" in first.stdout
+
+
+def test_recorded_hashes_are_compared_per_family() -> None:
+    from pipeline.tools.repro_check import hash_check
+
+    lines, bad = hash_check("a" * 64, {"avx2": "a" * 64, "avx2 avx512_bf16 avx512f": "b" * 64}, here="avx2")
+    assert bad == ["avx2 avx512_bf16 avx512f"]
+    assert lines[0].endswith("DIFFERENT") and "another CPU family" in lines[0] and lines[1].endswith("same")
+    lines, bad = hash_check("a" * 64, {}, here="avx2")
+    assert bad == [] and "nothing recorded on [avx2] yet" in lines[0]
 
 
 def test_reference_comparison_uses_the_tolerance() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.core import atomic, datasets, figures, loop, models, paths
+from pipeline.core import atomic, cpu, datasets, figures, loop, models, paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import Report, report
 from pipeline.core.params import Params, flatten
@@ -17,7 +17,15 @@ BATCH_SIZE = 1000
 
 
 def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
-    """Evaluate models/model.pt on the test split; returns the report and the tracker's run id."""
+    """Evaluate models/model.pt on the test split; returns the report and the tracker's run id.
+
+    With train.portable the kernels and thread count are those of training, so the metrics are as
+    portable as the model.
+    """
+    if params.train.portable and not cpu.pinned():
+        cpu.pin()  # raises when torch is already loaded without the pins
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)
     if params.evaluate.top_k > len(meta["class_names"]):
         raise PipelineError(

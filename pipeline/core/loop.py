@@ -71,7 +71,7 @@ def make_runtime(cfg: TrainParams) -> Runtime:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dtype: torch.dtype | None = None
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device)):
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and not cfg.portable and bf16_supported(device)):
         dtype = torch.bfloat16
     return Runtime(device=device, autocast_dtype=dtype, channels_last=cfg.channels_last)
 

@@ -114,6 +114,11 @@ class TrainParams:
     )
     channels_last: bool = spec(True, "Use the channels_last memory format (faster convolutions).")
     threads: int = spec(0, "CPU threads for torch; 0 = one per core.", ge=0)
+    portable: bool = spec(
+        False,
+        "Byte-identical results on every x86 CPU with AVX2: pins ATen, oneDNN and MKL to AVX2 and runs fp32 "
+        "(needs train.threads >= 1; slower on AVX-512 CPUs, which lose bf16).",
+    )
     device: str = spec("auto", "auto = cuda when available, else cpu.", choices=DEVICES)
 
 
@@ -179,8 +184,15 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
-    """Validate a plain mapping (as loaded from YAML) into Params."""
-    return _build(Params, raw, prefix="", source=source)
+    """Validate a plain mapping (as loaded from YAML) into Params, each value and then the combinations."""
+    params = _build(Params, raw, prefix="", source=source)
+    train = params.train
+    if train.portable and train.threads == 0:
+        raise PipelineError(f"{source}: train.threads must be >= 1 with train.portable (thread count changes sums)")
+    if train.portable and (train.precision == "bf16" or train.device == "cuda"):
+        key = "train.precision" if train.precision == "bf16" else "train.device"
+        raise PipelineError(f"{source}: {key} must not be {getattr(train, key.split('.')[1])} with train.portable (CPU fp32 only)")
+    return params
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:

@@ -16,7 +16,10 @@ CONFUSION_PLOT = Path("plots/confusion.csv")
 PER_CLASS_PLOT = Path("plots/per_class.csv")
 TEST_SAMPLES_PLOT = Path("plots/test_predictions.png")
 TRAIN_SAMPLES_PLOT = Path("plots/train_samples.png")
-CHECKPOINT = Path("checkpoints/train.pt")  # not a DVC output: DVC would delete it before a resume
+CHECKPOINT = Path("checkpoints/train.pt")
+# What DVC and the stages rewrite during a plain run: not "code" when deciding whether a run's code was
+# committed (the outputs' folders, the lock file, and params.yaml, which `dvc exp run -S` edits).
+NOT_CODE = (PARAMS, Path("dvc.lock"), RAW.parent, MODEL.parent, TRAIN_METRICS.parent, TRAIN_PLOT.parent)  # not a DVC output: DVC would delete it before a resume
 
 
 def project_root() -> Path:

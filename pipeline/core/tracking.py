@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import yaml
 
 from pipeline.core import atomic, paths
 from pipeline.core.errors import PipelineError, first_line
@@ -178,7 +179,7 @@ class MlflowTracker(Tracker):
 
         experiment_id = self._experiment_id(experiment_name)
         wanted = {k: param_value(v) for k, v in params.items()}
-        start: dict[str, Any] = {"experiment_id": experiment_id, "run_name": run_name, "tags": origin_tags()}
+        start: dict[str, Any] = {"experiment_id": experiment_id, "run_name": run_name, "tags": origin_tags(params)}
         if resume_run_id is not None:
             try:
                 old = MlflowClient().get_run(resume_run_id)
@@ -221,7 +222,7 @@ class MlflowTracker(Tracker):
             start = {
                 "experiment_id": experiment_id,
                 "run_name": run_info.get("run_name"),
-                "tags": {**origin_tags(), "original_run_id": run_info["run_id"]},
+                "tags": {**origin_tags(params), "original_run_id": run_info["run_id"]},
             }
             inherited = {k: v for k, v in original.data.params.items() if k not in wanted} if original else {}
         with self._run(**start) as run:
@@ -379,18 +380,44 @@ def _sqlite_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def origin_tags() -> dict[str, str]:
-    """Tags that tie a run to its code and its DVC experiment."""
+def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
+    """Tags that tie a run to its code, its parameters and its DVC experiment.
+
+    `git.commit` is the commit the code came from: for a DVC experiment its baseline (a queued one
+    runs on a temporary commit of DVC's). `git.dirty` says whether the code differs from it; the
+    parameters and the pipeline's outputs do not count, since DVC itself rewrites them during a plain
+    run (dvc.lock, metrics, `-S` values). `params.changed` lists the parameters (of `params`) whose
+    value differs from that commit's params.yaml.
+    """
     tags: dict[str, str] = {}
-    commit = git("rev-parse", "HEAD", check=False)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["git.commit"] = commit
-        tags["git.dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no", check=False))).lower()
     for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
+    commit = os.environ.get("DVC_EXP_BASELINE_REV") or git("rev-parse", "HEAD", check=False)
+    if not commit:
+        return tags
+    tags["mlflow.source.git.commit"] = tags["git.commit"] = commit
+    not_code = [f":(exclude){p.as_posix()}" for p in paths.NOT_CODE]
+    edited = git("diff", "--name-only", commit, "--", ".", *not_code, check=False)
+    new = git("ls-files", "--others", "--exclude-standard", "--", "pipeline", check=False)
+    tags["git.dirty"] = str(bool(edited or new)).lower()
+    changed = changed_params(git("show", f"{commit}:{paths.PARAMS.as_posix()}", check=False), params)
+    if changed:
+        tags["params.changed"] = ", ".join(f"{k}={v}" for k, v in changed.items())[:5000]
     return tags
+
+
+def changed_params(committed_yaml: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """The entries of `params` (dotted keys) whose value differs from those of the params.yaml text
+    `committed_yaml` (compared once both are validated, so `lr: 1` and `lr: 1.0` are the same)."""
+    from pipeline.core.params import flatten, parse_params
+
+    try:
+        committed = {k: param_value(v) for k, v in flatten(parse_params(yaml.safe_load(committed_yaml))).items()}
+    except (PipelineError, yaml.YAMLError):
+        committed = {}
+    current = {k: param_value(v) for k, v in params.items()}
+    return {k: v for k, v in current.items() if committed.get(k) != v}
 
 
 def param_value(value: Any) -> str:
@@ -435,8 +462,6 @@ def package_versions() -> str:
 
 def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
     """The content hashes DVC recorded for the data, the statistics and the model, as run tags."""
-    import yaml
-
     try:
         stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {})
     except (OSError, yaml.YAMLError):

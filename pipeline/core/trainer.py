@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from pipeline.core import atomic, checkpoints, datasets, figures, loop, models, normalization, paths, splits
+from pipeline.core import atomic, checkpoints, cpu, datasets, figures, loop, models, normalization, paths, splits
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
 from pipeline.core.params import Params, flatten
@@ -29,6 +29,7 @@ class TrainOutcome:
     stopped_early: bool
     seconds: float  # inside the loop
     registered_version: str | None
+    machine: dict[str, object]  # what the numbers depend on besides code, data and parameters
 
     def summary(self) -> dict[str, object]:
         """The content of metrics/train.json (no timings: identical runs give identical files)."""
@@ -40,6 +41,7 @@ class TrainOutcome:
             "epochs_run": len(self.state.history),
             "stopped_early": self.stopped_early,
             "mlflow_run_id": self.run_id,
+            **self.machine,
         }
 
 
@@ -63,6 +65,8 @@ def train(
     epoch's result as it finishes; `progress` shows tqdm bars.
     """
     cfg = params.train
+    if cfg.portable and not cpu.pinned():
+        cpu.pin()  # raises when torch is already loaded without the pins
     spec = datasets.get(params.data.dataset)
     options = models.options_from(cfg)
     shape = (cfg.model, spec.channels, spec.image_size, spec.num_classes)
@@ -141,8 +145,11 @@ def train(
                 "std": list(norm.std),
             },
         )
+        machine = {"cpu": cpu.flags(), "kernels": torch.backends.cpu.get_cpu_capability(),
+                   "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
+                   "threads": torch.get_num_threads(), "portable": cfg.portable}
         outcome = TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
-                               registered_version=version)
+                               registered_version=version, machine=machine)
         write_run_file(paths.RUN_FILE, run_id, params.mlflow.experiment_name, name)
         atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
         columns = [f.name for f in fields(EpochResult)]

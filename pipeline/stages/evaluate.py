@@ -15,9 +15,13 @@ from pipeline.core.params import load_params
 def main(params_file: Path) -> None:
     """Evaluate models/model.pt on the test split; everything but evaluate.* comes with the model.
 
-    Reads evaluate.*.
+    Reads evaluate.*, and train.portable and train.threads (the same kernels and threads as training).
     """
     params = load_params(params_file)
+    if params.train.portable:
+        from pipeline.core import cpu
+
+        cpu.pin()  # before torch loads
     from pipeline.core import evaluator, tracking
     from pipeline.core.metrics import per_class_table
 

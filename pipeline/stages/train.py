@@ -20,6 +20,10 @@ def main(params_file: Path) -> None:
     Reads seed, data.*, train.* and mlflow.*.
     """
     params = load_params(params_file)
+    if params.train.portable:
+        from pipeline.core import cpu
+
+        cpu.pin()  # before torch loads
     # Imported once the parameters are valid: a typo is reported at once, not after ~4 s of imports.
     from pipeline.core import tracking, trainer
 

@@ -1,1 +1,1 @@
-"""User commands that are not DVC stages: predict, compare, repro-check, reproduce, params-reference."""
+"""User commands that are not DVC stages: predict, compare, baseline, repro-check, reproduce, params-reference."""

@@ -1,13 +1,18 @@
-"""`python -m pipeline repro-check`: does this commit reproduce?
+"""`python -m pipeline repro-check`: does this commit reproduce, here and on the other CPU family?
 
-Clones the current commit twice, runs the pipeline in each on the small CI configuration
-(`repro/params-ci.yaml`), fails with a diff when model hashes or metrics differ, then compares the
-metrics with the committed reference (`repro/reference.json`) within a tolerance, since other CPUs
-may round differently in the last bits.
+Clones the current commit twice and runs the pipeline in each on the small CI configuration
+(`repro/params-ci.yaml`). The contract it checks:
+- the two runs on this machine give byte-identical models and identical metrics;
+- where the configuration is portable (`train.portable: true`), the model's sha256 equals every hash
+  recorded in `repro/model-hashes.json`, whichever CPU family recorded it (the portable promise);
+- the metrics are within `--tolerance` of `repro/reference.json` (for configurations that are not
+  portable, the only cross-machine promise).
+It prints the CPU flags it ran on and, on failure, what differed.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,12 +21,14 @@ import click
 import yaml
 
 from pipeline.cli import reports_errors
-from pipeline.core import rerun
+from pipeline.core import cpu, paths, rerun
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import parse_params
 from pipeline.core.repo import git
 
 CONFIG = Path("repro/params-ci.yaml")
 REFERENCE = Path("repro/reference.json")
+HASHES = Path("repro/model-hashes.json")  # {CPU flags: sha256 of models/model.pt}
 
 
 def report(
@@ -44,19 +51,39 @@ def report(
     return rows, off_reference
 
 
+def hash_check(model_sha256: str, recorded: dict[str, str], here: str) -> tuple[list[str], list[str]]:
+    """(a line per recorded CPU family, the families whose recorded hash this model does not match)."""
+    lines, mismatched = [], []
+    for flags, digest in sorted(recorded.items()):
+        same = digest == model_sha256
+        where = "this CPU family" if flags == here else "another CPU family"
+        lines.append(f"  recorded on [{flags}] ({where}): {digest[:16]}… {'same' if same else 'DIFFERENT'}")
+        if not same:
+            mismatched.append(flags)
+    if here not in recorded:
+        lines.append(f"  nothing recorded on [{here}] yet: record {model_sha256[:16]}… with --record-hash")
+    return lines, mismatched
+
+
 @click.command()
 @click.option("--tolerance", type=click.FloatRange(min=0), default=0.002, show_default=True,
               help="Largest absolute difference from the reference accepted for any metric.")
-@click.option("--update-reference", is_flag=True, help="Write the metrics of this run as the new reference.")
+@click.option("--update-reference", is_flag=True,
+              help="Write this run's metrics as the reference and its model hash as the only recorded one.")
+@click.option("--record-hash", is_flag=True, help="Add this CPU family's model hash to the recorded ones.")
 @click.option("--keep", is_flag=True, help="Keep the temporary clones (their paths are printed).")
 @reports_errors
-def main(tolerance: float, update_reference: bool, keep: bool) -> None:
+def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool) -> None:
     """Run the pipeline twice from clean clones of HEAD; compare hashes, metrics and the reference."""
+    here = cpu.flags()
     root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
     if git("status", "--porcelain", "--untracked-files=no", cwd=root):
         raise PipelineError("the work tree has uncommitted changes; commit or stash them: only a commit can be checked")
     commit = git("rev-parse", "HEAD", cwd=root)
     override = yaml.safe_load((root / CONFIG).read_text()) if (root / CONFIG).is_file() else {}
+    base = yaml.safe_load((root / paths.PARAMS).read_text())
+    portable = parse_params(rerun.merge(base, override), source=str(CONFIG)).train.portable
+    click.echo(f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}")
     tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))
     outcomes = []
     for i in (1, 2):
@@ -70,9 +97,9 @@ def main(tolerance: float, update_reference: bool, keep: bool) -> None:
     rows, off_reference = report(first, second, reference, tolerance)
     click.echo(rerun.table(rows, ["metric / file", "run 1", "run 2", "reference", "|run1 - ref|", "status"]))
 
-    if not keep:
-        import shutil
-
+    if keep:
+        click.echo(f"kept the clones in {tmp}")
+    else:
         shutil.rmtree(tmp, ignore_errors=True)
     diff = first.differences(second)
     if diff:
@@ -81,16 +108,31 @@ def main(tolerance: float, update_reference: bool, keep: bool) -> None:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
     click.echo(f"reproducible: both runs of {commit[:12]} gave identical models and metrics")
-    if update_reference:
-        (root / REFERENCE).write_text(json.dumps(first.metrics, indent=2, sort_keys=True) + "\n")
-        click.echo(f"wrote {REFERENCE}")
+    model = first.hashes[paths.MODEL.as_posix()]
+    recorded = json.loads((root / HASHES).read_text()) if (root / HASHES).is_file() else {}
+    if update_reference or record_hash:
+        if update_reference:
+            (root / REFERENCE).write_text(json.dumps(first.metrics, indent=2, sort_keys=True) + "\n")
+            click.echo(f"wrote {REFERENCE}")
+        recorded = {here: model} if update_reference else {**recorded, here: model}
+        (root / HASHES).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+        click.echo(f"wrote {HASHES}: {model[:16]}… for [{here}]")
         return
     if not reference:
         raise PipelineError(f"{REFERENCE}: missing; create it with --update-reference and commit it")
+    failed = False
+    if portable:
+        lines, mismatched = hash_check(model, recorded, here)
+        click.echo(f"model hash {model[:16]}… against {HASHES}:\n" + "\n".join(lines))
+        if mismatched:
+            click.echo(f"NOT PORTABLE: the model differs from the one recorded on [{'], ['.join(mismatched)}]", err=True)
+            failed = True
     if off_reference:
         click.echo(f"OFF REFERENCE (tolerance {tolerance}): {', '.join(off_reference)}", err=True)
+        failed = True
+    if failed:
         sys.exit(1)
-    click.echo(f"matches {REFERENCE} within {tolerance}")
+    click.echo(f"matches {REFERENCE} within {tolerance}" + (" and every recorded model hash" if portable else ""))
 
 
 if __name__ == "__main__":
