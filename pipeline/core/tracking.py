@@ -98,7 +98,11 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    """Records into the MLflow store at `uri` (default: `tracking_uri()`); checks it answers first."""
+    """Records into the MLflow store at `uri` (default: `tracking_uri()`); checks it answers first.
+
+    mlflow itself (~4 s to import) is loaded when the first run opens, after the stage has read and
+    checked its inputs: a mistake there is reported without paying for it.
+    """
 
     def __init__(self, uri: str | None = None) -> None:
         # Decided before set_tracking_uri, which also exports MLFLOW_TRACKING_URI to this process: a
@@ -106,9 +110,14 @@ class MlflowTracker(Tracker):
         self.uri = uri or tracking_uri()
         self._default_store = uri is None and "MLFLOW_TRACKING_URI" not in os.environ
         check_reachable(self.uri)  # before any work, not after an hour of training
+
+    @functools.cache  # noqa: B019 (one tracker per process)
+    def _connect(self) -> Any:
+        """mlflow, imported on first use and pointed at this store."""
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
+        return mlflow
 
     @_store_errors
     def _experiment_id(self, name: str) -> str:
@@ -118,8 +127,9 @@ class MlflowTracker(Tracker):
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        self._connect()  # for the fluent calls that follow
         with _sqlite_lock(self.uri):
-            client = MlflowClient()
+            client = MlflowClient(self.uri)
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 # The default store would put artifacts in ./mlruns of whatever folder the stage runs in
@@ -140,7 +150,7 @@ class MlflowTracker(Tracker):
     @contextmanager
     def _run(self, **start_kwargs: Any) -> Iterator[Any]:
         """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never RUNNING."""
-        import mlflow
+        mlflow = self._connect()
         from mlflow.entities import RunStatus
         from mlflow.exceptions import MlflowException
 
@@ -166,9 +176,7 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def _end_run(self) -> None:
-        import mlflow
-
-        mlflow.end_run()
+        self._connect().end_run()
 
     @contextmanager
     def train_run(
@@ -182,7 +190,7 @@ class MlflowTracker(Tracker):
         start: dict[str, Any] = {"experiment_id": experiment_id, "run_name": run_name, "tags": origin_tags(params)}
         if resume_run_id is not None:
             try:
-                old = MlflowClient().get_run(resume_run_id)
+                old = MlflowClient(self.uri).get_run(resume_run_id)
             except MlflowException:
                 old = None  # the store lost it: resume the training, in a new run
             # MLflow parameters are immutable: a checkpoint resumed with other mlflow.* values (the
@@ -197,9 +205,7 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def _log_params(self, params: Mapping[str, str]) -> None:
-        import mlflow
-
-        mlflow.log_params(dict(params))
+        self._connect().log_params(dict(params))
 
     @contextmanager
     def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
@@ -212,7 +218,7 @@ class MlflowTracker(Tracker):
         experiment_id = self._experiment_id(run_info["experiment_name"])
         wanted = {k: param_value(v) for k, v in params.items()}
         try:
-            original = MlflowClient().get_run(run_info["run_id"])
+            original = MlflowClient(self.uri).get_run(run_info["run_id"])
         except MlflowException:
             original = None
         if original is not None and all(original.data.params.get(k, v) == v for k, v in wanted.items()):
@@ -231,49 +237,37 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import mlflow
-
-        mlflow.log_metrics(dict(metrics), step=step)
+        self._connect().log_metrics(dict(metrics), step=step)
 
     @_store_errors
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        import mlflow
-
-        mlflow.set_tags(dict(tags))
+        self._connect().set_tags(dict(tags))
 
     @_store_errors
     def log_dataset(self, name: str, digest: str, source: Path, rows: Mapping[str, int]) -> None:
-        import mlflow
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.data.sources import LocalArtifactDatasetSource
 
         dataset = MetaDataset(LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
-        mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in rows.items()})
+        self._connect().log_input(dataset, context="training", tags={k: str(v) for k, v in rows.items()})
 
     @_store_errors
     def log_text(self, text: str, artifact_file: str) -> None:
-        import mlflow
-
-        mlflow.log_text(text, artifact_file)
+        self._connect().log_text(text, artifact_file)
 
     @_store_errors
     def log_file(self, path: Path) -> None:
-        import mlflow
-
-        mlflow.log_artifact(str(path))
+        self._connect().log_artifact(str(path))
 
     @_store_errors
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        import mlflow
-
-        mlflow.log_figure(figure, artifact_file)
+        self._connect().log_figure(figure, artifact_file)
 
     @_store_errors
     def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
-        import mlflow
         import pandas as pd
 
-        mlflow.log_table(pd.DataFrame(dict(columns)), artifact_file=artifact_file)
+        self._connect().log_table(pd.DataFrame(dict(columns)), artifact_file=artifact_file)
 
     @_store_errors
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
@@ -282,14 +276,14 @@ class MlflowTracker(Tracker):
         MLflow's pyfunc enforces one input dtype; uint8 is what datasets and image decoders give.
         `mlflow.pytorch.load_model` returns the same program for callers that hold tensors.
         """
-        import mlflow.pytorch
+        from mlflow import pytorch as mlflow_pytorch
         from mlflow.models import infer_signature
 
         model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
         example = example[:2].cpu().contiguous()
         with torch.no_grad():
             output = model(example)
-        info = mlflow.pytorch.log_model(
+        info = mlflow_pytorch.log_model(
             model,
             name="model",
             signature=infer_signature(example.numpy(), output.numpy()),
@@ -301,11 +295,10 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def register(self, model_uri: str, name: str, alias: str) -> str:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        version = mlflow.register_model(model_uri, name)
-        MlflowClient().set_registered_model_alias(name, alias, version.version)
+        version = self._connect().register_model(model_uri, name)
+        MlflowClient(self.uri).set_registered_model_alias(name, alias, version.version)
         return str(version.version)
 
 
