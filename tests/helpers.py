@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,14 +32,19 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess
     return proc
 
 
+# Made by the set-up command, not committed; a fresh clone has it after `make setup`.
+GENERATED = (".dvc/plots-offline.html",)
+
+
 def project_files() -> list[str]:
-    """The files of this project as git sees them (tracked, plus new files not ignored)."""
+    """The files of this project as a fresh clone has them after set-up: tracked, new and not ignored,
+    and the generated ones."""
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split("\n")
     # Pipeline outputs are never part of a fresh clone, whatever the working tree holds.
     outputs = ("data/", "models/", "metrics/", "plots/", "mlruns/", "test-artifacts/", "dvc.lock", ".venv")
-    return [f for f in out if f and not f.startswith(outputs) and (REPO / f).is_file()]
+    return [f for f in [*out, *GENERATED] if f and not f.startswith(outputs) and (REPO / f).is_file()]
 
 
 def create_project(root: Path, params: dict | None = None) -> Path:
@@ -133,3 +140,28 @@ def finished_project(root: Path) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "results"], root)
     return root
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As root, in a machine whose network is closed: no sandbox, no GPU, none of Chromium's own traffic.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium() -> Iterator:  # -> playwright Browser
+    """Debian's headless Chromium driven by Playwright (skipped where it is not installed, unless CI)."""
+    import os
+
+    if not CHROMIUM.exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip("needs Debian's chromium: apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

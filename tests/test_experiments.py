@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import DEFAULT_LR, REPO, create_project, run, runs
+from helpers import DEFAULT_LR, REPO, chromium, create_project, run, runs
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"  # screenshots a person can look at (git-ignored)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,9 @@ def test_plots_and_diffs_across_experiments(project: Path) -> None:
 
 def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
     out = run(["python", "-m", "pipeline", "compare", "--last", "2"], project).stdout
-    url, *table = out.splitlines()
-    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[")
+    url, runs_url, *table = out.splitlines()
+    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[") and url.endswith("&workflowType=machine_learning")
+    assert runs_url.startswith("all runs: http://127.0.0.1:5000/#/experiments/")
     text = "\n".join(table)
     assert "train.lr" in text and DEFAULT_LR in text and "0.01" in text
     assert "test_class_accuracy/9" in text and "seed" not in text  # only what differs
@@ -72,33 +72,57 @@ def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
 
 
 def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
-    if not CHROMIUM.exists():
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip("needs Debian's chromium: apt-get install chromium (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
     url = mlflow_server(backend=f"sqlite:///{project / 'mlflow.db'}")
     listed = run(["python", "-m", "pipeline", "compare", "--last", "2", "--ui", url], project).stdout
     compare_url = listed.splitlines()[0]
     names = [r.info.run_name for r in runs(project)]
-    artifacts = REPO / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+    ARTIFACTS.mkdir(exist_ok=True)
+    runs_url = listed.splitlines()[1].removeprefix("all runs: ")
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1600, "height": 2400})
         page.goto(compare_url)
         page.get_by_text("test_class_accuracy/0").first.wait_for(timeout=90_000)
         body = page.inner_text("body")
-        page.screenshot(path=str(artifacts / "compare-view.png"), full_page=True)
-        browser.close()
+        page.screenshot(path=str(ARTIFACTS / "compare-view.png"), full_page=True)
+        # The experiment opens on its table of training runs, not on MLflow's GenAI overview.
+        page.goto(runs_url)
+        page.get_by_text("Run Name").first.wait_for(timeout=90_000)
+        overview = page.inner_text("body")
+        page.screenshot(path=str(ARTIFACTS / "runs-table.png"))
     for needle in [*names, "train.lr", DEFAULT_LR, "0.01", "test_class_accuracy/0", "test_accuracy"]:
         assert needle in body, needle
-    assert (artifacts / "compare-view.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "compare-view.png").stat().st_size > 10_000
+    assert all(name in overview for name in names) and "Token Usage" not in overview
+
+
+def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
+    run(["dvc", "plots", "show"], project)
+    ARTIFACTS.mkdir(exist_ok=True)
+    leaving = []  # every request that is not for a local file: there must be none
+
+    def only_files(route) -> None:
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            leaving.append(route.request.url)
+            route.abort()
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.route("**/*", only_files)
+        page.goto((project / "dvc_plots" / "index.html").as_uri())
+        page.wait_for_function("document.querySelectorAll('svg.marks').length >= 4", timeout=60_000)
+        charts = page.evaluate(
+            "Array.from(document.querySelectorAll('svg.marks')).map(svg => "
+            "[svg.closest('div[id]').id, svg.querySelectorAll('.mark-line path, .mark-rect path, .mark-symbol path').length])"
+        )
+        images = page.evaluate("Array.from(document.images).map(img => img.naturalWidth)")
+        page.screenshot(path=str(ARTIFACTS / "plots-offline.png"), full_page=True)
+    assert leaving == []
+    drawn = dict(charts)
+    assert set(drawn) == {"loss", "accuracy", "confusion", "per_class"}, charts
+    assert all(marks > 0 for marks in drawn.values()), charts  # lines, cells and bars, not empty axes
+    assert len(images) == 2 and all(width > 0 for width in images)  # the two image grids
 
 
 def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path) -> None:

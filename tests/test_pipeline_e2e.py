@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import run, runs, store
+from helpers import EXPERIMENT, run, runs, store
 from pipeline.core.params import flatten, parse_params
 from pipeline.core.tracking import param_value
 
@@ -32,6 +32,7 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
 
     (only,) = runs(root)
     assert only.info.status == "FINISHED"
+    assert store(root).get_experiment_by_name(EXPERIMENT).tags["mlflow.experimentKind"] == "custom_model_development"
     params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
     expected = {k: param_value(v) for k, v in flatten(params).items()}
     assert expected["data.limit"] == "2000" and expected["train.mlp_hidden"] == "[512, 256]"

@@ -29,6 +29,8 @@ from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.repo import git
 
 RUN_FILE_VERSION = 1
+# MLflow 3 opens an experiment on its GenAI view (traces, prompts) unless told it holds training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Stores MLflow can open; anything else is a typo that MLflow would report with a traceback.
 SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql")
 
@@ -136,7 +138,7 @@ class MlflowTracker(Tracker):
                 # (a throwaway copy for queued experiments); pin them beside the database instead.
                 location = (paths.project_root() / "mlruns").as_uri() if self._default_store else None
                 try:
-                    return client.create_experiment(name, artifact_location=location)
+                    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
                 except MlflowException:
                     exp = client.get_experiment_by_name(name)  # created meanwhile by a run on another machine
                     if exp is None:
@@ -145,6 +147,9 @@ class MlflowTracker(Tracker):
             raise PipelineError(
                 f"mlflow.experiment_name: experiment {name!r} is deleted in {self.uri}; restore it or choose another name"
             )
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:  # created by an older version of this pipeline, or by hand
+                MlflowClient(self.uri).set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
     @contextmanager

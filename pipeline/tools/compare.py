@@ -13,11 +13,20 @@ from pipeline.core.errors import PipelineError
 KEY_TEST_METRICS = ("accuracy", "loss", "macro_f1")  # metrics/eval.json keys, shown under their MLflow names
 
 
+# MLflow 3.17's UI shows its GenAI pages (traces, token usage) unless the URL asks for the model-training ones.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def compare_url(base: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     """The MLflow UI's compare view for these runs."""
     runs = json.dumps(run_ids, separators=(",", ":"))
     exps = json.dumps(sorted(set(experiment_ids)), separators=(",", ":"))
-    return f"{base.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}"
+    return f"{base.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}&{TRAINING_VIEW}"
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI's table of an experiment's training runs."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
 
 
 def table(runs: list[Any]):  # -> pandas.DataFrame
@@ -73,6 +82,7 @@ def main(last: int, exp_names: tuple[str, ...], experiment_name: str | None, ui_
         raise PipelineError(f"no runs in MLflow experiment {experiment_name!r}")
     base = ui_base or (uri if uri.startswith(("http://", "https://")) else os.environ.get("MLFLOW_UI", "http://127.0.0.1:5000"))
     click.echo(compare_url(base, [r.info.run_id for r in runs], [exp.experiment_id]))
+    click.echo(f"all runs: {runs_url(base, exp.experiment_id)}")
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 40):
         click.echo(table(runs).to_string())
 
