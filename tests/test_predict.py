@@ -25,7 +25,10 @@ def test_predict_prints_the_true_labels_first(make_project) -> None:
         Image.fromarray(test.data[i].numpy()).save(path)
         truth[str(path)] = str(int(test.targets[i]))
 
-    table = run(["python", "-m", "pipeline", "predict", str(folder)], root).stdout.splitlines()
+    model, header, *table = run(["python", "-m", "pipeline", "predict", str(folder)], root).stdout.splitlines()
+    run_id = json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
+    assert model == f"# models/model.pt: cnn trained on mnist, MLflow run {run_id}"
+    assert header.split() == ["image", "class", "1", "(probability)", "class", "2", "(probability)", "class", "3", "(probability)"]
     assert len(table) == 3
     for line in table:
         path, first, prob, *rest = line.split()
@@ -39,7 +42,7 @@ def test_predict_prints_the_true_labels_first(make_project) -> None:
 
     # A colour image of another size is converted and resized, not refused.
     Image.new("RGB", (64, 48), "white").save(root / "big.jpg")
-    assert run(["python", "-m", "pipeline", "predict", "big.jpg"], root).stdout.startswith("big.jpg")
+    assert run(["python", "-m", "pipeline", "predict", "big.jpg"], root).stdout.splitlines()[2].startswith("big.jpg")
     (root / "notes.png").write_text("not an image")
     bad = run(["python", "-m", "pipeline", "predict", "notes.png"], root, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: notes.png: not a readable image (UnidentifiedImageError)"

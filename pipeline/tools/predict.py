@@ -86,7 +86,12 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
-    width = max(len(r["path"]) for r in results)
+    run_file = model_file.parent / paths.RUN_FILE.name
+    run = json.loads(run_file.read_text()).get("run_id", "?") if run_file.is_file() else "unknown"
+    click.echo(f"# {model_file}: {meta['architecture']} trained on {meta['dataset']}, MLflow run {run}")
+    width = max(len(r["path"]) for r in [*results, {"path": "image"}])
+    ranks = "  ".join(f"class {i + 1} (probability)" for i in range(len(results[0]["predictions"])))
+    click.echo(f"{'image':<{width}}  {ranks}")
     for r in results:
         preds = "  ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
         click.echo(f"{r['path']:<{width}}  {preds}")
