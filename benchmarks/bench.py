@@ -239,11 +239,9 @@ def run_train(folder: Path, tracking_uri: str | None) -> tuple[float, float, int
 
 def logging_seconds(uri: str, calls: int = 20) -> float:
     """Mean wall seconds of one epoch's `tracking.log_epoch` (all its metrics, one request) into `uri`."""
-    import mlflow
-
     metrics = {"train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.9, "lr": 1e-3, "seconds": 5.0}
     tracker = tracking.MlflowTracker(uri)
-    with mlflow.start_run(experiment_id=mlflow.set_experiment("bench-logging").experiment_id):
+    with tracker.train_run("bench-logging", "bench-logging", {}):
         tracker.log_metrics(metrics, step=0)  # the first request pays for connecting
         start = time.perf_counter()
         for epoch in range(1, calls + 1):
