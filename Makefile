@@ -25,7 +25,7 @@ $(PLOTS_PAGE): $(STAMP) pipeline/tools/plots_template.py
 repro: setup
 	dvc repro
 
-# Everything, as CI runs it (about 10 minutes on 2 cores).
+# Everything, as CI runs it (about 16 minutes on 2 cores).
 test: setup
 	python -m pytest -n 2 --dist loadfile
 
