@@ -120,7 +120,7 @@ def test_dataset_through_all_four_stages(name: str, tmp_path: Path, monkeypatch:
     assert run.data.params["data.dataset"] == name
     assert {f"test_class_accuracy/{c}" for c in spec.class_names} <= set(run.data.metrics)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path))
     sample = np.zeros((2, spec.channels, spec.image_size, spec.image_size), dtype=np.uint8)
     assert logged.predict(sample).shape == (2, 10)
 

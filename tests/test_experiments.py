@@ -125,7 +125,7 @@ def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
     assert len(images) == 2 and all(width > 0 for width in images)  # the two image grids
 
 
-def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path) -> None:
+def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path, tmp_path: Path) -> None:
     import mlflow
     import numpy as np
 
@@ -156,7 +156,8 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path) ->
     for name in ["q-seed-1", "q-seed-2"]:  # after DVC removed its copies
         run_id = queued[name].info.run_id
         assert {"confusion_matrix.png", "per_class_accuracy.json"} <= {a.path for a in client.list_artifacts(run_id)}
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        (tmp_path / name).mkdir()  # else MLflow downloads into a temporary folder it never removes
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", dst_path=str(tmp_path / name))
         assert model.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8)).shape == (2, 10)
     shutil.rmtree(project / "diff_plots", ignore_errors=True)
 

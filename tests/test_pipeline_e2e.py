@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -15,7 +16,7 @@ from pipeline.core.tracking import param_value
 pytestmark = pytest.mark.e2e
 
 
-def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
+def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project, tmp_path: Path) -> None:
     root = make_project()
     run(["dvc", "repro"], root)
 
@@ -61,7 +62,8 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project) -> None:
 
     test = MNIST(str(root / "data/raw"), train=False)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"runs:/{only.info.run_id}/model")
+    # dst_path: MLflow would otherwise download into a temporary folder it never removes.
+    model = mlflow.pyfunc.load_model(f"runs:/{only.info.run_id}/model", dst_path=str(tmp_path))
     images = test.data.numpy()[:, None, :, :]
     logits = np.concatenate([model.predict(images[i : i + 2000]) for i in range(0, len(images), 2000)])
     assert (logits.argmax(1) == test.targets.numpy()).mean() == pytest.approx(evaluation["accuracy"], abs=1e-9)

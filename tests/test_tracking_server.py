@@ -33,7 +33,7 @@ def test_pipeline_logs_over_http_and_registers_the_model(make_project, mlflow_se
     version = client.get_model_version_by_alias("mnist-tiny", "candidate")
     assert version.run_id == logged.info.run_id
     mlflow.set_tracking_uri(url)
-    model = mlflow.pyfunc.load_model("models:/mnist-tiny@candidate")  # downloaded over HTTP
+    model = mlflow.pyfunc.load_model("models:/mnist-tiny@candidate", dst_path=str(tmp_path))  # over HTTP
     assert model.predict(np.zeros((3, 1, 28, 28), dtype=np.uint8)).shape == (3, 10)
     assert (tmp_path / "served-artifacts").is_dir()
 
