@@ -79,6 +79,12 @@ def store(root: Path):  # -> MlflowClient
     return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
 
 
+def model_uri(run) -> str:  # run: mlflow.entities.Run
+    """The URI of the model a run logged (`models:/ID`: MLflow 3 keys models by id, not by run path)."""
+    (output,) = run.outputs.model_outputs
+    return f"models:/{output.model_id}"
+
+
 def runs(root: Path) -> list:
     """The runs of the project's experiment in its project-root store, oldest first."""
     client = store(root)

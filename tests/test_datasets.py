@@ -23,7 +23,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from helpers import fit_tiny
+from helpers import fit_tiny, model_uri
 from pipeline.core import acquisition, datasets, models
 from pipeline.core.acquisition import md5sum
 from pipeline.core.errors import PipelineError
@@ -120,7 +120,7 @@ def test_dataset_through_all_four_stages(name: str, tmp_path: Path, monkeypatch:
     assert run.data.params["data.dataset"] == name
     assert {f"test_class_accuracy/{c}" for c in spec.class_names} <= set(run.data.metrics)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path))
+    logged = mlflow.pyfunc.load_model(model_uri(run), dst_path=str(tmp_path))
     sample = np.zeros((2, spec.channels, spec.image_size, spec.image_size), dtype=np.uint8)
     assert logged.predict(sample).shape == (2, 10)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEFAULT_LR, REPO, chromium, create_project, run, runs
+from helpers import DEFAULT_LR, REPO, chromium, create_project, model_uri, run, runs
 
 pytestmark = pytest.mark.e2e
 
@@ -157,7 +157,7 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path, tm
         run_id = queued[name].info.run_id
         assert {"confusion_matrix.png", "per_class_accuracy.json"} <= {a.path for a in client.list_artifacts(run_id)}
         (tmp_path / name).mkdir()  # else MLflow downloads into a temporary folder it never removes
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", dst_path=str(tmp_path / name))
+        model = mlflow.pyfunc.load_model(model_uri(queued[name]), dst_path=str(tmp_path / name))
         assert model.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8)).shape == (2, 10)
     shutil.rmtree(project / "diff_plots", ignore_errors=True)
 

@@ -15,7 +15,7 @@ import pytest
 import numpy as np
 import yaml
 
-from helpers import EXPERIMENT, run, runs, snapshot
+from helpers import EXPERIMENT, model_uri, run, runs, snapshot
 from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +102,7 @@ def test_store_lost_after_training_then_a_rerun_finishes_without_retraining(
     assert only.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(only.info.run_id, "val_accuracy")] == [1, 2]
     mlflow.set_tracking_uri(url)
-    model = mlflow.pyfunc.load_model(f"runs:/{only.info.run_id}/model", dst_path=str(tmp_path))
+    model = mlflow.pyfunc.load_model(model_uri(only), dst_path=str(tmp_path))
     assert model.predict(np.zeros((1, 1, 28, 28), dtype=np.uint8)).shape == (1, 10)
     assert (root / "models/model.pt").is_file() and not (root / "checkpoints/train.pt").exists()
 

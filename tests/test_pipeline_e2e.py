@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import EXPERIMENT, run, runs, store
+from helpers import EXPERIMENT, model_uri, run, runs, store
 from pipeline.core.params import flatten, parse_params
 from pipeline.core.tracking import param_value
 
@@ -63,7 +63,7 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project, tmp_path
     test = MNIST(str(root / "data/raw"), train=False)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     # dst_path: MLflow would otherwise download into a temporary folder it never removes.
-    model = mlflow.pyfunc.load_model(f"runs:/{only.info.run_id}/model", dst_path=str(tmp_path))
+    model = mlflow.pyfunc.load_model(model_uri(only), dst_path=str(tmp_path))
     images = test.data.numpy()[:, None, :, :]
     logits = np.concatenate([model.predict(images[i : i + 2000]) for i in range(0, len(images), 2000)])
     assert (logits.argmax(1) == test.targets.numpy()).mean() == pytest.approx(evaluation["accuracy"], abs=1e-9)

@@ -10,18 +10,19 @@ there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so
 """
 from __future__ import annotations
 
-import copy
 import fcntl
 import functools
 import json
 import os
+import re
 import signal
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import yaml
 
 from pipeline.core import atomic, paths
@@ -90,8 +91,8 @@ class Tracker:
     def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
         """Store a table given as {column: values}."""
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
-        """Store the model; returns its URI ("" when untracked)."""
+    def log_model(self, model_file: Path, name: str) -> str:
+        """Store the model saved at `model_file` under `name`; returns its URI ("" when untracked)."""
         return ""
 
     def register(self, model_uri: str, name: str, alias: str) -> str:
@@ -116,6 +117,8 @@ class MlflowTracker(Tracker):
     @functools.cache  # noqa: B019 (one tracker per process)
     def _connect(self) -> Any:
         """mlflow, imported on first use and pointed at this store."""
+        # Its progress bars for copying a 100 KB model are noise in a stage's log (and in CI's).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
@@ -275,27 +278,43 @@ class MlflowTracker(Tracker):
         self._connect().log_table(pd.DataFrame(dict(columns)), artifact_file=artifact_file)
 
     @_store_errors
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
-        """A self-contained torch.export program that takes raw uint8 images.
+    def log_model(self, model_file: Path, name: str) -> str:
+        """Log `model_file` (models/model.pt) as a pyfunc model named `name` (see core.serving), with this
+        package as its code; returns its URI.
 
-        MLflow's pyfunc enforces one input dtype; uint8 is what datasets and image decoders give.
-        `mlflow.pytorch.load_model` returns the same program for callers that hold tensors.
+        Named after the run (MLflow forbids `/:.%"'` in model names: `_` instead), so its model lists say
+        which run each model came from. No input example: MLflow would load and run the model once more
+        at logging time only to re-check what the tests check.
         """
-        from mlflow import pytorch as mlflow_pytorch
-        from mlflow.models import infer_signature
+        import numpy as np
+        from mlflow.models import ModelSignature
+        from mlflow.pyfunc import log_model
+        from mlflow.types import Schema, TensorSpec
 
-        model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
-        example = example[:2].cpu().contiguous()
-        with torch.no_grad():
-            output = model(example)
-        info = mlflow_pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example.numpy(), output.numpy()),
-            input_example=example.numpy(),
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        from pipeline.core import models, serving
+
+        meta = models.load(model_file)[1]
+        c, s = meta["in_channels"], meta["image_size"]
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),  # untyped on purpose: see core.serving
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["class_names"])))]),
         )
+        with warnings.catch_warnings():  # about the input example left out on purpose (see above)
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            info = log_model(
+                name=re.sub(r"[/:.%\"']", "_", name),
+                python_model=serving.__file__,
+                artifacts={"model": str(model_file)},
+                code_paths=[str(Path(serving.__file__).parents[1])],
+                signature=signature,
+                metadata={
+                    "input": f"images (N, {c}, {s}, {s}), pixels as integers 0-255 or floats in [0, 1]",
+                    "output": "one row of logits per image, columns in class_names order",
+                    "class_names": list(meta["class_names"]),
+                    "dataset": meta["dataset"],
+                },
+                pip_requirements=[f"{d}=={version(d)}" for d in ("torch", "mlflow", "numpy", "PyYAML")],
+            )
         return info.model_uri
 
     @_store_errors
@@ -425,11 +444,13 @@ def param_value(value: Any) -> str:
     return str(value)
 
 
-def write_run_file(path: Path, run_id: str, experiment_name: str, run_name: str) -> None:
-    """Record the run id so that evaluate appends to the same run."""
+def write_run_file(path: Path, run_id: str, experiment_name: str, run_name: str, model_uri: str) -> None:
+    """Record the run id so that evaluate appends to the same run, and the logged model's URI (what
+    `mlflow models serve -m` takes)."""
     atomic.write_json(
         path,
-        {"version": RUN_FILE_VERSION, "run_id": run_id, "experiment_name": experiment_name, "run_name": run_name},
+        {"version": RUN_FILE_VERSION, "run_id": run_id, "experiment_name": experiment_name, "run_name": run_name,
+         "model_uri": model_uri},
     )
 
 

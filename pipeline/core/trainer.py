@@ -123,12 +123,6 @@ def train(
         # Timing goes to the tracker only: metrics files must be identical between identical runs.
         tracker.log_metrics({"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
                             step=state.best_epoch)
-        model_uri = tracker.log_model(model, images[val_idx[:2]])
-        version = None
-        if params.mlflow.register_model:
-            version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
-            log(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
-
         atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(images, labels, fit_idx, spec.class_names))
         tracker.log_file(paths.TRAIN_SAMPLES_PLOT)
         models.save(
@@ -145,12 +139,17 @@ def train(
                 "std": list(norm.std),
             },
         )
+        model_uri = tracker.log_model(paths.MODEL, name)
+        version = None
+        if params.mlflow.register_model:
+            version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
+            log(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
         machine = {"cpu": cpu.flags(), "kernels": torch.backends.cpu.get_cpu_capability(),
                    "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
                    "threads": torch.get_num_threads(), "portable": cfg.portable}
         outcome = TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
                                registered_version=version, machine=machine)
-        write_run_file(paths.RUN_FILE, run_id, params.mlflow.experiment_name, name)
+        write_run_file(paths.RUN_FILE, run_id, params.mlflow.experiment_name, name, model_uri)
         atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
         columns = [f.name for f in fields(EpochResult)]
         atomic.write_csv(paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history))

@@ -1,0 +1,91 @@
+"""The model MLflow serves and loads (`mlflow models serve -m models:/ID`, `mlflow.pyfunc.load_model`).
+
+A models-from-code file logged with this package as its code: it rebuilds the network from the run's models/model.pt exactly
+as evaluate and predict do. (Not a torch.export program: loading one imports torch._dynamo, about
+4 s of a 10 s server start.)
+
+Input: images N×C×H×W (N×H×W for one channel), pixels either integers 0-255 or floats in [0, 1].
+JSON keeps that difference only if MLflow does not cast the request to a dtype first, so the
+signature is an untyped tensor and this class checks shape, dtype and range itself: anything else
+is refused with HTTP 400 and one line naming what was expected, never answered with wrong logits.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+from pipeline.core import models
+
+
+class InputError(MlflowException):
+    """A refused request: HTTP 400 whose message is our one line.
+
+    MLflow's scoring server prefixes a model's error with the whole input (`Failed to predict data
+    '<numpy repr>'`), many lines of digits; the first message set is the one kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400
+
+    @property
+    def message(self) -> str:
+        return self.__dict__["_message"]
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.__dict__.setdefault("_message", value)
+
+
+def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
+    """The request as a uint8 or float32 N×C×H×W tensor, or InputError naming what is wrong."""
+    x = np.asarray(values)
+    if x.dtype == object:  # a JSON request, parsed without a dtype: nested Python ints or floats
+        try:
+            x = np.array(x.tolist())
+        except ValueError:
+            raise InputError("images must be a rectangular array (every image the same size)") from None
+    if x.ndim == 3 and channels == 1:
+        x = x[:, None]
+    expected = f"(N, {channels}, {size}, {size})" + (f" or (N, {size}, {size})" if channels == 1 else "")
+    if x.ndim != 4 or x.shape[1:] != (channels, size, size):
+        raise InputError(f"images must have shape {expected}; got {tuple(x.shape)}")
+    if x.dtype.kind in "iu":
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise InputError(f"integer pixels must be 0-255; got {x.min()} to {x.max()}")
+        return torch.from_numpy(x.astype(np.uint8))
+    if x.dtype.kind == "f":
+        if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+            raise InputError(
+                f"float pixels must be in [0, 1] (send 0-255 values as integers); got {np.nanmin(x):g} to {np.nanmax(x):g}"
+            )
+        return torch.from_numpy(x.astype(np.float32))
+    raise InputError(f"pixels must be integers 0-255 or floats in [0, 1]; got dtype {x.dtype}")
+
+
+class ImageModel(PythonModel):
+    """pyfunc: images in, one row of class logits per image out (columns in `class_names` order)."""
+
+    # MLflow's type-hint validation would convert requests to a schema of its own (and, without hints,
+    # warns on every import); as_images is the validation.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        self.model, meta = models.load(Path(context.artifacts["model"]))
+        self.channels, self.size = meta["in_channels"], meta["image_size"]
+
+    # model_input unannotated: MLflow would read any hint there as a schema to infer and enforce.
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
+        images = as_images(model_input, self.channels, self.size)
+        with torch.no_grad():
+            return self.model(images).float().numpy()
+
+
+# A models-from-code file: MLflow stores this source with the model and runs it at load, no pickle.
+set_model(ImageModel())

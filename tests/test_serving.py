@@ -1,0 +1,118 @@
+"""The logged model behind a real `mlflow models serve` process, asked over HTTP with real MNIST test images."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import free_port, run, runs, store
+from pipeline.core import models
+from pipeline.core.datasets import get, load_split
+from pipeline.core.repo import clean_env
+
+pytestmark = pytest.mark.e2e
+
+# Loopback never goes through a proxy.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def post(url: str, images: np.ndarray | list) -> tuple[int, dict]:
+    """POST {"inputs": images} to /invocations; (HTTP status, JSON answer)."""
+    body = json.dumps({"inputs": images.tolist() if isinstance(images, np.ndarray) else images}).encode()
+    request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+    try:
+        with OPENER.open(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """A trained tiny project and `mlflow models serve` on its logged model; yields (project, url)."""
+    from helpers import create_project
+
+    root = create_project(tmp_path_factory.mktemp("serving") / "project")
+    run(["dvc", "repro", "train"], root)
+    model_uri = json.loads((root / "models/mlflow_run.json").read_text())["model_uri"]
+    port = free_port()
+    log = open(root.parent / "serve.log", "w")
+    proc = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=root, env=clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"), stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with OPENER.open(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow models serve did not start: {(root.parent / 'serve.log').read_text()[-3000:]}")
+                time.sleep(0.25)
+        yield root, url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_uint8_and_float_images_get_the_model_s_answer(served) -> None:
+    root, url = served
+    images, labels = load_split(get("mnist"), root / "data/raw", train=False)
+    images, labels = images[:64].numpy(), labels[:64].numpy()
+    model, _ = models.load(root / "models/model.pt")
+    import torch
+
+    with torch.no_grad():
+        local = model(torch.from_numpy(images)).numpy()
+
+    status, answer = post(url, images)  # N×1×28×28, integers 0-255
+    assert status == 200, answer
+    served_uint8 = np.array(answer["predictions"])
+    assert served_uint8.shape == (64, 10)
+    np.testing.assert_allclose(served_uint8, local, rtol=1e-4, atol=1e-4)
+    assert (served_uint8.argmax(1) == labels).mean() > 0.7  # one tiny epoch; chance is 0.1
+
+    status, answer = post(url, images.astype(np.float32) / 255)  # floats in [0, 1]: the same answer
+    assert status == 200, answer
+    np.testing.assert_allclose(np.array(answer["predictions"]), local, rtol=1e-4, atol=1e-4)
+
+    status, answer = post(url, images[:, 0])  # N×28×28: one channel implied
+    assert status == 200, answer
+    assert np.array(answer["predictions"]).argmax(1).tolist() == local.argmax(1).tolist()
+
+
+@pytest.mark.parametrize(
+    "images, needles",
+    [
+        (np.zeros((2, 3, 28, 28), np.uint8), ["shape (N, 1, 28, 28)", "got (2, 3, 28, 28)"]),
+        (np.zeros((2, 1, 32, 32), np.uint8), ["shape (N, 1, 28, 28)", "got (2, 1, 32, 32)"]),
+        (np.full((1, 1, 28, 28), 2.0), ["float pixels must be in [0, 1]"]),  # 0-255 values sent as floats
+        (np.full((1, 1, 28, 28), 300), ["integer pixels must be 0-255"]),
+        ([[[1, 2], [3]]], ["rectangular"]),
+    ],
+    ids=["three-channels", "wrong-size", "float-0-255", "int-out-of-range", "ragged"],
+)
+def test_bad_input_is_a_400_with_one_readable_line(served, images, needles) -> None:
+    status, answer = post(served[1], images)
+    assert status == 400, answer
+    message = answer["message"]
+    assert "\n" not in message and len(message) < 200, message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_logged_model_is_named_after_its_run(served) -> None:
+    root, _ = served
+    (only,) = runs(root)
+    info = json.loads((root / "models/mlflow_run.json").read_text())
+    model = store(root).get_logged_model(info["model_uri"].removeprefix("models:/"))
+    assert model.name == only.info.run_name.replace(".", "_") and model.source_run_id == only.info.run_id
