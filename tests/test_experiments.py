@@ -44,7 +44,7 @@ def test_exp_run_is_a_second_tagged_run(project: Path) -> None:
 
 def test_plots_and_diffs_across_experiments(project: Path) -> None:
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
-    assert set(plots) == {"loss", "accuracy", "confusion", "per_class",
+    assert set(plots) == {"loss", "accuracy", "confusion", "per_class", "roc", "precision_recall",
                           "plots/train_samples.png", "plots/test_predictions.png"}
     assert all(p[0]["type"] == "vega" for k, p in plots.items() if not k.endswith(".png"))
     run(["dvc", "plots", "show"], project)
@@ -111,7 +111,7 @@ def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.route("**/*", only_files)
         page.goto((project / "dvc_plots" / "index.html").as_uri())
-        page.wait_for_function("document.querySelectorAll('svg.marks').length >= 4", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('svg.marks').length >= 6", timeout=60_000)
         charts = page.evaluate(
             "Array.from(document.querySelectorAll('svg.marks')).map(svg => "
             "[svg.closest('div[id]').id, svg.querySelectorAll('.mark-line path, .mark-rect path, .mark-symbol path').length])"
@@ -120,8 +120,9 @@ def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
         page.screenshot(path=str(ARTIFACTS / "plots-offline.png"), full_page=True)
     assert leaving == []
     drawn = dict(charts)
-    assert set(drawn) == {"loss", "accuracy", "confusion", "per_class"}, charts
+    assert set(drawn) == {"loss", "accuracy", "confusion", "per_class", "roc", "precision_recall"}, charts
     assert all(marks > 0 for marks in drawn.values()), charts  # lines, cells and bars, not empty axes
+    assert drawn["roc"] >= 10 and drawn["precision_recall"] >= 10  # a curve per class (custom template)
     assert len(images) == 2 and all(width > 0 for width in images)  # the two image grids
 
 

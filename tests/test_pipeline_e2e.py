@@ -52,8 +52,13 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project, tmp_path
     assert metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
     assert {"test_loss", "test_macro_f1"} <= set(metrics)
     assert sorted(k for k in metrics if k.startswith("test_class_accuracy/")) == [f"test_class_accuracy/{d}" for d in range(10)]
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(only.info.run_id)}
-    assert {"confusion_matrix.png", "per_class_accuracy.json"} <= artifacts
+    assert {"confusion_matrix.png", "per_class_accuracy.json", "roc_precision_recall.png", "roc.csv",
+            "precision_recall.csv"} <= artifacts
+    roc = (root / "plots/roc.csv").read_text().splitlines()
+    assert roc[0] == "class,fpr,tpr" and {line.split(",")[0] for line in roc[1:]} == {str(d) for d in range(10)}
+    assert all(roc.count(f"{d},1.0,1.0") == 1 for d in range(10))  # every curve ends in the corner
     assert json.loads((root / "models/mlflow_run.json").read_text())["run_id"] == only.info.run_id
     assert json.loads((root / "metrics/train.json").read_text())["mlflow_run_id"] == only.info.run_id
 

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.core import atomic, cpu, datasets, figures, loop, models, paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.metrics import Report, report
+from pipeline.core.metrics import Report, curves, report
 from pipeline.core.params import Params, flatten
 from pipeline.core.tracking import Tracker, dvc_lock_tags, read_run_file
 
@@ -47,6 +47,9 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
             ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())),
         )
         atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
+        roc, pr = curves(logits, labels, names)
+        atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
+        atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)
 
         # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per stage).
         tracker.set_tags(dvc_lock_tags())
@@ -56,6 +59,9 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
             "per_class_accuracy.json",
         )
         tracker.log_figure(figures.confusion_matrix(rep.confusion, names), "confusion_matrix.png")
+        tracker.log_figure(figures.curves(roc, pr), "roc_precision_recall.png")
+        tracker.log_file(paths.ROC_PLOT)
+        tracker.log_file(paths.PRECISION_RECALL_PLOT)
         # The first test images plus the first mistakes, so the grid always shows some errors.
         wrong = (predicted != labels).nonzero().flatten()[:16]
         shown = torch.cat([torch.arange(min(16, len(labels))), wrong])
@@ -63,6 +69,7 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
             images[shown],
             [f"{names[int(predicted[i])]}/{names[int(labels[i])]}" for i in shown],
             [bool(predicted[i] != labels[i]) for i in shown],
+            legend="caption: predicted/true class; red = mistake",
         )
         atomic.write_bytes(paths.TEST_SAMPLES_PLOT, grid)
         tracker.log_file(paths.TEST_SAMPLES_PLOT)

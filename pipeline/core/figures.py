@@ -30,10 +30,29 @@ def confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str]) -> Fig
     return fig
 
 
+def curves(roc: Sequence[tuple[str, float, float]], pr: Sequence[tuple[str, float, float]]) -> Figure:
+    """ROC and precision-recall curves, one line per class, side by side (points from metrics.curves)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5), dpi=100)
+    for ax, points, (x_label, y_label) in ((left, roc, ("false positive rate", "true positive rate")),
+                                           (right, pr, ("recall", "precision"))):
+        for name in dict.fromkeys(p[0] for p in points):
+            xs, ys = zip(*((x, y) for n, x, y in points if n == name))
+            ax.plot(xs, ys, label=name, linewidth=1)
+        ax.set(xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.01))
+        ax.grid(alpha=0.3)
+    left.set_title("ROC, one class vs the rest (test set)")
+    right.set_title("Precision-recall per class (test set)")
+    right.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
 def image_grid(
-    images: torch.Tensor, captions: Sequence[str], marked: Sequence[bool], columns: int = 8, scale: int = 2
+    images: torch.Tensor, captions: Sequence[str], marked: Sequence[bool], columns: int = 8, scale: int = 2,
+    legend: str = "",
 ) -> bytes:
-    """uint8 images (N×C×H×W) as a PNG grid, a caption above each; marked captions in red (mistakes).
+    """uint8 images (N×C×H×W) as a PNG grid, a caption above each; marked captions in red (mistakes);
+    `legend`, if given, is a line above the grid saying what the captions mean.
 
     Drawn with PIL in one pass: a matplotlib subplot per image cost seconds per grid.
     """
@@ -43,11 +62,14 @@ def image_grid(
 
     n, c, h, w = images.shape
     cell_w, cell_h, caption = w * scale + 8, h * scale + 18, 14
+    top = 16 if legend else 0
     rows = max(1, -(-n // columns))
-    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    canvas = Image.new("RGB", (columns * cell_w, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(canvas)
+    if legend:
+        draw.text((4, 2), legend, fill=(0, 0, 0))
     for i in range(n):
-        x, y = (i % columns) * cell_w + 4, (i // columns) * cell_h
+        x, y = (i % columns) * cell_w + 4, top + (i // columns) * cell_h
         pixels = images[i].permute(1, 2, 0).numpy()
         tile = Image.fromarray(pixels[..., 0] if c == 1 else pixels).convert("RGB")
         canvas.paste(tile.resize((w * scale, h * scale), Image.Resampling.NEAREST), (x, y + caption))
@@ -63,4 +85,4 @@ def training_samples(
     """A PNG grid of the first `per_class` images of each class among `indices`, captioned with the class."""
     picked = [indices[labels[indices] == c][:per_class] for c in range(len(class_names))]
     captions = [class_names[c] for c, idx in enumerate(picked) for _ in idx]
-    return image_grid(images[torch.cat(picked)], captions, [False] * len(captions))
+    return image_grid(images[torch.cat(picked)], captions, [False] * len(captions), legend="caption: true class")

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
 TEST_PREFIX = "test_"
 CLASS_ACCURACY_PREFIX = "test_class_accuracy/"
+CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_recall.csv
 
 
 def mlflow_name(key: str) -> str:
@@ -99,6 +101,35 @@ def _roc_auc(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None
         return None  # one-vs-rest AUC is undefined for a class with no positives
     probs = torch.softmax(logits.double(), dim=1).numpy()
     return float(roc_auc_score(labels.numpy(), probs, multi_class="ovr", average="weighted", labels=list(range(k))))
+
+
+def curves(
+    logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
+) -> tuple[list[tuple[str, float, float]], list[tuple[str, float, float]]]:
+    """One-vs-rest curves per class: ROC points (class, fpr, tpr) and precision-recall points
+    (class, recall, precision), each kept only where the curve turns (a few hundred, not one per image).
+    A class without positives or without negatives among the labels has no curve."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    roc: list[tuple[str, float, float]] = []
+    pr: list[tuple[str, float, float]] = []
+    for c, name in enumerate(class_names):
+        positive = labels.numpy() == c
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, c], drop_intermediate=True)
+        roc += [(name, float(f), float(t)) for f, t in _thin(fpr, tpr)]
+        precision, recall, _ = precision_recall_curve(positive, probs[:, c], drop_intermediate=True)
+        pr += [(name, float(r), float(p)) for r, p in _thin(recall[::-1], precision[::-1])]
+    return roc, pr
+
+
+def _thin(xs: np.ndarray, ys: np.ndarray, most: int = CURVE_POINTS) -> list[tuple[float, float]]:
+    """At most `most` points, evenly spaced along the curve, both ends kept, rounded to 5 digits: a
+    weak model's curve turns at thousands of thresholds, more than a chart shows or git should hold."""
+    keep = np.unique(np.linspace(0, len(xs) - 1, min(most, len(xs))).round().astype(int))
+    return [(round(float(xs[i]), 5), round(float(ys[i]), 5)) for i in keep]
 
 
 def per_class_table(rep: Report) -> str:

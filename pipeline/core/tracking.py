@@ -32,6 +32,7 @@ from pipeline.core.repo import git
 RUN_FILE_VERSION = 1
 # MLflow 3 opens an experiment on its GenAI view (traces, prompts) unless told it holds training runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SYSTEM_METRICS_SECONDS = 2
 # Stores MLflow can open; anything else is a typo that MLflow would report with a traceback.
 SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql")
 
@@ -122,6 +123,8 @@ class MlflowTracker(Tracker):
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
+        # A default run lasts well under a minute: MLflow's 10 s would give two or three samples.
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
         return mlflow
 
     @_store_errors
@@ -165,7 +168,8 @@ class MlflowTracker(Tracker):
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            run = mlflow.start_run(**start_kwargs)
+            # CPU, memory, disk, network (and GPU where pynvml finds one) as system/* metrics.
+            run = mlflow.start_run(**start_kwargs, log_system_metrics=True)
         except MlflowException as exc:
             raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
         try:

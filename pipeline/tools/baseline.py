@@ -21,7 +21,8 @@ from pipeline.core.repo import clean_env, git
 
 LOCK = Path("dvc.lock")
 IN_GIT = (paths.PARAMS, LOCK, paths.RUN_FILE, paths.TRAIN_METRICS, paths.TRAIN_PLOT, paths.TRAIN_SAMPLES_PLOT,
-          paths.EVAL_METRICS, paths.CONFUSION_PLOT, paths.PER_CLASS_PLOT, paths.TEST_SAMPLES_PLOT)
+          paths.EVAL_METRICS, paths.CONFUSION_PLOT, paths.PER_CLASS_PLOT, paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT,
+          paths.TEST_SAMPLES_PLOT)
 IN_CACHE = (paths.RAW, paths.STATS, paths.MODEL)
 
 
