@@ -12,15 +12,23 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 setup: $(STAMP) $(PLOTS_PAGE)
 
 # The project itself is installed editable, so `import pipeline` works from anywhere without path tricks.
+# pip lists each package it collects and shows a bar per download; the lines around it say what is happening
+# and for how long.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -qq -r requirements-dev.txt
-	$(VENV)/bin/python -m pip install -qq --no-deps -e .
-	touch $@
+	@echo "set-up 1/3: creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "set-up 2/3: installing the pinned requirements into $(VENV): about 6.5 GB (torch's CUDA build)," \
+	      "5-10 minutes the first time, under a minute from pip's cache"
+	@start=$$(date +%s); \
+	  $(VENV)/bin/python -m pip install --disable-pip-version-check -r requirements-dev.txt \
+	  && $(VENV)/bin/python -m pip install --disable-pip-version-check -qq --no-deps -e . \
+	  && echo "set-up 2/3: done in $$(( $$(date +%s) - start )) s"
+	@touch $@
 
 # Vega bundled into DVC's plots page (from the npm registry, pinned), so `dvc plots show` draws offline.
 $(PLOTS_PAGE): $(STAMP) pipeline/tools/plots_template.py
-	python -m pipeline plots-template
+	@echo "set-up 3/3: bundling Vega from the npm registry into $(PLOTS_PAGE) (a few seconds)"
+	@python -m pipeline plots-template
 
 repro: setup
 	dvc repro

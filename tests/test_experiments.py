@@ -57,6 +57,24 @@ def test_plots_and_diffs_across_experiments(project: Path) -> None:
     assert "train.lr" in params and DEFAULT_LR in params and "0.01" in params
 
 
+def test_report_is_markdown_of_what_changed_against_the_baseline(project: Path) -> None:
+    # After `dvc exp run`, the workspace holds experiment lr-high; HEAD holds the baseline results.
+    run(["python", "-m", "pipeline", "report", "--baseline", "HEAD", "-o", "report.md"], project)
+    text = (project / "report.md").read_text()
+    assert text.startswith("# Experiment report: workspace against `HEAD`")
+    assert f"| train.lr | {DEFAULT_LR} | 0.01 |" in text
+    baseline = json.loads(run(["git", "show", "HEAD:metrics/eval.json"], project).stdout)
+    now = json.loads((project / "metrics/eval.json").read_text())
+    row = f"| metrics/eval.json | accuracy | {baseline['accuracy']:.4f} | {now['accuracy']:.4f} |"
+    assert row in text, text
+    per_class = text.split("## Per-class test accuracy")[1].split("##")[0]
+    assert [line.split("|")[1].strip() for line in per_class.splitlines() if line.startswith("| ") and "`" not in line] \
+        == [str(d) for d in range(10)]
+    assert "![test_predictions](plots/test_predictions.png)" in text and (project / "plots/test_predictions.png").is_file()
+    bad = run(["python", "-m", "pipeline", "report", "--baseline", "no-such-rev"], project, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --baseline: 'no-such-rev' is not a revision of this repository"
+
+
 def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
     out = run(["python", "-m", "pipeline", "compare", "--last", "2"], project).stdout
     url, runs_url, *table = out.splitlines()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +56,27 @@ def write_params(root: Path, override: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()) or {}, override), sort_keys=False))
 
 
-def run_pipeline(root: Path, log: Path) -> Outcome:
-    """`dvc repro` in `root` with its own MLflow store; the outputs that must be reproducible."""
+# The lines of a `dvc repro` log that tell a person waiting where the run is.
+PROGRESS = ("Running stage", "epoch ", "best val_accuracy", "test accuracy")
+
+
+def run_pipeline(root: Path, log: Path, progress: Callable[[str], None] = lambda line: None) -> Outcome:
+    """`dvc repro` in `root` with its own MLflow store; the outputs that must be reproducible.
+
+    Everything DVC prints goes to `log`; the stage and epoch lines also go to `progress` as they come,
+    with the seconds since the start.
+    """
+    start = time.monotonic()
     with open(log, "w") as fh:
-        proc = subprocess.run(["dvc", "repro"], cwd=root, env=clean_env(), stdout=fh, stderr=subprocess.STDOUT)
+        # Unbuffered: the stages print each epoch as it ends, not all at exit.
+        proc = subprocess.Popen(["dvc", "repro"], cwd=root, env=clean_env(PYTHONUNBUFFERED="1"), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            if line.startswith(PROGRESS):
+                progress(f"  {time.monotonic() - start:5.0f}s  {line.rstrip()}")
+        proc.wait()
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise PipelineError(f"dvc repro failed in {root} (log {log}):\n{tail}")

@@ -90,7 +90,7 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
         clone = rerun.clone(root, commit, tmp / f"run{i}")
         rerun.write_params(clone, override)
         click.echo(f"run {i}: dvc repro in {clone} ...")
-        outcomes.append(rerun.run_pipeline(clone, tmp / f"run{i}.log"))
+        outcomes.append(rerun.run_pipeline(clone, tmp / f"run{i}.log", click.echo))
     first, second = outcomes
 
     reference = json.loads((root / REFERENCE).read_text()) if (root / REFERENCE).is_file() else {}

@@ -65,7 +65,7 @@ def main(run_id: str, tolerance: float) -> None:
     (clone / paths.PARAMS).write_text(yaml.safe_dump(params_from_run(run.data.params), sort_keys=False))
     click.echo(f"re-creating run {run_id} ({run.info.run_name}) at {commit[:12]} in {clone} ...")
     try:
-        rerun.run_pipeline(clone, tmp / "dvc-repro.log")
+        rerun.run_pipeline(clone, tmp / "dvc-repro.log", click.echo)
         evaluation = rerun.flatten(json.loads((clone / paths.EVAL_METRICS).read_text()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a clone with its data: ~130 MB
