@@ -139,6 +139,8 @@ def load(stack_dir: Path, create: bool = False) -> Stack:
     if not create:
         raise PipelineError(f"{stack_dir}: no stack here; start one with `python -m pipeline stack start`")
     stack_dir.mkdir(parents=True, exist_ok=True)
+    # Others may traverse (the postgres user must reach its data folder) but not list the data or logs.
+    stack_dir.chmod(0o711)
     stack = Stack(stack_dir, StackConfig.generate())
     _write_private(file, json.dumps(stack.config.__dict__, indent=2))
     return stack
@@ -156,16 +158,17 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _start_ticks(pid: int) -> int | None:
-    """The kernel start time of process `pid` (field 22 of /proc/PID/stat), None if it does not exist."""
+    """The kernel start time of process `pid` (field 22 of /proc/PID/stat), None if it does not exist
+    or has exited (a zombie: a process that started it in-process, like a test, has not reaped it yet)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def _alive(record: dict[str, int]) -> bool:
-    """Whether the process of a pid record is still the one that was started."""
+def is_running(record: dict[str, int]) -> bool:
+    """Whether the process of a pid record ({"pid", "ticks"}) is still the one that was started."""
     return _start_ticks(record["pid"]) == record["ticks"]
 
 
@@ -434,7 +437,7 @@ def start(stack_dir: Path) -> Stack:
     stack = load(stack_dir, create=True)
     old = _read_pids(stack)
     if old:
-        stale = [f"{name} (pid {rec['pid']})" for name, rec in old.items() if not _alive(rec)]
+        stale = [f"{name} (pid {rec['pid']})" for name, rec in old.items() if not is_running(rec)]
         if stale:
             raise PipelineError(f"{stack.dir / PIDS_FILE}: stale pid for {', '.join(stale)}, not running; "
                                 "run `python -m pipeline stack stop` first")
@@ -482,9 +485,9 @@ def _stop_one(stack: Stack, name: str, record: dict[str, int]) -> None:
     # is in it too, and goes with it.
     os.killpg(record["pid"], signal.SIGTERM)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _alive(record):
+    while time.monotonic() < deadline and is_running(record):
         time.sleep(0.2)
-    if _alive(record):
+    if is_running(record):
         os.killpg(record["pid"], signal.SIGKILL)
 
 
@@ -498,7 +501,7 @@ def stop(stack_dir: Path) -> list[str]:
         record = pids.get(name)
         if record is None:
             continue
-        if _alive(record):
+        if is_running(record):
             _stop_one(stack, name, record)
             lines.append(f"{name}: stopped (pid {record['pid']})")
         else:
@@ -527,7 +530,7 @@ def status(stack_dir: Path) -> list[ComponentStatus]:
     out = []
     for name in COMPONENTS:
         record = pids.get(name)
-        running = bool(record) and _alive(record)  # type: ignore[arg-type]
+        running = bool(record) and is_running(record)  # type: ignore[arg-type]
         out.append(ComponentStatus(name, record["pid"] if record else None, running, stack.config.ports[name],
                                    _rss_mib(record["pid"]) if running else 0.0))  # type: ignore[index]
     return out
