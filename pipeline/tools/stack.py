@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -401,7 +402,7 @@ def _http_status(url: str, auth: tuple[str, str] | None = None, timeout: float =
         return 0
 
 
-def _wait(stack: Stack, name: str, proc: subprocess.Popen, ready: callable) -> None:  # type: ignore[valid-type]
+def _wait(stack: Stack, name: str, proc: subprocess.Popen, ready: Callable[[], bool]) -> None:
     """Wait until `ready()` is true; fail with the log's last line if the process dies or time runs out."""
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -445,8 +446,9 @@ def start(stack_dir: Path) -> Stack:
     for name in COMPONENTS:
         port = stack.config.ports[name]
         if _port_busy(port):
-            raise PipelineError(f"port {port} on 127.0.0.1 (for {name}) is in use by another program; stop it, "
-                                f"or remove {stack.dir / CONFIG_FILE} to pick new ports (and credentials)")
+            # The ports are kept for good (they are in everyone's exports and in postgresql.conf).
+            raise PipelineError(f"port {port} on 127.0.0.1 (for {name}) is in use by another program; stop that "
+                                "program, or start a new stack in another --dir")
     pids: dict[str, dict[str, int]] = {}
     try:
         t = time.monotonic()
