@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -241,7 +242,14 @@ def pg_bin() -> Path:
 
 def _as_postgres() -> list[str]:
     """PostgreSQL refuses to run as root: as root, run its binaries as the `postgres` system user."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise PipelineError("as root, PostgreSQL must run as the `postgres` system user, which does not exist: "
+                            "apt-get install postgresql creates it") from None
+    return ["runuser", "-u", "postgres", "--"]
 
 
 def _pg_dirs(stack: Stack) -> tuple[Path, Path, Path]:
@@ -251,7 +259,8 @@ def _pg_dirs(stack: Stack) -> tuple[Path, Path, Path]:
 
 def _pg_run(stack: Stack, *args: str) -> None:
     """Run a PostgreSQL binary (as the postgres user when root); its output's last line on failure."""
-    proc = subprocess.run([*_as_postgres(), str(pg_bin() / args[0]), *args[1:]], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run([*_as_postgres(), str(pg_bin() / args[0]), *args[1:]], capture_output=True, text=True,
+                          timeout=180, check=False)
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip() or "failed").splitlines()
         _, _, log = _pg_dirs(stack)
@@ -438,6 +447,7 @@ def start(stack_dir: Path) -> Stack:
     later piece fails. Returns the stack with `timings` (seconds per piece and in total)."""
     began = time.monotonic()
     pg_bin()  # before creating anything: a machine without PostgreSQL fails in one line
+    _as_postgres()
     stack = load(stack_dir, create=True)
     old = _read_pids(stack)
     if old:
