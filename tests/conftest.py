@@ -63,3 +63,36 @@ def mlflow_server(tmp_path: Path):
     yield start
     for url in list(procs):
         stop(url)
+
+
+@pytest.fixture(scope="module")
+def team_stack():
+    """The team stack (PostgreSQL, rclone S3, authenticated mlflow server) started in a tmp folder by
+    pipeline.tools.stack, for one test module; stopped by its recorded pids afterwards.
+
+    Yields the `Stack`: `.env` (everything `stack env` exports), `.optuna_storage`, `.dir`, `.mlflow_url`.
+    Skipped where PostgreSQL's binaries are missing, unless REQUIRE_STACK is set (CI), where it fails.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from pipeline.core.errors import PipelineError
+    from pipeline.tools import stack
+
+    try:
+        stack.pg_bin()
+    except PipelineError as exc:
+        if os.environ.get("REQUIRE_STACK"):
+            pytest.fail(str(exc))
+        pytest.skip(f"needs PostgreSQL 15 (apt-get install postgresql; .ci/run does): {exc}")
+    # Not below pytest's tmp folder: that is private (0700) and PostgreSQL runs as the postgres user.
+    folder = Path(tempfile.mkdtemp(prefix="team-stack-"))
+    folder.chmod(0o755)
+    try:
+        yield stack.start(folder / "stack")
+    finally:
+        try:
+            stack.stop(folder / "stack")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
