@@ -4,14 +4,14 @@ from __future__ import annotations
 import click
 
 from pipeline.stages import download, evaluate, normalization_stats, train
-from pipeline.tools import baseline, compare, params_reference, plots_template, predict, repro_check, reproduce
+from pipeline.tools import baseline, compare, params_reference, plots_template, predict, repro_check, reproduce, sweep
 
 # Stage commands carry their dvc.yaml stage names (tests/test_layout.py checks that they match).
 STAGES = {"download": download.main, "normalization-stats": normalization_stats.main,
           "train": train.main, "evaluate": evaluate.main}
 TOOLS = {"predict": predict.main, "compare": compare.main, "baseline": baseline.main, "repro-check": repro_check.main,
          "reproduce": reproduce.main, "params-reference": params_reference.main,
-         "plots-template": plots_template.main}
+         "plots-template": plots_template.main, "sweep": sweep.main}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +19,7 @@ def main() -> None:
     """Reproducible image classification: the DVC stages (run them with `dvc repro`) and the tools.
 
     Stages: download, normalization-stats, train, evaluate. Tools: predict, compare, baseline,
-    repro-check, reproduce, params-reference, plots-template.
+    repro-check, reproduce, params-reference, plots-template, sweep.
     """
 
 

@@ -152,6 +152,11 @@ class MlflowTracker(Tracker):
                 MlflowClient(self.uri).set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
+    def ensure_experiment(self, name: str) -> str:
+        """The id of experiment `name`, created now if missing. For callers that start runs in other folders
+        (a sweep's worker clones): created here, the default store pins its artifacts at this project root."""
+        return self._experiment_id(name)
+
     @contextmanager
     def _run(self, **start_kwargs: Any) -> Iterator[Any]:
         """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never RUNNING."""
