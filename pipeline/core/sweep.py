@@ -247,8 +247,7 @@ def open_study(url: str, name: str, space: SearchSpace, create: bool = True) -> 
     import optuna
 
     trial.quiet()
-    if not STUDY_NAME.fullmatch(name):
-        raise PipelineError(f"--study: {name!r} must start with a letter and hold only letters, digits, _ and - (at most 64)")
+    check_study_name(name)
     storage = trial.storage(url)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
@@ -266,6 +265,12 @@ def open_study(url: str, name: str, space: SearchSpace, create: bool = True) -> 
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise PipelineError(f"--study {name}: the study minimizes; a sweep maximizes validation accuracy")
     return study
+
+
+def check_study_name(name: str) -> None:
+    """Study names become part of experiment names, hence of git refs."""
+    if not STUDY_NAME.fullmatch(name):
+        raise PipelineError(f"--study: {name!r} must start with a letter and hold only letters, digits, _ and - (at most 64)")
 
 
 def exp_name(study: str, number: int) -> str:
@@ -384,7 +389,11 @@ def run_worker(
             values = {d.key: d.value(asked.params[d.key]) for d in space.dimensions}
             name = exp_name(study_name, asked.number)
             asked.set_user_attr(EXP_ATTR, name)
-            result = _run_trial(copy, url, storage, asked, name, values, base, trial_env, logs / f"{name}.log")
+            try:
+                result = _run_trial(copy, url, storage, asked, name, values, base, trial_env, logs / f"{name}.log")
+            except BaseException:  # Ctrl-C, SIGTERM: the trial must not stay RUNNING in the study
+                study.tell(asked, state=optuna.trial.TrialState.FAIL)
+                raise
             if result.run_id:
                 asked.set_user_attr(RUN_ATTR, result.run_id)
             state = getattr(optuna.trial.TrialState, result.state)

@@ -6,6 +6,7 @@ the study; `--workers N` starts N such workers here. See README, section Sweeps.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,9 @@ def main(storage: str | None, study_name: str, trials: int, space_file: Path, wo
     """Search parameters with Optuna: each trial is `dvc exp run -S …` (see `dvc exp show`) and one MLflow
     run tagged optuna.study and optuna.trial; its objective is the best validation accuracy, and the
     study's pruner may stop it after any epoch. Prints the best trial at the end."""
+    # Stopped by `--workers`' parent or a scheduler: end the running trial as FAIL and remove the clone.
+    signal.signal(signal.SIGTERM, _interrupt)
+    sweep.check_study_name(study_name)
     space_file = space_file.resolve()  # before moving to the project root
     root = paths.project_root()
     os.chdir(root)
@@ -50,9 +54,10 @@ def main(storage: str | None, study_name: str, trials: int, space_file: Path, wo
     from pipeline.core import tracking
 
     mlflow_uri = tracking.tracking_uri()
-    # Created here, at the project root: a trial creating it from its worker clone would leave its
-    # artifacts in that clone (the default store pins them beside the database only when it creates).
-    tracking.MlflowTracker(mlflow_uri).ensure_experiment(base.mlflow.experiment_name)
+    if worker_label is None:  # (the workers --workers starts leave it to their parent)
+        # Created here, at the project root: a trial creating it from its worker clone would leave its
+        # artifacts in that clone (the default store pins them beside the database only when it creates).
+        tracking.MlflowTracker(mlflow_uri).ensure_experiment(base.mlflow.experiment_name)
     # Trials log where this command would; the caller's MLflow credentials come along, DVC_* do not.
     mlflow_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     trial_env = clean_env(**{**mlflow_env, "MLFLOW_TRACKING_URI": mlflow_uri})
@@ -104,3 +109,7 @@ def start_workers(url: str, study_name: str, trials: int, space_file: Path, work
     failed = [f"w{k} exited {code}" for k, code in enumerate(codes, start=1) if code != 0]
     if failed:
         raise PipelineError(f"sweep workers failed: {', '.join(failed)}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
