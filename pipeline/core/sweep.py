@@ -3,9 +3,9 @@
 A worker asks the study for a trial, runs it as `dvc exp run -n <study>-<number> -S key=value …` and
 tells the study the trial's best validation accuracy (never a test metric). Each worker runs its
 experiments in a private clone of the project (under `.dvc/tmp/sweep/`) that shares the project's
-DVC cache: DVC allows one running experiment per workspace, and two `dvc exp run --temp` in one
-project take each other's queued entries (they share one stash), so a trial could run with another
-trial's parameters. After each trial the worker pushes the experiment's git ref into the project,
+DVC cache: DVC allows one running experiment per workspace, and `dvc exp run --temp` processes in one
+project share one stash of pending experiments, each running whatever entries it finds there, so a
+trial could run with another trial's parameters. After each trial the worker pushes the experiment's git ref into the project,
 where `dvc exp show` and `dvc exp apply` find it (its outputs are already in the shared cache).
 
 The train stage of a trial learns which trial it is from the environment (core.trial) and reports
