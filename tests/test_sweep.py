@@ -12,8 +12,6 @@ import yaml
 from helpers import assert_one_line_error, create_project, run, runs
 from pipeline.core.sweep import cli_value
 
-pytestmark = pytest.mark.e2e
-
 # Two workers share the machine's two cores: one thread each, or they would fight over both.
 PARAMS = {"train": {"threads": 1}}
 SPACE = {"params": {"train.lr": {"low": 0.002, "high": 0.02, "log": True}, "train.dropout": {"choices": [0.0, 0.25]}},
@@ -92,6 +90,44 @@ def assert_four_trials(root: Path, out: str, url: str, study: str, mlflow_runs: 
     assert [p.name for p in (root / ".dvc/tmp/sweep").iterdir()] == ["logs"], "a worker clone was left behind"
 
 
+def test_small_floats_from_dvc_set_param_stay_numbers(tmp_path: Path) -> None:
+    # What `dvc exp run -S train.lr=0.00001` does to params.yaml: ruamel (YAML 1.2) writes `lr: 1e-05`.
+    from dvc.utils.hydra import apply_overrides
+
+    from pipeline.core.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.008\n  cnn_channels: [16, 32]\n")
+    apply_overrides(str(path), [f"train.lr={cli_value(0.00001)}", f"train.cnn_channels={cli_value([8, 16])}"])
+    assert "1e-05" in path.read_text()
+    params = load_params(path)
+    assert params.train.lr == 0.00001 and params.train.cnn_channels == (8, 16)
+    assert (cli_value(True), cli_value(None), cli_value(0.25), cli_value("sgd")) == ("true", "null", "0.25", "sgd")
+
+
+def test_search_space_is_checked_against_the_parameters(tmp_path: Path) -> None:
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.params import Params
+    from pipeline.core.sweep import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n  train.lr: {low: 1e-5, high: 0.1, log: true}\n  train.epochs: {low: 1, high: 4}\n"
+                    "  train.cnn_channels: {choices: [[8, 16], [16, 32]]}\n  data.limit: {choices: [null, 1000]}\n")
+    space = load_space(path, Params())
+    kinds = {d.key: d.kind for d in space.dimensions}
+    assert kinds == {"train.lr": "float", "train.epochs": "int", "train.cnn_channels": "choices", "data.limit": "choices"}
+    channels = next(d for d in space.dimensions if d.key == "train.cnn_channels")
+    assert channels.value(channels.distribution().choices[1]) == [16, 32]  # lists travel as JSON text
+    assert space.pruner == {"type": "none"}
+    path.write_text("params:\n  train.epochs: {low: 1, high: 4.5}\n")
+    with pytest.raises(PipelineError, match="train.epochs: high must be an integer"):
+        load_space(path, Params())
+    path.write_text("params:\n  train.model: {low: 1, high: 4}\n")
+    with pytest.raises(PipelineError, match="train.model is not a number"):
+        load_space(path, Params())
+
+
+@pytest.mark.e2e
 def test_bad_search_space_is_one_line(tmp_path: Path) -> None:
     root = create_project(tmp_path / "project")
     cases = {
@@ -111,6 +147,7 @@ def test_bad_search_space_is_one_line(tmp_path: Path) -> None:
     assert not (root / "optuna.db").exists()  # nothing was created for a refused sweep
 
 
+@pytest.mark.e2e
 def test_four_trials_two_workers_on_sqlite(project: Path) -> None:
     out = sweep(project, "--study", "lite", "--trials", "2", "--workers", "2", "--space", "sweeps/test-space.yaml").stdout
     url = f"sqlite:///{project / 'optuna.db'}"
@@ -123,6 +160,7 @@ def test_four_trials_two_workers_on_sqlite(project: Path) -> None:
     run(["git", "checkout", "--", "."], project)  # back to the baseline for the next test
 
 
+@pytest.mark.e2e
 def test_pruned_trial_ends_cleanly_and_is_marked(project: Path) -> None:
     out = sweep(project, "--study", "pruned", "--trials", "1", "--space", "sweeps/pruning.yaml").stdout
     assert "pruned after epoch 1" in out and "no trial completed" in out
@@ -135,6 +173,7 @@ def test_pruned_trial_ends_cleanly_and_is_marked(project: Path) -> None:
     assert "test_accuracy" in mlflow_run.data.metrics  # the experiment is complete: evaluated like any other
 
 
+@pytest.mark.e2e
 def test_four_trials_two_workers_on_the_team_postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     # `team_stack` (tests/conftest.py on the team branch) runs PostgreSQL 15 and an MLflow server; skip without it.
     try:

@@ -25,7 +25,6 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import yaml
 
 from pipeline.core import paths, trial
 from pipeline.core.errors import PipelineError, first_line
-from pipeline.core.params import Params, flatten, parse_params
+from pipeline.core.params import Params, flatten, parse_params, read_yaml
 from pipeline.core.repo import clean_env, git
 from pipeline.core.rerun import merge
 
@@ -101,7 +100,7 @@ def load_space(path: Path, base: Params) -> SearchSpace:
     unknown keys, bad ranges and values params.yaml would refuse stop here with one line naming the key."""
     where = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = read_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise PipelineError(f"{where}: search-space file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -218,17 +217,10 @@ def _pruner_spec(where: str, spec: Any) -> dict[str, Any]:
 
 
 def cli_value(value: Any) -> str:
-    """A value as `dvc exp run -S key=VALUE` must spell it to land in params.yaml with its type.
-
-    Floats are written out in full: DVC would store 1e-05 as is, which YAML 1.1 (PyYAML, core.params)
-    reads back as a string.
-    """
+    """A value as `dvc exp run -S key=VALUE` parses it back to the same YAML value (lists, true, null)."""
     if isinstance(value, bool) or value is None or isinstance(value, list):
         return json.dumps(value, separators=(",", ":"))
-    if isinstance(value, float):
-        text = format(Decimal(repr(value)), "f")
-        return text if "." in text else text + ".0"
-    return str(value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def storage_url(url: str | None, root: Path) -> str:

@@ -413,10 +413,10 @@ def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
 def changed_params(committed_yaml: str, params: Mapping[str, Any]) -> dict[str, str]:
     """The entries of `params` (dotted keys) whose value differs from those of the params.yaml text
     `committed_yaml` (compared once both are validated, so `lr: 1` and `lr: 1.0` are the same)."""
-    from pipeline.core.params import flatten, parse_params
+    from pipeline.core.params import flatten, parse_params, read_yaml
 
     try:
-        committed = {k: param_value(v) for k, v in flatten(parse_params(yaml.safe_load(committed_yaml))).items()}
+        committed = {k: param_value(v) for k, v in flatten(parse_params(read_yaml(committed_yaml))).items()}
     except (PipelineError, yaml.YAMLError):
         committed = {}
     current = {k: param_value(v) for k, v in params.items()}

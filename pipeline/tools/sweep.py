@@ -17,7 +17,7 @@ import yaml
 from pipeline.cli import reports_errors
 from pipeline.core import paths, sweep
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params, parse_params
+from pipeline.core.params import Params, parse_params, read_yaml
 from pipeline.core.repo import clean_env, git
 
 
@@ -77,7 +77,7 @@ def committed_params() -> Params:
     """The parameters of HEAD's params.yaml: what every trial starts from (a worker clones HEAD)."""
     text = git("show", f"HEAD:{paths.PARAMS.as_posix()}")
     try:
-        return parse_params(yaml.safe_load(text), source=f"{paths.PARAMS} at HEAD")
+        return parse_params(read_yaml(text), source=f"{paths.PARAMS} at HEAD")
     except yaml.YAMLError:
         raise PipelineError(f"{paths.PARAMS} at HEAD: not valid YAML") from None
 
