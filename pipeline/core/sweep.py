@@ -178,25 +178,19 @@ def _check_value(where: str, key: str, value: Any, base: Params) -> None:
 
 def with_values(base: Params, values: Mapping[str, Any], source: str) -> Params:
     """`base` with dotted-key values applied, validated by core.params (raises PipelineError naming the key)."""
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        *parents, name = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[name] = value
-    return parse_params(merge(flatten_nested(base), nested), source=source)
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(base).items()}
+    return parse_params(merge(_nest(plain), _nest(values)), source=source)
 
 
-def flatten_nested(params: Params) -> dict[str, Any]:
-    """Params as the nested mapping params.yaml holds (tuples as lists)."""
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 0.1} → {"train": {"lr": 0.1}}: the shape of params.yaml."""
     out: dict[str, Any] = {}
-    for key, value in flatten(params).items():
+    for key, value in flat.items():
         *parents, name = key.split(".")
         node = out
         for part in parents:
             node = node.setdefault(part, {})
-        node[name] = list(value) if isinstance(value, tuple) else value
+        node[name] = value
     return out
 
 
