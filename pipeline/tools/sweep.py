@@ -63,9 +63,9 @@ def main(storage: str | None, study_name: str, trials: int, space_file: Path, wo
     trial_env = clean_env(**{**mlflow_env, "MLFLOW_TRACKING_URI": mlflow_uri})
     study = sweep.open_study(url, study_name, space)
     if workers == 1:
-        label = worker_label or f"{study_name}-{os.getpid()}"
         echo = (lambda line: click.echo(f"[{worker_label}] {line}")) if worker_label else click.echo
-        sweep.run_worker(root, url, study_name, space, base, trials, label, trial_env, echo)
+        # The clone is named by process, not by label: two sweeps with --workers may share a project.
+        sweep.run_worker(root, url, study_name, space, base, trials, f"{study_name}-{os.getpid()}", trial_env, echo)
     else:
         start_workers(url, study_name, trials, space_file, workers)
     if not no_summary:
