@@ -254,12 +254,12 @@ def fit(
     cfg: TrainParams,
     rt: Runtime,
     state: TrainState,
-    on_epoch: Callable[[EpochResult, TrainState], None] = lambda result, state: None,
+    on_epoch: Callable[[EpochResult, TrainState], bool | None] = lambda result, state: None,
     progress: bool = False,
 ) -> TrainState:
-    """Train from `state` (fresh or a checkpoint) until the epochs or the patience run out; the model ends
-    with its best weights. Resuming a state an interrupted run handed to `on_epoch` ends with exactly the
-    weights of an uninterrupted run."""
+    """Train from `state` (fresh or a checkpoint) until the epochs or the patience run out, or `on_epoch`
+    returns True (a sweep's pruner stopping a trial); the model ends with its best weights. Resuming a
+    state an interrupted run handed to `on_epoch` ends with exactly the weights of an uninterrupted run."""
     generator = torch.Generator()
     generator.set_state(state.generator)
     if state.model is not None:
@@ -300,7 +300,8 @@ def fit(
             **({"best_acc": val_acc, "best_epoch": epoch,
                 "best_state": {k: v.detach().clone() for k, v in model.state_dict().items()}} if better else {}),
         )
-        on_epoch(result, state)
+        if on_epoch(result, state):
+            break
     assert state.best_state is not None
     model.load_state_dict(state.best_state)
     return state

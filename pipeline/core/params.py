@@ -149,6 +149,24 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent floats without a dot (1e-05) as numbers, as YAML 1.2 does.
+
+    `dvc exp run -S train.lr=0.00001` (and so every sweep trial with a small value) writes `lr: 1e-05`
+    through ruamel (YAML 1.2); PyYAML's YAML 1.1 rules would read that back as the string '1e-05'.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML text as plain values, numbers read as DVC writes them (see _Loader): for params.yaml and files like it."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate a params file; raise PipelineError naming the file or the bad key."""
     path = Path(path)
@@ -172,7 +190,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
             if isinstance(event, yaml.AliasEvent):
                 line = event.start_mark.line + 1 if event.start_mark else "?"
                 raise PipelineError(f"{path}: YAML alias *{event.anchor} at line {line}; aliases are not allowed here")
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import read_yaml
 from pipeline.core.repo import clean_env, git
 
 
@@ -53,7 +54,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def write_params(root: Path, override: dict[str, Any]) -> None:
     """Apply an override to the clone's params.yaml."""
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()) or {}, override), sort_keys=False))
+    path.write_text(yaml.safe_dump(merge(read_yaml(path.read_text()) or {}, override), sort_keys=False))
 
 
 # The lines of a `dvc repro` log that tell a person waiting where the run is.

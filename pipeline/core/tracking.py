@@ -158,6 +158,11 @@ class MlflowTracker(Tracker):
                 MlflowClient(self.uri).set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
+    def ensure_experiment(self, name: str) -> str:
+        """The id of experiment `name`, created now if missing. For callers that start runs in other folders
+        (a sweep's worker clones): created here, the default store pins its artifacts at this project root."""
+        return self._experiment_id(name)
+
     @contextmanager
     def _run(self, **start_kwargs: Any) -> Iterator[Any]:
         """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never RUNNING."""
@@ -431,10 +436,10 @@ def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
 def changed_params(committed_yaml: str, params: Mapping[str, Any]) -> dict[str, str]:
     """The entries of `params` (dotted keys) whose value differs from those of the params.yaml text
     `committed_yaml` (compared once both are validated, so `lr: 1` and `lr: 1.0` are the same)."""
-    from pipeline.core.params import flatten, parse_params
+    from pipeline.core.params import flatten, parse_params, read_yaml
 
     try:
-        committed = {k: param_value(v) for k, v in flatten(parse_params(yaml.safe_load(committed_yaml))).items()}
+        committed = {k: param_value(v) for k, v in flatten(parse_params(read_yaml(committed_yaml))).items()}
     except (PipelineError, yaml.YAMLError):
         committed = {}
     current = {k: param_value(v) for k, v in params.items()}

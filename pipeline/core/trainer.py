@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -30,6 +30,7 @@ class TrainOutcome:
     seconds: float  # inside the loop
     registered_version: str | None
     machine: dict[str, object]  # what the numbers depend on besides code, data and parameters
+    pruned: bool = False  # stopped by `on_epoch` (a sweep trial its pruner stopped)
 
     def summary(self) -> dict[str, object]:
         """The content of metrics/train.json (no timings: identical runs give identical files)."""
@@ -40,6 +41,8 @@ class TrainOutcome:
             "best_epoch": self.state.best_epoch,
             "epochs_run": len(self.state.history),
             "stopped_early": self.stopped_early,
+            # Only when true: metrics/train.json of an ordinary run keeps its shape.
+            **({"pruned": True} if self.pruned else {}),
             "mlflow_run_id": self.run_id,
             **self.machine,
         }
@@ -56,13 +59,16 @@ def train(
     params: Params,
     tracker: Tracker,
     log: Callable[[str], None] = lambda line: None,
-    on_epoch: Callable[[EpochResult], None] = lambda result: None,
+    on_epoch: Callable[[EpochResult], bool | None] = lambda result: None,
     progress: bool = False,
+    tags: Mapping[str, str] | None = None,
 ) -> TrainOutcome:
     """Fit on the fitting split, validate every epoch, keep the best weights; write every train output.
 
     `log` gets the lines a person reads (header, one per epoch, resume notices); `on_epoch` gets each
-    epoch's result as it finishes; `progress` shows tqdm bars.
+    epoch's result as it finishes (while the run is open) and returns True to prune: training stops
+    there and ends like an early stop, with the best weights so far and every output written;
+    `progress` shows tqdm bars; `tags` are set on the run (e.g. the sweep trial it belongs to).
     """
     cfg = params.train
     if cfg.portable and not cpu.pinned():
@@ -100,21 +106,25 @@ def train(
                 tracker.log_metrics(r.metrics(), step=r.epoch)
         data_digest = datasets.digest(images, labels)
         tracker.log_dataset(spec.name, data_digest, paths.RAW, {"fit": len(fit_idx), "validation": len(val_idx)})
-        tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest})
+        tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest, **(tags or {})})
         tracker.log_text(package_versions(), "environment/pip-freeze.txt")
 
         data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx, augment=params.data.augment)
         model = rt.place(model)
         opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
 
-        def after_epoch(r: EpochResult, state: TrainState) -> None:
+        pruned = False
+
+        def after_epoch(r: EpochResult, state: TrainState) -> bool:
+            nonlocal pruned
             checkpoints.save(state, fingerprint, run_id)
             tracker.log_metrics(r.metrics(), step=r.epoch)
             log(
                 f"epoch {r.epoch}/{cfg.epochs}: train_loss {r.train_loss:.4f} train_acc {r.train_accuracy:.4f} "
                 f"val_loss {r.val_loss:.4f} val_acc {r.val_accuracy:.4f} lr {r.lr:.2e} ({r.seconds:.1f}s)"
             )
-            on_epoch(r)
+            pruned = bool(on_epoch(r))
+            return pruned
 
         start = time.perf_counter()
         state = resume.state if resume else TrainState.start(params.seed)
@@ -148,7 +158,7 @@ def train(
                    "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
                    "threads": torch.get_num_threads(), "portable": cfg.portable}
         outcome = TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
-                               registered_version=version, machine=machine)
+                               registered_version=version, machine=machine, pruned=pruned)
         write_run_file(paths.RUN_FILE, run_id, params.mlflow.experiment_name, name, model_uri)
         atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
         columns = [f.name for f in fields(EpochResult)]
