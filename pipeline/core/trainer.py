@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from pipeline.core import atomic, checkpoints, cpu, datasets, figures, loop, models, normalization, paths, splits
+from pipeline.core.distributed import World
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
 from pipeline.core.params import Params, flatten
@@ -58,11 +59,15 @@ def train(
     log: Callable[[str], None] = lambda line: None,
     on_epoch: Callable[[EpochResult], None] = lambda result: None,
     progress: bool = False,
+    world: World | None = None,
 ) -> TrainOutcome:
     """Fit on the fitting split, validate every epoch, keep the best weights; write every train output.
 
     `log` gets the lines a person reads (header, one per epoch, resume notices); `on_epoch` gets each
-    epoch's result as it finishes; `progress` shows tqdm bars.
+    epoch's result as it finishes; `progress` shows tqdm bars. With a `world` (one of several processes
+    under torchrun) every rank trains its part of each batch; only rank 0 writes outputs and checkpoints,
+    and the caller gives the other ranks the base Tracker. The caller has joined the process group
+    (`distributed.session`).
     """
     cfg = params.train
     if cfg.portable and not cpu.pinned():
@@ -75,21 +80,27 @@ def train(
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
-    rt = loop.make_runtime(cfg)
+    rt = loop.make_runtime(cfg, world)
+    lead = world is None or world.lead  # the process that writes outputs and checkpoints
     loop.seed_everything(params.seed)
     model = models.build(*shape, norm.mean, norm.std, options)
     log(
         f"train: {cfg.model} on {spec.name}, {len(fit_idx)} fit / {len(val_idx)} val images, "
         f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
+        + (f" in each of {world.size} processes" if world is not None else "")
     )
 
     name = run_name(params)
     # evaluate.* are logged by the evaluate stage, which is the one that reads them.
     logged = {k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")}
-    fingerprint = checkpoints.fingerprint(
-        {k: v for k, v in logged.items() if not k.startswith("mlflow.")}, [norm.mean, norm.std]
-    )
-    resume, notice = checkpoints.load(fingerprint)
+    resumable = {k: v for k, v in logged.items() if not k.startswith("mlflow.")}
+    if world is not None:
+        resumable["world_size"] = world.size  # several machines: a world params.yaml does not show
+    fingerprint = checkpoints.fingerprint(resumable, [norm.mean, norm.std])
+    resume, notice = checkpoints.load(fingerprint) if lead else (None, None)
+    if world is not None:
+        # Rank 0's checkpoint for everyone: other machines have no checkpoints/ folder of their own.
+        resume, notice = world.broadcast((resume, notice))
     if notice:
         log(notice)
     if resume is not None:
@@ -98,9 +109,10 @@ def train(
         if resume is not None and run_id != resume.run_id:  # a new run: give it the curves so far
             for r in resume.state.history:
                 tracker.log_metrics(r.metrics(), step=r.epoch)
-        data_digest = datasets.digest(images, labels)
+        data_digest = datasets.digest(images, labels) if lead else ""
         tracker.log_dataset(spec.name, data_digest, paths.RAW, {"fit": len(fit_idx), "validation": len(val_idx)})
-        tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest})
+        tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest,
+                          **({"world_size": str(world.size)} if world is not None else {})})
         tracker.log_text(package_versions(), "environment/pip-freeze.txt")
 
         data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx, augment=params.data.augment)
@@ -108,6 +120,8 @@ def train(
         opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
 
         def after_epoch(r: EpochResult, state: TrainState) -> None:
+            if not lead:
+                return
             checkpoints.save(state, fingerprint, run_id)
             tracker.log_metrics(r.metrics(), step=r.epoch)
             log(
@@ -118,8 +132,11 @@ def train(
 
         start = time.perf_counter()
         state = resume.state if resume else TrainState.start(params.seed)
-        state = loop.fit(model, data, opt, cfg, rt, state, after_epoch, progress=progress)
+        state = loop.fit(model, data, opt, cfg, rt, state, after_epoch, progress=progress, world=world)
         seconds = time.perf_counter() - start
+        if not lead:  # rank 0 holds the same weights and writes everything
+            return TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
+                                registered_version=None, machine={})
         # Timing goes to the tracker only: metrics files must be identical between identical runs.
         tracker.log_metrics({"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
                             step=state.best_epoch)
@@ -147,7 +164,8 @@ def train(
         )
         machine = {"cpu": cpu.flags(), "kernels": torch.backends.cpu.get_cpu_capability(),
                    "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
-                   "threads": torch.get_num_threads(), "portable": cfg.portable}
+                   "threads": torch.get_num_threads(), "portable": cfg.portable,
+                   **({"world_size": world.size} if world is not None else {})}
         outcome = TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
                                registered_version=version, machine=machine)
         write_run_file(paths.RUN_FILE, run_id, params.mlflow.experiment_name, name)

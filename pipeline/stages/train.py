@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import params_option, reports_errors
-from pipeline.core import paths
+from pipeline.cli import EXIT_USER_ERROR, params_option, reports_errors
+from pipeline.core import distributed, paths
+from pipeline.core.errors import PipelineError
 from pipeline.core.params import load_params
 
 
@@ -17,25 +18,42 @@ from pipeline.core.params import load_params
 def main(params_file: Path) -> None:
     """Train on the fitting split, validate every epoch, keep the best weights.
 
-    Reads seed, data.*, train.* and mlflow.*.
+    Reads seed, data.*, train.* and mlflow.*. With train.processes > 1 this command starts that many
+    copies of itself under torchrun's launcher and waits for them.
     """
     params = load_params(params_file)
     if params.train.portable:
         from pipeline.core import cpu
 
-        cpu.pin()  # before torch loads
+        cpu.pin()  # before torch loads (the workers inherit the pins)
+    world = distributed.World.from_env()
+    if world is None and distributed.wanted(params.train):
+        distributed.launch(params.train, ["-m", "pipeline.stages.train", "--params", str(params_file)])
+        return
     # Imported once the parameters are valid: a typo is reported at once, not after ~4 s of imports.
     from pipeline.core import tracking, trainer
 
-    outcome = trainer.train(
-        params, tracking.MlflowTracker(), log=click.echo,
-        progress=sys.stderr.isatty(),  # bars for people; plain epoch lines in CI logs
-    )
-    best = outcome.state.best
-    click.echo(
-        f"best val_accuracy {best.val_accuracy:.4f} at epoch {outcome.state.best_epoch} "
-        f"({outcome.seconds:.1f}s); MLflow run {outcome.run_id} -> {paths.MODEL}"
-    )
+    lead = world is None or world.lead  # rank 0 alone reports, logs to MLflow and writes outputs
+    try:
+        if world is not None:
+            world.check(params.train)
+        with distributed.session(world, params.train):
+            outcome = trainer.train(
+                params, tracking.MlflowTracker() if lead else tracking.Tracker(),
+                log=click.echo if lead else lambda line: None,
+                progress=lead and sys.stderr.isatty(),  # bars for people; plain epoch lines in CI logs
+                world=world,
+            )
+    except PipelineError as exc:
+        if world is None or not distributed.record_error(exc):
+            raise
+        sys.exit(EXIT_USER_ERROR)  # the launcher prints the line, once for all workers
+    if lead:
+        best = outcome.state.best
+        click.echo(
+            f"best val_accuracy {best.val_accuracy:.4f} at epoch {outcome.state.best_epoch} "
+            f"({outcome.seconds:.1f}s); MLflow run {outcome.run_id} -> {paths.MODEL}"
+        )
 
 
 if __name__ == "__main__":
