@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
 
 from pipeline.core.errors import PipelineError
@@ -83,7 +84,7 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
     finished. A failed worker stops the others at once and becomes one PipelineError line."""
     import logging
 
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -106,25 +107,31 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
         config = LaunchConfig(
             min_nodes=nodes.count, max_nodes=nodes.count, nproc_per_node=cfg.processes, run_id=RUN_ID,
             max_restarts=0,  # a restarted worker would silently change what a run means
-            logs_specs=DefaultLogsSpecs(log_dir=logs), **rendezvous,
+            # Local rank 0 keeps the console (progress bars, warnings). The others have nothing to say but
+            # the tracebacks of collectives their peer left ("connection closed by peer") when it failed:
+            # they go to files, and the stage shows the one line that explains.
+            logs_specs=DefaultLogsSpecs(log_dir=logs, redirects={r: Std.ERR for r in range(1, cfg.processes)}),
+            **rendezvous,
         )
         try:
             elastic_launch(config, sys.executable)(*argv)
         except ChildFailedError as exc:
-            raise PipelineError(_root_cause(exc)) from None
+            raise PipelineError(_root_cause(exc, Path(logs))) from None
         except SignalException:
             raise KeyboardInterrupt from None  # the agent has stopped the workers
 
 
-def _root_cause(exc: Any) -> str:
+def _root_cause(exc: Any, logs: Path) -> str:
     """The line to show for a failed launch: a worker's own one-line error (lowest rank), else which
-    worker died how (a bug's traceback is already on stderr above)."""
+    worker died how, with the last line of its stderr when it went to a file (a bug's exception)."""
     ours = sorted(r for r, f in exc.failures.items() if f.error_file_data.get("source") == ERROR_SOURCE)
     if ours:
         return str(exc.failures[ours[0]].message)
     rank, failure = exc.get_first_failure()
     how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited {failure.exitcode}"
-    return f"training process rank {rank} {how} (its output is above)"
+    last = [line for log in logs.glob(f"*/attempt_*/{failure.local_rank}/stderr.log")
+            for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+    return f"training process rank {rank} {how}" + (f": {last[0].strip()}" if last else " (its output is above)")
 
 
 def record_error(exc: BaseException) -> bool:

@@ -117,7 +117,7 @@ class TrainParams:
     processes: int = spec(
         1,
         "Training processes on this machine (torchrun, gloo on CPU, NCCL on CUDA: one per GPU); each takes part "
-        "of every batch, so the batch size and the schedule stay the same. 1 = no torch.distributed at all.",
+        "of every batch, so the batch size and the schedule stay the same. 1 = one plain process, no process group.",
         ge=1,
     )
     portable: bool = spec(

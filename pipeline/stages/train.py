@@ -37,13 +37,12 @@ def main(params_file: Path) -> None:
     try:
         if world is not None:
             world.check(params.train)
-        with distributed.session(world, params.train):
-            outcome = trainer.train(
-                params, tracking.MlflowTracker() if lead else tracking.Tracker(),
-                log=click.echo if lead else lambda line: None,
-                progress=lead and sys.stderr.isatty(),  # bars for people; plain epoch lines in CI logs
-                world=world,
-            )
+        outcome = trainer.train(
+            params, tracking.MlflowTracker() if lead else tracking.Tracker(),
+            log=click.echo if lead else lambda line: None,
+            progress=lead and sys.stderr.isatty(),  # bars for people; plain epoch lines in CI logs
+            world=world,
+        )
     except PipelineError as exc:
         if world is None or not distributed.record_error(exc):
             raise
