@@ -64,6 +64,9 @@ CASES = [
     key_case("negative-label-smoothing", "train.label_smoothing", -0.1),
     key_case("negative-weight-decay", "train.weight_decay", -1),
     key_case("negative-threads", "train.threads", -1),
+    key_case("zero-processes", "train.processes", 0),
+    key_case("fractional-processes", "train.processes", 1.5),
+    Case("more-processes-than-batch", ("train.batch_size", "train.processes"), params={"train": {"processes": 8, "batch_size": 4}}),
     key_case("zero-patience", "train.patience", 0),
     key_case("zero-grad-clip", "train.grad_clip", 0),
     key_case("gamma-one", "train.gamma", 1),
@@ -130,6 +133,7 @@ def test_bad_parameter_through_the_stage_command(project: Path, case: Case) -> N
     [
         (["dvc", "exp", "run", "-S", "train.lr=-1"], "train.lr"),
         (["dvc", "exp", "run", "-S", "train.optimizer=lion"], "train.optimizer"),
+        (["dvc", "exp", "run", "-S", "train.processes=0"], "train.processes"),
         (["dvc", "exp", "run", "-S", "mlflow.model_alias=latest"], "mlflow.model_alias"),
         (["dvc", "exp", "run", "-S", "evaluate.top_k=11"], "evaluate.top_k"),
         (["dvc", "exp", "run", "-S", "train.cnn_channels=[8,8,8,8,8,8]"], "train.cnn_channels"),

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ContextManager
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from tqdm import tqdm
 from pipeline.core.errors import PipelineError
 from pipeline.core.optim import Optimization
 from pipeline.core.params import TrainParams
+
+if TYPE_CHECKING:
+    from pipeline.core.distributed import World
 
 VAL_BATCH_SIZE = 1024
 
@@ -62,14 +65,24 @@ def bf16_supported(device: torch.device) -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def make_runtime(cfg: TrainParams) -> Runtime:
-    """Pick device, threads and precision from the parameters and what this machine has."""
+def uses_cuda(cfg: TrainParams) -> bool:
+    """Whether training runs on CUDA (train.device, or auto with a GPU present)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise PipelineError("train.device is cuda, but no CUDA device is available")
-    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def make_runtime(cfg: TrainParams, world: World | None = None) -> Runtime:
+    """Pick device, threads and precision from the parameters and what this machine has (and, for one of
+    several processes, its GPU or its share of the cores)."""
+    cuda = uses_cuda(cfg)
     device = torch.device("cuda" if cuda else "cpu")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cuda and world is not None:
+        device = torch.device("cuda", world.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
+    threads = cfg.threads or (world.threads() if world is not None else 0)
+    if threads:
+        torch.set_num_threads(threads)
     dtype: torch.dtype | None = None
     if cfg.precision == "bf16" or (cfg.precision == "auto" and not cfg.portable and bf16_supported(device)):
         dtype = torch.bfloat16
@@ -208,19 +221,31 @@ def train_one_epoch(
     opt: Optimization,
     rt: Runtime,
     progress: Any = None,
+    world: World | None = None,
 ) -> tuple[float, float]:
-    """One pass over the batches; returns (mean loss, accuracy). `progress` is an optional tqdm bar."""
+    """One pass over the batches; returns (mean loss, accuracy). `progress` is an optional tqdm bar.
+
+    With a `world`, `model` is the DDP wrapper and each rank trains on its part of every (global) batch;
+    the returned numbers are over all ranks.
+    """
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
     seen = 0
     for x, y in batch_iter:
+        scale = 1.0
+        if world is not None:
+            size = len(y)
+            x, y = world.part(x), world.part(y)
+            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share makes that
+            # average the gradient of the global batch's mean loss, also when the parts differ by one.
+            scale = len(y) * world.size / size
         x, y = rt.images(x), y.to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(x)
             loss = opt.loss(logits.float(), y)
         opt.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if world is None else loss * scale).backward()
         if opt.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
         opt.optimizer.step()
@@ -233,6 +258,10 @@ def train_one_epoch(
             progress.update(1)
             if progress.n % 20 == 0:  # reading the totals syncs the device; not every batch
                 progress.set_postfix(loss=f"{float(total_loss) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
+    if world is not None:
+        totals = world.sum(torch.stack([total_loss, correct.double(), torch.tensor(float(seen), device=rt.device,
+                                                                                   dtype=torch.float64)]))
+        return float(totals[0]) / float(totals[2]), float(totals[1]) / float(totals[2])
     return float(total_loss) / seen, int(correct) / seen
 
 
@@ -247,6 +276,23 @@ def logits(model: nn.Module, images: torch.Tensor, batch_size: int, rt: Runtime)
     return torch.cat(out) if out else torch.empty(0)
 
 
+def validate(model: nn.Module, data: TrainData, rt: Runtime, world: World | None = None) -> tuple[float, float]:
+    """(loss, accuracy) on the validation set; with a `world` each rank scores its part and the sums are
+    all-reduced, which gives the same two numbers as one process would (up to float rounding)."""
+    if world is None:
+        val_logits = logits(model, data.val_images, VAL_BATCH_SIZE, rt)
+        labels = data.val_labels.cpu()
+        # Plain cross-entropy, not train.loss: with label smoothing the training loss is not a likelihood,
+        # and one scale lets runs with different losses be compared (nll on log-softmax is the same maths).
+        return float(F.cross_entropy(val_logits, labels)), int((val_logits.argmax(1) == labels).sum()) / len(labels)
+    world.sync_buffers(model)
+    part_logits = logits(model, world.part(data.val_images), VAL_BATCH_SIZE, rt).double()
+    part_labels = world.part(data.val_labels).cpu()
+    totals = world.sum(torch.stack([F.cross_entropy(part_logits, part_labels, reduction="sum"),
+                                    (part_logits.argmax(1) == part_labels).sum().double()]))
+    return float(totals[0]) / len(data.val_labels), float(totals[1]) / len(data.val_labels)
+
+
 def fit(
     model: nn.Module,
     data: TrainData,
@@ -256,10 +302,13 @@ def fit(
     state: TrainState,
     on_epoch: Callable[[EpochResult, TrainState], bool | None] = lambda result, state: None,
     progress: bool = False,
+    world: World | None = None,
 ) -> TrainState:
     """Train from `state` (fresh or a checkpoint) until the epochs or the patience run out, or `on_epoch`
     returns True (a sweep's pruner stopping a trial); the model ends with its best weights. Resuming a
-    state an interrupted run handed to `on_epoch` ends with exactly the weights of an uninterrupted run."""
+    state an interrupted run handed to `on_epoch` ends with exactly the weights of an uninterrupted run.
+    With a `world` (several processes), every rank calls this with the same state and data: they draw
+    the same global batches and each trains on its part of them (and `on_epoch` returns the same on all)."""
     generator = torch.Generator()
     generator.set_state(state.generator)
     if state.model is not None:
@@ -270,22 +319,20 @@ def fit(
     if state.torch_rng is not None:
         torch.set_rng_state(state.torch_rng)
     steps = data.batches_per_epoch(cfg.batch_size)
+    trained = model if world is None else world.data_parallel(model, rt.device)
     while not state.finished(cfg):
         epoch, start = state.epoch + 1, time.perf_counter()
         lr = opt.optimizer.param_groups[0]["lr"]
         shuffled = data.fit_idx[torch.randperm(len(data.fit_idx), generator=generator).to(rt.device)]
+        if world is not None:
+            world.reseed(generator)
         batch_iter = batches(data.images, data.labels, shuffled, cfg.batch_size, drop_last=True)
         if data.augment:
             batch_iter = ((augment(x, generator), y) for x, y in batch_iter)
         with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress) as bar:
-            train_loss, train_acc = train_one_epoch(model, batch_iter, opt, rt, bar if progress else None)
+            train_loss, train_acc = train_one_epoch(trained, batch_iter, opt, rt, bar if progress else None, world)
         opt.after_epoch()
-        val_logits = logits(model, data.val_images, VAL_BATCH_SIZE, rt)
-        labels = data.val_labels.cpu()
-        # Plain cross-entropy, not train.loss: with label smoothing the training loss is not a likelihood,
-        # and one scale lets runs with different losses be compared (nll on log-softmax is the same maths).
-        val_loss = float(F.cross_entropy(val_logits, labels))
-        val_acc = int((val_logits.argmax(1) == labels).sum()) / len(labels)
+        val_loss, val_acc = validate(model, data, rt, world)
         result = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start)
         better = state.best_state is None or val_acc > state.best_acc + cfg.min_delta
         state = replace(

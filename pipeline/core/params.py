@@ -113,7 +113,13 @@ class TrainParams:
         "auto", "Autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32.", choices=PRECISIONS
     )
     channels_last: bool = spec(True, "Use the channels_last memory format (faster convolutions).")
-    threads: int = spec(0, "CPU threads for torch; 0 = one per core.", ge=0)
+    threads: int = spec(0, "CPU threads for torch (per process); 0 = one per core, shared out between train.processes.", ge=0)
+    processes: int = spec(
+        1,
+        "Training processes on this machine (torchrun, gloo on CPU, NCCL on CUDA: one per GPU); each takes part "
+        "of every batch, so the batch size and the schedule stay the same. 1 = one plain process, no process group.",
+        ge=1,
+    )
     portable: bool = spec(
         False,
         "Byte-identical results on every x86 CPU with AVX2: pins ATen, oneDNN and MKL to AVX2 and runs fp32 "
@@ -210,6 +216,11 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     if train.portable and (train.precision == "bf16" or train.device == "cuda"):
         key = "train.precision" if train.precision == "bf16" else "train.device"
         raise PipelineError(f"{source}: {key} must not be {getattr(train, key.split('.')[1])} with train.portable (CPU fp32 only)")
+    if train.batch_size < train.processes:
+        raise PipelineError(
+            f"{source}: train.batch_size must be >= train.processes (each process takes part of every batch), "
+            f"got {train.batch_size} < {train.processes}"
+        )
     return params
 
 
