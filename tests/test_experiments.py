@@ -102,15 +102,28 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         page.get_by_text("test_class_accuracy/0").first.wait_for(timeout=90_000)
         body = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "compare-view.png"), full_page=True)
-        # The experiment opens on its table of training runs, not on MLflow's GenAI overview.
+        # The README's path by hand: the experiment opens on its table of training runs (not on MLflow's
+        # GenAI overview); tick both runs, Compare, then "Show diff only" under Parameters.
         page.goto(runs_url)
         page.get_by_text("Run Name").first.wait_for(timeout=90_000)
         overview = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "runs-table.png"))
+        ticks = page.locator("input.ag-checkbox-input[aria-label*='toggle row selection']")
+        ticks.nth(0).click(force=True)  # ag-grid draws its own box over the real input
+        ticks.nth(1).click(force=True)
+        page.get_by_role("button", name="Compare").click()
+        page.get_by_text("test_class_accuracy/0").first.wait_for(timeout=90_000)
+        all_params = page.inner_text("body")
+        page.get_by_role("switch").first.click()  # the Parameters section's "Show diff only"
+        page.get_by_text("data.dataset", exact=True).wait_for(state="detached", timeout=30_000)
+        diff_only = page.inner_text("body")
+        page.screenshot(path=str(ARTIFACTS / "compare-diff-only.png"), full_page=True)
     for needle in [*names, "train.lr", DEFAULT_LR, "0.01", "test_class_accuracy/0", "test_accuracy"]:
         assert needle in body, needle
     assert (ARTIFACTS / "compare-view.png").stat().st_size > 10_000
     assert all(name in overview for name in names) and "Token Usage" not in overview
+    assert "data.dataset" in all_params and "train.batch_size" in all_params
+    assert "train.lr" in diff_only and "data.dataset" not in diff_only and "train.batch_size" not in diff_only
 
 
 def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
