@@ -67,6 +67,8 @@ CASES = [
     key_case("zero-processes", "train.processes", 0),
     key_case("fractional-processes", "train.processes", 1.5),
     Case("more-processes-than-batch", ("train.batch_size", "train.processes"), params={"train": {"processes": 8, "batch_size": 4}}),
+    Case("more-processes-than-validation-images", ("data.val_size", "train.processes"),
+         params={"data": {"val_size": 1}, "train": {"processes": 2}}),
     key_case("zero-patience", "train.patience", 0),
     key_case("zero-grad-clip", "train.grad_clip", 0),
     key_case("gamma-one", "train.gamma", 1),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import assert_one_line_error, create_project, run, runs
+from helpers import assert_one_line_error, create_project, model_uri, run, runs
 from pipeline.core import distributed
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import TrainParams, parse_params
@@ -143,6 +143,7 @@ def test_two_processes_log_exactly_one_finished_run_with_its_params_once(project
     assert out.count("train: cnn on mnist") == 1 and "in each of 2 processes" in out
     assert out.count("epoch 1/2:") == 1 and out.count("best val_accuracy") == 1
     assert project_runs.two_run_file["run_id"] == only.info.run_id
+    assert project_runs.two_run_file["model_uri"] == model_uri(only)  # rank 0 logged the one model
 
 
 @pytest.mark.e2e

@@ -186,8 +186,9 @@ def test_four_trials_two_workers_on_the_team_postgresql(request: pytest.FixtureR
 
     root = sweep_project(tmp_path / "project")
     env = dict(stack.env)
+    assert env["PIPELINE_SWEEP_STORAGE"] == stack.optuna_storage  # the team's Optuna database, from `stack env`
     out = sweep(root, "--study", "team", "--trials", "2", "--workers", "2", "--space", "sweeps/test-space.yaml",
-                PIPELINE_SWEEP_STORAGE=stack.optuna_storage, **env).stdout
+                **env).stdout
     assert not (root / "optuna.db").exists() and not (root / "mlflow.db").exists()
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     saved = {k: os.environ.get(k) for k in env}

@@ -96,7 +96,10 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
     if nodes.count == 1:
         # What `torchrun --standalone` does: a rendezvous store on a port the OS picks, so parallel
         # runs (`dvc queue start -j 2`) cannot collide.
-        rendezvous: dict[str, Any] = {"rdzv_backend": "c10d", "rdzv_endpoint": "127.0.0.1:0"}
+        # Loopback only, store and gloo alike: a one-machine run opens no port to the network.
+        rendezvous: dict[str, Any] = {"rdzv_backend": "c10d", "rdzv_endpoint": "127.0.0.1:0",
+                                      "local_addr": "127.0.0.1"}
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # inherited by the workers
     else:
         # Static: node 0 (the one running `dvc repro`) holds ranks 0…processes-1, so rank 0, which writes
         # the outputs, is on the machine whose DVC expects them.

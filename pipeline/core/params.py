@@ -221,6 +221,11 @@ def parse_params(raw: Any, source: str = "params") -> Params:
             f"{source}: train.batch_size must be >= train.processes (each process takes part of every batch), "
             f"got {train.batch_size} < {train.processes}"
         )
+    if params.data.val_size < train.processes:
+        raise PipelineError(
+            f"{source}: data.val_size must be >= train.processes (each process scores part of the validation "
+            f"images), got {params.data.val_size} < {train.processes}"
+        )
     return params
 
 

@@ -73,11 +73,16 @@ def run_pipeline(root: Path, log: Path, progress: Callable[[str], None] = lambda
         proc = subprocess.Popen(["dvc", "repro"], cwd=root, env=clean_env(PYTHONUNBUFFERED="1"), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            fh.write(line)
-            if line.startswith(PROGRESS):
-                progress(f"  {time.monotonic() - start:5.0f}s  {line.rstrip()}")
-        proc.wait()
+        try:
+            for line in proc.stdout:
+                fh.write(line)
+                if line.startswith(PROGRESS):
+                    progress(f"  {time.monotonic() - start:5.0f}s  {line.rstrip()}")
+        except BaseException:  # Ctrl-C: the run must not outlive the tool that deletes its clone
+            proc.kill()
+            raise
+        finally:
+            proc.wait()
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise PipelineError(f"dvc repro failed in {root} (log {log}):\n{tail}")

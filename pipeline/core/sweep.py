@@ -293,6 +293,8 @@ class WorkerCopy:
         even when a trial's values equal HEAD's (the run is then a real, separately tracked one)."""
         git("checkout", "-q", "-f", "HEAD", "--", ".", cwd=self.path)
         (self.path / paths.MODEL).unlink(missing_ok=True)
+        # A failed trial's checkpoint (git-ignored) would be resumed by a later trial with the same values.
+        (self.path / paths.CHECKPOINT).unlink(missing_ok=True)
 
     def publish(self, name: str) -> str:
         """Push experiment `name`'s git ref into the project; returns the ref."""

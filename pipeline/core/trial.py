@@ -133,5 +133,11 @@ class TrialReporter:
 
     def report(self, epoch: int, val_accuracy: float) -> bool:
         """Record the epoch's validation accuracy; True when the pruner says to stop the trial here."""
-        self.trial.report(val_accuracy, step=epoch)
-        return self.trial.should_prune()
+        try:
+            self.trial.report(val_accuracy, step=epoch)
+            return self.trial.should_prune()
+        except Exception as exc:  # a locked or lost database, a trial another worker marked failed
+            raise PipelineError(
+                f"sweep trial {self.link.number} of study {self.link.study}: cannot report epoch {epoch} "
+                f"({first_line(exc)})"
+            ) from None

@@ -38,9 +38,6 @@ def main(params_file: Path) -> None:
     from pipeline.core import tracking, trainer
 
     lead = world is None or world.lead  # rank 0 alone reports, logs to MLflow and writes outputs
-    link = trial.link_from_env() if lead else None  # set when `python -m pipeline sweep` runs this as a trial
-    tracker = tracking.MlflowTracker() if lead else tracking.Tracker()
-    reporter = trial.TrialReporter(link) if link else None
 
     def on_epoch(result: EpochResult) -> bool:
         # A pruned trial ends like an early stop: outputs written, run FINISHED, tagged pruned.
@@ -50,7 +47,10 @@ def main(params_file: Path) -> None:
         click.echo(f"pruned: trial {link.number} of study {link.study} stops after epoch {result.epoch}")
         return True
 
-    try:
+    try:  # inside: a worker's error (an unreachable store too) reaches the launcher as its one line
+        link = trial.link_from_env() if lead else None  # set when `python -m pipeline sweep` runs this as a trial
+        tracker = tracking.MlflowTracker() if lead else tracking.Tracker()
+        reporter = trial.TrialReporter(link) if link else None
         if world is not None:
             world.check(params.train)
         outcome = trainer.train(

@@ -33,7 +33,7 @@ import click
 
 from pipeline.cli import reports_errors
 from pipeline.core import paths
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, first_line
 
 CONFIG_FILE = "stack.json"  # ports and credentials (mode 0600)
 PIDS_FILE = "pids.json"  # what `start` launched: pid and kernel start time per component
@@ -303,27 +303,36 @@ def _create_databases(stack: Stack) -> None:
     """The databases of the stack, created once (CREATE DATABASE cannot run inside a transaction)."""
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=stack.config.ports["postgres"], user=PG_USER,
-                            password=stack.config.pg_password, dbname="postgres", connect_timeout=10)
     try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database")
-            existing = {row[0] for row in cur.fetchall()}
-            for name in DATABASES:
-                if name not in existing:
-                    cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
+        conn = psycopg2.connect(host="127.0.0.1", port=stack.config.ports["postgres"], user=PG_USER,
+                                password=stack.config.pg_password, dbname="postgres", connect_timeout=10)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT datname FROM pg_database")
+                existing = {row[0] for row in cur.fetchall()}
+                for name in DATABASES:
+                    if name not in existing:
+                        cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        _, _, log = _pg_dirs(stack)
+        raise PipelineError(f"postgres: creating the databases: {first_line(exc)} (log {log})") from None
 
 
 def _start_postgres(stack: Stack) -> dict[str, int]:
+    """pg_ctl start; the postmaster's pid record. Databases are created by the caller, once the pid is
+    written down: whatever fails after this point, `stop` can still find the server."""
     _init_postgres(stack)
     _, data, log = _pg_dirs(stack)
-    _pg_run(stack, "pg_ctl", "start", "-D", str(data), "-l", str(log), "-w", "-t", str(int(WAIT_SECONDS)))
-    pid = int((data / "postmaster.pid").read_text().splitlines()[0])
-    _create_databases(stack)
-    return _record(pid)
+    try:
+        _pg_run(stack, "pg_ctl", "start", "-D", str(data), "-l", str(log), "-w", "-t", str(int(WAIT_SECONDS)))
+    except BaseException:  # a timeout may leave the server coming up, with no pid recorded yet
+        subprocess.run([*_as_postgres(), str(pg_bin() / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"],
+                       capture_output=True, timeout=60, check=False)
+        raise
+    return _record(int((data / "postmaster.pid").read_text().splitlines()[0]))
 
 
 # --- S3 (rclone) and MLflow
@@ -341,7 +350,7 @@ def _tool(name: str) -> str:
 def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start a server in a session of its own (it outlives this command; its pid leads its group)."""
     logs = stack.dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)  # the stack folder is 0711: only known paths are reachable
     with open(logs / f"{name}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=stack.dir, start_new_session=True)
@@ -354,8 +363,9 @@ def _base_env() -> dict[str, str]:
 
 def _start_s3(stack: Stack) -> subprocess.Popen:
     root = stack.dir / "s3"
+    root.mkdir(mode=0o700, exist_ok=True)  # object keys are guessable (DVC's are md5s in git): no one else reads
     for bucket in BUCKETS:  # rclone serves each top-level folder as a bucket
-        (root / bucket).mkdir(parents=True, exist_ok=True)
+        (root / bucket).mkdir(exist_ok=True)
     # The key goes in the environment, not the command line, where `ps` would show it to every user;
     # rclone reads a list flag from the environment as CSV, so the pair is quoted to stay one entry.
     env = {**_base_env(),
@@ -467,6 +477,7 @@ def start(stack_dir: Path) -> Stack:
         t = time.monotonic()
         pids["postgres"] = _start_postgres(stack)
         _write_pids(stack, pids)
+        _create_databases(stack)
         stack.timings["postgres"] = time.monotonic() - t
 
         t = time.monotonic()

@@ -94,7 +94,8 @@ def warn_uncommitted() -> None:
 
 def start_workers(url: str, study_name: str, trials: int, space_file: Path, workers: int) -> None:
     """Run `workers` copies of this command, each one worker, and wait for all of them."""
-    cmd = [sys.executable, "-m", "pipeline", "sweep", "--storage", url, "--study", study_name,
+    # The storage URL (with its password) goes by the environment: a command line is visible to `ps`.
+    cmd = [sys.executable, "-m", "pipeline", "sweep", "--study", study_name,
            "--trials", str(trials), "--space", str(space_file), "--no-summary"]
     env = {**os.environ, sweep.STORAGE_ENV: url}
     procs = [subprocess.Popen([*cmd, "--worker-label", f"w{k}"], env=env) for k in range(1, workers + 1)]
