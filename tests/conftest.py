@@ -11,6 +11,20 @@ from helpers import create_project, free_port
 from pipeline.core.repo import clean_env
 
 
+# The files that take minutes, longest first (`--durations`, 2 cores, 2026-11-26). Only the order of the
+# run depends on it, never a result: a file missing here just runs after these.
+SLOW_FILES = ("test_experiments.py", "test_sweep.py", "test_faults.py", "test_reproducibility.py",
+              "test_distributed.py", "test_catalogue_params.py", "test_catalogue_inputs.py", "test_team.py",
+              "test_pipeline_e2e.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow files first, so that `pytest -n 2 --dist loadfile`, which hands out whole files in this order,
+    does not end with one worker on a minutes-long file while the other sits idle."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:
     """Factory: create_project in this test's temporary folder."""
