@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import os
 import re
 import signal
@@ -125,6 +126,8 @@ class MlflowTracker(Tracker):
         mlflow.set_tracking_uri(self.uri)
         # A default run lasts well under a minute: MLflow's 10 s would give two or three samples.
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+        # Its monitor announces starting and stopping at INFO, four lines per stage in every log.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         return mlflow
 
     @_store_errors
