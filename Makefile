@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@echo "set-up 1/3: creating $(VENV) with $(PYTHON)"
 	@$(PYTHON) -m venv $(VENV)
 	@echo "set-up 2/3: installing the pinned requirements into $(VENV): about 6.5 GB (torch's CUDA build)," \
-	      "5-10 minutes the first time, under a minute from pip's cache"
+	      "about 4 minutes with pip's cache warm, longer when everything is downloaded"
 	@start=$$(date +%s); \
 	  $(VENV)/bin/python -m pip install --disable-pip-version-check -r requirements-dev.txt \
 	  && $(VENV)/bin/python -m pip install --disable-pip-version-check -qq --no-deps -e . \
@@ -33,7 +33,7 @@ $(PLOTS_PAGE): $(STAMP) pipeline/tools/plots_template.py
 repro: setup
 	dvc repro
 
-# Everything, as CI runs it (about 16 minutes on 2 cores).
+# Everything, as CI runs it (about 24 minutes on 2 cores).
 test: setup
 	python -m pytest -n 2 --dist loadfile
 
