@@ -1,17 +1,23 @@
-"""Dataset registry (name → files, shape, class names) and loading a split as uint8 tensors.
+"""Dataset registry (name → files, shape, class names) and reading a split as uint8 arrays.
 
-Getting the files onto the disk is `core.acquisition`'s job; this module only reads what is there.
+Getting the files onto the disk is `core.acquisition`'s job; this module only reads what is there,
+with NumPy alone: the original idx and CIFAR files are simple enough that importing torchvision
+(about 3 s, most of it torch._dynamo) to read them would cost more than the reading.
 """
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torchvision.datasets as tvd
+import numpy as np
 
 from pipeline.core.errors import PipelineError, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,8 @@ class DatasetSpec:
     """What the pipeline needs to know about one dataset."""
 
     name: str
-    torchvision_class: type[tvd.VisionDataset]
+    torchvision_name: str  # its class in torchvision.datasets, whose tables hold the file names and MD5s
+    folder: str  # the folder torchvision keeps it in, below the root it is given
     channels: int
     image_size: int
     class_names: tuple[str, ...]
@@ -29,13 +36,14 @@ class DatasetSpec:
     @property
     def is_archive(self) -> bool:
         """CIFAR-style: one .tar.gz of pickled batches, instead of MNIST-style idx .gz files."""
-        return hasattr(self.torchvision_class, "tgz_md5")
+        return self.folder != self.torchvision_name
 
     @property
-    def folder(self) -> str:
-        """The folder torchvision keeps the dataset in, below the root it is given."""
-        tv = self.torchvision_class
-        return tv.base_folder if self.is_archive else tv.__name__
+    def torchvision_class(self) -> Any:
+        """The torchvision dataset class (imported on first use: only acquisition needs it)."""
+        import torchvision.datasets
+
+        return getattr(torchvision.datasets, self.torchvision_name)
 
     @property
     def files(self) -> list[tuple[str, str]]:
@@ -53,7 +61,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
-        torchvision_class=tvd.MNIST,
+        torchvision_name="MNIST",
+        folder="MNIST",
         channels=1,
         image_size=28,
         class_names=tuple(str(d) for d in range(10)),
@@ -61,14 +70,16 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",
-        torchvision_class=tvd.FashionMNIST,
+        torchvision_name="FashionMNIST",
+        folder="FashionMNIST",
         channels=1,
         image_size=28,
         class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
     "kmnist": DatasetSpec(
         name="kmnist",
-        torchvision_class=tvd.KMNIST,
+        torchvision_name="KMNIST",
+        folder="KMNIST",
         channels=1,
         image_size=28,
         # Romanised names of the ten hiragana (お き す つ な は ま や れ を).
@@ -76,7 +87,8 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
-        torchvision_class=tvd.CIFAR10,
+        torchvision_name="CIFAR10",
+        folder="cifar-10-batches-py",
         channels=3,
         image_size=32,
         class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -92,22 +104,19 @@ def get(name: str) -> DatasetSpec:
         raise PipelineError(f"data.dataset must be one of {', '.join(DATASETS)}, got {name!r}") from None
 
 
-def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as (uint8 images N×C×H×W, int64 labels), without per-sample transforms."""
-    if not (Path(root) / spec.folder).is_dir():
+def read_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One split as (uint8 images N×C×H×W, int64 labels), checked for shape and label range."""
+    folder = Path(root) / spec.folder
+    if not folder.is_dir():
         raise PipelineError(f"{root}: no {spec.folder} data there; run the download stage first (dvc repro download)")
     rerun = "rerun the download stage (dvc repro -f download)"
     try:
-        ds = spec.torchvision_class(str(root), train=train, download=False)
-        images = torch.as_tensor(ds.data)
-        labels = torch.as_tensor(ds.targets, dtype=torch.int64)
-    except Exception as exc:  # torchvision's readers fail in many ways on cut or foreign files
+        images, labels = _read_batches(folder, train) if spec.is_archive else _read_idx_pair(folder / "raw", train)
+    except Exception as exc:  # cut, rewritten or foreign files fail in many ways
         raise PipelineError(f"{root}: {spec.folder} data is damaged or incomplete ({first_line(exc)}); {rerun}") from None
     if images.ndim == 3:
-        images = images.unsqueeze(1)
-    elif images.ndim == 4 and images.shape[-1] == spec.channels:  # channels-last arrays (CIFAR's numpy layout)
-        images = images.permute(0, 3, 1, 2).contiguous()
-    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (spec.channels, spec.image_size, spec.image_size):
+        images = images[:, None]
+    if images.dtype != np.uint8 or tuple(images.shape[1:]) != (spec.channels, spec.image_size, spec.image_size):
         raise PipelineError(f"{root}: {spec.folder} images have shape {tuple(images.shape)}, not the expected format; {rerun}")
     if len(labels) != len(images) or len(images) == 0:
         raise PipelineError(f"{root}: {spec.folder} has {len(images)} images but {len(labels)} labels; {rerun}")
@@ -116,9 +125,49 @@ def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor
     return images, labels
 
 
-def digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`read_split` as torch tensors (sharing the arrays' memory)."""
+    import torch
+
+    images, labels = read_split(spec, root, train)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (MNIST's format: magic with type and rank, big-endian sizes, then the data) as uint8."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path.name} is not an idx file of unsigned bytes")
+    rank = int(raw[3])
+    shape = tuple(int(d) for d in raw[4 : 4 + 4 * rank].view(">u4")) if len(raw) >= 4 + 4 * rank else ()
+    if len(shape) != rank or len(raw) != 4 + 4 * rank + int(np.prod(shape)):
+        raise ValueError(f"{path.name} has {len(raw)} bytes, not what its header {shape} says")
+    return raw[4 + 4 * rank :].reshape(shape)
+
+
+def _read_idx_pair(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    # torchvision's names for the decompressed files, the same for MNIST, Fashion-MNIST and KMNIST.
+    prefix = "train" if train else "t10k"
+    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte")
+    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte").astype(np.int64)
+    return images, labels
+
+
+def _read_batches(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR's pickled batches (the download stage checked their MD5s) as N×C×H×W images and labels."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def digest(images: Any, labels: Any) -> str:
     """SHA-256 of a split's pixels and labels: the dataset's identity, whatever files it came from."""
     h = hashlib.sha256()
-    h.update(images.contiguous().numpy().tobytes())
-    h.update(labels.numpy().tobytes())
+    h.update(np.ascontiguousarray(np.asarray(images)).tobytes())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
     return h.hexdigest()

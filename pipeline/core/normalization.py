@@ -1,12 +1,16 @@
-"""Per-channel normalisation statistics of the fitting images, computed exactly from uint8 pixel histograms."""
+"""Per-channel normalisation statistics of the fitting images, computed exactly from uint8 pixel histograms.
+
+NumPy only, like the reading and the split: the normalization-stats stage never loads torch.
+"""
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 
 from pipeline.core import atomic, datasets, paths, splits
 from pipeline.core.errors import PipelineError
@@ -25,33 +29,34 @@ class ChannelStats:
 def compute(params: Params) -> ChannelStats:
     """The `normalization-stats` stage's work: statistics of the images train will fit on, into data/stats.json."""
     spec = datasets.get(params.data.dataset)
-    images, labels = datasets.load_split(spec, paths.RAW, train=True)
+    images, labels = datasets.read_split(spec, paths.RAW, train=True)
     fit_idx, _ = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
     result = channel_stats(images, fit_idx)
     save(paths.STATS, result, spec.name)
     return result
 
 
-def channel_stats(images: torch.Tensor, indices: torch.Tensor, chunk: int = 8192) -> ChannelStats:
-    """Statistics of `images[indices]` (uint8, N×C×H×W), streamed in chunks.
+def channel_stats(images: Any, indices: Any, chunk: int = 8192) -> ChannelStats:
+    """Statistics of `images[indices]` (uint8, N×C×H×W; arrays or tensors), streamed in chunks.
 
     A 256-bin histogram per channel is all that is kept, so memory stays at one uint8 chunk and the
     sums are exact integers: the result does not depend on chunk size or summation order.
     """
-    if images.dtype != torch.uint8:
+    images, indices = np.asarray(images), np.asarray(indices)
+    if images.dtype != np.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
     channels = images.shape[1]
-    hist = torch.zeros(channels, 256, dtype=torch.int64)
+    hist = np.zeros((channels, 256), dtype=np.int64)
     for start in range(0, len(indices), chunk):
         block = images[indices[start : start + chunk]]
         for c in range(channels):
-            hist[c] += torch.bincount(block[:, c].reshape(-1), minlength=256)
-    values = torch.arange(256, dtype=torch.int64)
+            hist[c] += np.bincount(block[:, c].reshape(-1), minlength=256)
     means, stds = [], []
     for c in range(channels):
+        # Python integers: exact, where int64 sums of squares could overflow on a large dataset.
         n = int(hist[c].sum())
-        s = int((hist[c] * values).sum())
-        ss = int((hist[c] * values * values).sum())
+        s = sum(int(h) * v for v, h in enumerate(hist[c].tolist()))
+        ss = sum(int(h) * v * v for v, h in enumerate(hist[c].tolist()))
         means.append(s / n / 255.0)
         stds.append(math.sqrt(max(ss * n - s * s, 0)) / n / 255.0)
     return ChannelStats(mean=tuple(means), std=tuple(stds), count=len(indices))
