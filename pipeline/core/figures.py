@@ -1,21 +1,34 @@
-"""Matplotlib figures logged to MLflow."""
+"""Figures logged to MLflow: matplotlib charts for the evaluation, PIL image grids for both stages."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # stages run headless
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Array-likes (NumPy arrays or CPU tensors): the charts are drawn in the tracking process, which has
+# no torch to spend seconds importing (core.background).
 
 
-def confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str]) -> Figure:
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the headless backend, imported when a chart is drawn (~0.7 s the train stage,
+    which only draws image grids, need not pay)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix(confusion: Any, class_names: Sequence[str]) -> Figure:
     """A confusion-matrix heat map with counts in every cell."""
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 1.0 + 0.6 * k), dpi=100)
-    counts = confusion.numpy()
+    fig, ax = _pyplot().subplots(figsize=(1.0 + 0.6 * k, 1.0 + 0.6 * k), dpi=100)
+    counts = np.asarray(confusion)
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), class_names)
@@ -32,7 +45,7 @@ def confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str]) -> Fig
 
 def curves(roc: Sequence[tuple[str, float, float]], pr: Sequence[tuple[str, float, float]]) -> Figure:
     """ROC and precision-recall curves, one line per class, side by side (points from metrics.curves)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5), dpi=100)
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 5), dpi=100)
     for ax, points, (x_label, y_label) in ((left, roc, ("false positive rate", "true positive rate")),
                                            (right, pr, ("recall", "precision"))):
         for name in dict.fromkeys(p[0] for p in points):
@@ -48,7 +61,7 @@ def curves(roc: Sequence[tuple[str, float, float]], pr: Sequence[tuple[str, floa
 
 
 def image_grid(
-    images: torch.Tensor, captions: Sequence[str], marked: Sequence[bool], columns: int = 8, scale: int = 2,
+    images: Any, captions: Sequence[str], marked: Sequence[bool], columns: int = 8, scale: int = 2,
     legend: str = "",
 ) -> bytes:
     """uint8 images (N×C×H×W) as a PNG grid, a caption above each; marked captions in red (mistakes);
@@ -70,7 +83,7 @@ def image_grid(
         draw.text((4, 2), legend, fill=(0, 0, 0))
     for i in range(n):
         x, y = (i % columns) * cell_w + 4, top + (i // columns) * cell_h
-        pixels = images[i].permute(1, 2, 0).numpy()
+        pixels = np.asarray(images[i]).transpose(1, 2, 0)
         tile = Image.fromarray(pixels[..., 0] if c == 1 else pixels).convert("RGB")
         canvas.paste(tile.resize((w * scale, h * scale), Image.Resampling.NEAREST), (x, y + caption))
         draw.text((x, y + 2), captions[i][:12], fill=(200, 0, 0) if marked[i] else (0, 0, 0))
@@ -79,10 +92,9 @@ def image_grid(
     return buf.getvalue()
 
 
-def training_samples(
-    images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, class_names: Sequence[str], per_class: int = 8
-) -> bytes:
+def training_samples(images: Any, labels: Any, indices: Any, class_names: Sequence[str], per_class: int = 8) -> bytes:
     """A PNG grid of the first `per_class` images of each class among `indices`, captioned with the class."""
+    images, labels, indices = np.asarray(images), np.asarray(labels), np.asarray(indices)
     picked = [indices[labels[indices] == c][:per_class] for c in range(len(class_names))]
     captions = [class_names[c] for c, idx in enumerate(picked) for _ in idx]
-    return image_grid(images[torch.cat(picked)], captions, [False] * len(captions), legend="caption: true class")
+    return image_grid(images[np.concatenate(picked)], captions, [False] * len(captions), legend="caption: true class")

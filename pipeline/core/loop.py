@@ -105,7 +105,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    # torch.use_deterministic_algorithms(True) sets this flag and also imports torch._inductor's config
+    # (sympy, mpmath: 1.5-4 s of every train stage) for a compiler this pipeline never runs.
+    # tests/test_core.py checks torch.are_deterministic_algorithms_enabled() after this.
+    torch._C._set_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
 
