@@ -19,14 +19,14 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     fit, val = splits.split_indices(labels, val_size=100, seed=3)
     assert len(val) == 100 and len(fit) == len(labels) - 100
     assert not set(fit.tolist()) & set(val.tolist())
-    counts = torch.bincount(labels[val], minlength=10)
+    counts = torch.bincount(labels[torch.from_numpy(val)], minlength=10)
     assert counts.tolist() == [10, 20, 5, 15, 10, 10, 10, 10, 5, 5]
     again_fit, again_val = splits.split_indices(labels, val_size=100, seed=3)
-    assert torch.equal(fit, again_fit) and torch.equal(val, again_val)
+    assert (fit == again_fit).all() and (val == again_val).all()
     _, other_val = splits.split_indices(labels, val_size=100, seed=4)
-    assert not torch.equal(val, other_val)
+    assert not (val == other_val).all()
     limited, same_val = splits.split_indices(labels, val_size=100, seed=3, limit=123)
-    assert len(limited) == 123 and torch.equal(val, same_val) and set(limited.tolist()) <= set(fit.tolist())
+    assert len(limited) == 123 and (val == same_val).all() and set(limited.tolist()) <= set(fit.tolist())
     with pytest.raises(PipelineError, match="data.val_size must be smaller than the 1000 training images"):
         splits.split_indices(labels, val_size=1000, seed=0)
 
@@ -162,3 +162,30 @@ def test_early_stopping_is_decided_by_the_state() -> None:
     assert not loop.TrainState(generator=state.generator, epoch=2, best_epoch=1).finished(cfg)
     assert loop.TrainState(generator=state.generator, epoch=10, best_epoch=10).finished(cfg)  # out of epochs
     assert not loop.TrainState(generator=state.generator, epoch=9, best_epoch=1).finished(TrainParams(epochs=10, patience=None))
+
+
+def test_seeding_turns_on_deterministic_algorithms() -> None:
+    torch.use_deterministic_algorithms(False)
+    loop.seed_everything(0)  # sets the flag without torch's public setter (see loop.seed_everything)
+    assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_roc_and_precision_recall_equal_scikit_learns() -> None:
+    """metrics' own curves and AUC (scikit-learn's import costs 2 s of evaluate) against scikit-learn,
+    with tied scores."""
+    from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (600,), generator=g)
+    logits = ((torch.randn(600, 4, generator=g) + 2 * torch.nn.functional.one_hot(labels, 4)) * 4).round() / 4
+    probs = torch.softmax(logits.double(), 1).numpy()
+    expected = roc_auc_score(labels.numpy(), probs, multi_class="ovr", average="weighted", labels=list(range(4)))
+    assert metrics._roc_auc(logits, labels, 4) == pytest.approx(expected, abs=1e-12)
+    roc, pr = metrics.curves(logits, labels, ["a", "b", "c", "d"])
+    want_roc, want_pr = [], []
+    for c, name in enumerate("abcd"):
+        fpr, tpr, _ = roc_curve(labels.numpy() == c, probs[:, c])
+        want_roc += [(name, x, y) for x, y in metrics._thin(fpr, tpr)]
+        precision, recall, _ = precision_recall_curve(labels.numpy() == c, probs[:, c], drop_intermediate=True)
+        want_pr += [(name, x, y) for x, y in metrics._thin(recall[::-1], precision[::-1])]
+    assert roc == want_roc and pr == want_pr

@@ -35,22 +35,16 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
     run_info = read_run_file(paths.RUN_FILE)
     names = meta["class_names"]
+    # fp32 on the CPU, exactly what the exported MLflow model computes; before the run is reopened, so
+    # that a background tracker opens the store meanwhile.
+    logits = loop.logits(model, images, BATCH_SIZE, loop.CPU_FP32)
+    rep = report(logits, labels, names, params.evaluate.top_k)
+    predicted = logits.argmax(1)
+    roc, pr = curves(logits, labels, names)
     with tracker.evaluate_run(run_info, flatten(params.evaluate, "evaluate.")) as run_id:
-        # fp32 on the CPU, exactly what the exported MLflow model computes.
-        logits = loop.logits(model, images, BATCH_SIZE, loop.CPU_FP32)
-        rep = report(logits, labels, names, params.evaluate.top_k)
-        predicted = logits.argmax(1)
-
-        atomic.write_json(paths.EVAL_METRICS, rep.metrics())
-        atomic.write_csv(
-            paths.CONFUSION_PLOT, ["actual", "predicted"],
-            ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())),
-        )
-        atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
-        roc, pr = curves(logits, labels, names)
-        atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
-        atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)
-
+        # The figures first: a background tracker draws them (its longest task) while the files are written.
+        tracker.log_figure("confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), list(names))
+        tracker.log_figure("roc_precision_recall.png", figures.curves, roc, pr)
         # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per stage).
         tracker.set_tags(dvc_lock_tags())
         tracker.log_metrics(rep.mlflow_metrics())
@@ -58,8 +52,14 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
             {"class": names, "images": rep.confusion.sum(1).tolist(), "accuracy": list(rep.per_class_accuracy.values())},
             "per_class_accuracy.json",
         )
-        tracker.log_figure(figures.confusion_matrix(rep.confusion, names), "confusion_matrix.png")
-        tracker.log_figure(figures.curves(roc, pr), "roc_precision_recall.png")
+        atomic.write_json(paths.EVAL_METRICS, rep.metrics())
+        atomic.write_csv(
+            paths.CONFUSION_PLOT, ["actual", "predicted"],
+            ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())),
+        )
+        atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
+        atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
+        atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)
         tracker.log_file(paths.ROC_PLOT)
         tracker.log_file(paths.PRECISION_RECALL_PLOT)
         # The first test images plus the first mistakes, so the grid always shows some errors.

@@ -12,16 +12,19 @@ is refused with HTTP 400 and one line naming what was expected, never answered w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from pipeline.core import models
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where the model is loaded or run, not at the top: MLflow also runs this file when
+# it stores the model (tracking.log_model), in a process that has no other use for torch's 3 s import.
 
 
 class InputError(MlflowException):
@@ -45,6 +48,8 @@ class InputError(MlflowException):
 
 def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
     """The request as a uint8 or float32 N×C×H×W tensor, or InputError naming what is wrong."""
+    import torch
+
     x = np.asarray(values)
     if x.dtype == object:  # a JSON request, parsed without a dtype: nested Python ints or floats
         try:
@@ -77,11 +82,15 @@ class ImageModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
+        from pipeline.core import models
+
         self.model, meta = models.load(Path(context.artifacts["model"]))
         self.channels, self.size = meta["in_channels"], meta["image_size"]
 
     # model_input unannotated: MLflow would read any hint there as a schema to infer and enforce.
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
+        import torch
+
         images = as_images(model_input, self.channels, self.size)
         with torch.no_grad():
             return self.model(images).float().numpy()

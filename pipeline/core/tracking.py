@@ -72,6 +72,9 @@ class Tracker:
         """Reopen the run that `run_info` (models/mlflow_run.json) names, log `params`, yield its id."""
         yield ""
 
+    def flush(self) -> None:
+        """Return once everything reported so far is recorded, raising if any of it failed."""
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log metrics in one request (per-epoch ones with `step` = epoch)."""
 
@@ -87,15 +90,20 @@ class Tracker:
     def log_file(self, path: Path) -> None:
         """Store a file as an artifact under its name."""
 
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """Store a matplotlib figure."""
+    def log_figure(self, artifact_file: str, draw: Callable[..., Any], *args: Any) -> None:
+        """Store the matplotlib figure `draw(*args)` returns (drawn only where it is stored: an untracked
+        run never draws it, a background tracker draws it in its own process)."""
 
     def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
         """Store a table given as {column: values}."""
 
-    def log_model(self, model_file: Path, name: str) -> str:
-        """Store the model saved at `model_file` under `name`; returns its URI ("" when untracked)."""
+    def log_model(self, model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
+        """Store the model saved at `model_file` (with its `meta`: what models.save stored beside the
+        weights) under `name`; returns its URI ("" when untracked)."""
         return ""
+
+    def close(self) -> None:
+        """Release what the tracker holds (a background tracker's process); the tracker is done after."""
 
     def register(self, model_uri: str, name: str, alias: str) -> str:
         """Register a stored model as a new version of `name` with `alias`; returns the version."""
@@ -161,6 +169,16 @@ class MlflowTracker(Tracker):
                 MlflowClient(self.uri).set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
+    @_store_errors
+    def open_store(self) -> None:
+        """Import mlflow and open the store (on SQLite: the engine and its schema check, about 1 s), so
+        that the first run starts without that wait."""
+        from mlflow.tracking import MlflowClient
+
+        self._connect()
+        with _sqlite_lock(self.uri):  # a fresh SQLite store is created here: see _experiment_id
+            MlflowClient(self.uri).search_experiments(max_results=1)
+
     def ensure_experiment(self, name: str) -> str:
         """The id of experiment `name`, created now if missing. For callers that start runs in other folders
         (a sweep's worker clones): created here, the default store pins its artifacts at this project root."""
@@ -173,26 +191,23 @@ class MlflowTracker(Tracker):
         from mlflow.entities import RunStatus
         from mlflow.exceptions import MlflowException
 
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            # CPU, memory, disk, network (and GPU where pynvml finds one) as system/* metrics.
-            run = mlflow.start_run(**start_kwargs, log_system_metrics=True)
-        except MlflowException as exc:
-            raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
-        try:
-            yield run
-        except BaseException as exc:
-            status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+        with interrupts_as_keyboard():
             try:
-                mlflow.end_run(RunStatus.to_string(status))
-            except Exception:  # the store may be what failed; the original error is the one to report
-                pass
-            raise
-        else:
-            self._end_run()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+                # CPU, memory, disk, network (and GPU where pynvml finds one) as system/* metrics.
+                run = mlflow.start_run(**start_kwargs, log_system_metrics=True)
+            except MlflowException as exc:
+                raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
+            try:
+                yield run
+            except BaseException as exc:
+                status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+                try:
+                    mlflow.end_run(RunStatus.to_string(status))
+                except Exception:  # the store may be what failed; the original error is the one to report
+                    pass
+                raise
+            else:
+                self._end_run()
 
     @_store_errors
     def _end_run(self) -> None:
@@ -280,8 +295,12 @@ class MlflowTracker(Tracker):
         self._connect().log_artifact(str(path))
 
     @_store_errors
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
+    def log_figure(self, artifact_file: str, draw: Callable[..., Any], *args: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        figure = draw(*args)
         self._connect().log_figure(figure, artifact_file)
+        plt.close(figure)
 
     @_store_errors
     def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
@@ -290,9 +309,10 @@ class MlflowTracker(Tracker):
         self._connect().log_table(pd.DataFrame(dict(columns)), artifact_file=artifact_file)
 
     @_store_errors
-    def log_model(self, model_file: Path, name: str) -> str:
+    def log_model(self, model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
         """Log `model_file` (models/model.pt) as a pyfunc model named `name` (see core.serving), with this
-        package as its code; returns its URI.
+        package as its code; returns its URI. torch is not imported here: a background tracker's process
+        would pay 3 s for it.
 
         Named after the run (MLflow forbids `/:.%"'` in model names: `_` instead), so its model lists say
         which run each model came from. No input example: MLflow would load and run the model once more
@@ -303,16 +323,15 @@ class MlflowTracker(Tracker):
         from mlflow.pyfunc import log_model
         from mlflow.types import Schema, TensorSpec
 
-        from pipeline.core import models, serving
+        from pipeline.core import serving  # numpy and mlflow only: torch waits until a model is loaded
 
-        meta = models.load(model_file)[1]
         c, s = meta["in_channels"], meta["image_size"]
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),  # untyped on purpose: see core.serving
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["class_names"])))]),
         )
-        with warnings.catch_warnings():  # about the input example left out on purpose (see above)
-            warnings.filterwarnings("ignore", message=".*input example was not provided")
+        with warnings.catch_warnings(), _without_mismatch_check():
+            warnings.filterwarnings("ignore", message=".*input example was not provided")  # left out on purpose
             info = log_model(
                 name=re.sub(r"[/:.%\"']", "_", name),
                 python_model=serving.__file__,
@@ -336,6 +355,22 @@ class MlflowTracker(Tracker):
         version = self._connect().register_model(model_uri, name)
         MlflowClient(self.uri).set_registered_model_alias(name, alias, version.version)
         return str(version.version)
+
+
+@contextmanager
+def _without_mismatch_check() -> Iterator[None]:
+    """MLflow's check that this environment satisfies the model's requirements, switched off for a
+    `log_model` whose pins are read from this very environment (it cannot find a mismatch). It maps
+    every installed distribution to its modules first: 1 s of each train run. MLflow has no switch
+    for it, so its module-level function is swapped for the call and put back after."""
+    from mlflow.utils import environment
+
+    check = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
 
 
 def tracking_uri() -> str:
@@ -484,10 +519,23 @@ def read_run_file(path: Path) -> dict[str, Any]:
 
 
 def package_versions() -> str:
-    """`pip freeze`-style list of the installed distributions (read from metadata, no subprocess)."""
+    """`pip freeze`-style list of the installed distributions (read from metadata, no subprocess).
+
+    Only each METADATA file's Name and Version headers are read: parsing whole files as email
+    messages (`Distribution.metadata`) took 0.4 s of every train run.
+    """
     from importlib.metadata import distributions
 
-    pins = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
+    pins = set()
+    for dist in distributions():
+        headers = {}
+        for line in (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").splitlines():
+            if not line:  # the headers end at the first blank line
+                break
+            key, _, value = line.partition(":")
+            headers.setdefault(key, value.strip())
+        if headers.get("Name"):
+            pins.add(f"{headers['Name']}=={headers.get('Version')}")
     return "\n".join(sorted(pins, key=str.lower)) + "\n"
 
 
@@ -503,6 +551,18 @@ def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
             if entry.get("path") == out.as_posix() and entry.get("md5"):
                 tags[f"dvc.lock.{out.as_posix()}"] = entry["md5"]
     return tags
+
+
+@contextmanager
+def interrupts_as_keyboard() -> Iterator[None]:
+    """SIGTERM (a kill, a CI timeout) raises KeyboardInterrupt meanwhile, as Ctrl-C does: an open run
+    then ends KILLED, not RUNNING."""
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

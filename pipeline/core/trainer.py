@@ -85,7 +85,8 @@ def train(
     models.check_fits(*shape, options, cfg.batch_size, blame)  # before any data is loaded
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
-    fit_idx, val_idx = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
+    fit_idx, val_idx = map(torch.from_numpy, splits.split_indices(labels, params.data.val_size, params.seed,
+                                                                  params.data.limit))
     rt = loop.make_runtime(cfg, world)
     # Joined only now: an input error is found by every process alone, before any of them waits for another.
     with distributed.session(world, cfg):
@@ -113,6 +114,11 @@ def train(
             log(notice)
         if resume is not None:
             log(f"resuming from the checkpoint after epoch {resume.state.epoch} (MLflow run {resume.run_id})")
+        data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx, augment=params.data.augment)
+        model = rt.place(model)
+        # Before the run opens: building the first optimizer imports torch._dynamo (~2 s), which then
+        # overlaps a background tracker opening the store.
+        opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
         with tracker.train_run(params.mlflow.experiment_name, name, logged, resume.run_id if resume else None) as run_id:
             if resume is not None and run_id != resume.run_id:  # a new run: give it the curves so far
                 for r in resume.state.history:
@@ -122,10 +128,6 @@ def train(
             tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest,
                               **({"world_size": str(world.size)} if world is not None else {}), **(tags or {})})
             tracker.log_text(package_versions(), "environment/pip-freeze.txt")
-
-            data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx, augment=params.data.augment)
-            model = rt.place(model)
-            opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
 
             pruned = False
 
@@ -153,23 +155,21 @@ def train(
             # Timing goes to the tracker only: metrics files must be identical between identical runs.
             tracker.log_metrics({"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
                                 step=state.best_epoch)
+            tracker.flush()  # a store lost during training fails the run here, before any output is replaced
             atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(images, labels, fit_idx, spec.class_names))
             tracker.log_file(paths.TRAIN_SAMPLES_PLOT)
-            models.save(
-                paths.MODEL,
-                model,
-                {
-                    "architecture": cfg.model,
-                    "options": models.options_dict(options),
-                    "dataset": spec.name,
-                    "in_channels": spec.channels,
-                    "image_size": spec.image_size,
-                    "class_names": list(spec.class_names),
-                    "mean": list(norm.mean),
-                    "std": list(norm.std),
-                },
-            )
-            model_uri = tracker.log_model(paths.MODEL, name)
+            meta = {
+                "architecture": cfg.model,
+                "options": models.options_dict(options),
+                "dataset": spec.name,
+                "in_channels": spec.channels,
+                "image_size": spec.image_size,
+                "class_names": list(spec.class_names),
+                "mean": list(norm.mean),
+                "std": list(norm.std),
+            }
+            models.save(paths.MODEL, model, meta)
+            model_uri = tracker.log_model(paths.MODEL, name, meta)
             version = None
             if params.mlflow.register_model:
                 version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)

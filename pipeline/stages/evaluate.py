@@ -22,10 +22,17 @@ def main(params_file: Path) -> None:
         from pipeline.core import cpu
 
         cpu.pin()  # before torch loads
-    from pipeline.core import evaluator, tracking
-    from pipeline.core.metrics import per_class_table
+    from pipeline.core import background
 
-    rep, run_id = evaluator.evaluate(params, tracking.MlflowTracker())
+    # Started first: the tracking process imports mlflow while this one imports torch.
+    tracker = background.BackgroundTracker(prepare=("matplotlib.pyplot",))  # it draws the figures
+    try:
+        from pipeline.core import evaluator
+        from pipeline.core.metrics import per_class_table
+
+        rep, run_id = evaluator.evaluate(params, tracker)
+    finally:
+        tracker.close()
     click.echo(per_class_table(rep))
     click.echo(f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}")
 

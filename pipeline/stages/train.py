@@ -35,7 +35,7 @@ def main(params_file: Path) -> None:
         distributed.launch(params.train, ["-m", "pipeline.stages.train", "--params", str(params_file)])
         return
     # Imported once the parameters are valid: a typo is reported at once, not after ~4 s of imports.
-    from pipeline.core import tracking, trainer
+    from pipeline.core import background, tracking
 
     lead = world is None or world.lead  # rank 0 alone reports, logs to MLflow and writes outputs
 
@@ -47,9 +47,13 @@ def main(params_file: Path) -> None:
         click.echo(f"pruned: trial {link.number} of study {link.study} stops after epoch {result.epoch}")
         return True
 
+    tracker: tracking.Tracker | None = None
     try:  # inside: a worker's error (an unreachable store too) reaches the launcher as its one line
         link = trial.link_from_env() if lead else None  # set when `python -m pipeline sweep` runs this as a trial
-        tracker = tracking.MlflowTracker() if lead else tracking.Tracker()
+        # Started first: the tracking process imports mlflow while this one imports torch.
+        tracker = background.BackgroundTracker() if lead else tracking.Tracker()
+        from pipeline.core import trainer
+
         reporter = trial.TrialReporter(link) if link else None
         if world is not None:
             world.check(params.train)
@@ -65,6 +69,9 @@ def main(params_file: Path) -> None:
         if world is None or not distributed.record_error(exc):
             raise
         sys.exit(EXIT_USER_ERROR)  # the launcher prints the line, once for all workers
+    finally:
+        if tracker is not None:
+            tracker.close()
     if lead:
         best = outcome.state.best
         click.echo(

@@ -1,0 +1,82 @@
+"""The background tracker against a real SQLite store: what it records, and its errors, as MlflowTracker's."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.core import figures
+from pipeline.core.background import BackgroundTracker
+from pipeline.core.errors import PipelineError
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, MlflowClient]:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvc").mkdir()  # a project root: the default store's artifacts go beside its database
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, MlflowClient(uri)
+
+
+def test_queued_records_all_land_in_the_run(store: tuple[str, MlflowClient], tmp_path: Path) -> None:
+    uri, client = store
+    (tmp_path / "notes.txt").write_text("hello")
+    tracker = BackgroundTracker(uri, prepare=("matplotlib.pyplot",))
+    try:
+        with tracker.train_run("exp", "run-a", {"train.lr": 0.01}) as run_id:
+            for epoch in range(1, 4):
+                tracker.log_metrics({"val_accuracy": epoch / 10}, step=epoch)
+            tracker.set_tags({"dataset": "mnist"})
+            tracker.log_file(tmp_path / "notes.txt")
+            tracker.log_figure("confusion.png", figures.confusion_matrix, [[3, 1], [0, 4]], ["a", "b"])
+            tracker.flush()
+    finally:
+        tracker.close()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run-a"
+    assert run.data.params == {"train.lr": "0.01"} and run.data.tags["dataset"] == "mnist"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_accuracy")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"notes.txt", "confusion.png"}
+    assert tracker._child.returncode == 0
+
+
+def test_a_failed_record_is_raised_as_one_line_and_fails_the_run(store: tuple[str, MlflowClient]) -> None:
+    uri, client = store
+    tracker = BackgroundTracker(uri)
+    try:
+        with pytest.raises(PipelineError) as caught:
+            with tracker.train_run("exp", "run-b", {}) as run_id:
+                tracker.log_metrics({"bad name?!": 1.0})  # MLflow refuses the name, in the child
+                tracker.log_metrics({"never_logged": 1.0})  # skipped: the error stops the run as in-process
+                tracker.flush()
+    finally:
+        tracker.close()
+    message = str(caught.value)
+    assert message.startswith(f"MLflow store {uri}: ") and "\n" not in message
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "never_logged" not in run.data.metrics
+
+
+def test_an_interrupt_ends_the_run_killed(store: tuple[str, MlflowClient]) -> None:
+    uri, client = store
+    tracker = BackgroundTracker(uri)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with tracker.train_run("exp", "run-c", {}) as run_id:
+                raise KeyboardInterrupt
+    finally:
+        tracker.close()
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_dead_tracking_process_is_one_line(store: tuple[str, MlflowClient]) -> None:
+    uri, _ = store
+    tracker = BackgroundTracker(uri)
+    tracker._child.kill()
+    tracker._child.wait()
+    with pytest.raises(PipelineError, match=r"the tracking process ended unexpectedly \(exit code -9\)"):
+        with tracker.train_run("exp", "run-d", {}):
+            pass
+    tracker.close()
