@@ -49,7 +49,8 @@ class BackgroundTracker(Tracker):
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         env.setdefault("MPLBACKEND", "Agg")  # figures are drawn to files, also when matplotlib is prepared
         # A session of its own: a Ctrl-C meant for the stage reaches the stage, which ends the run KILLED.
-        self._child = subprocess.Popen([sys.executable, "-m", "pipeline.core.background", self.uri, *prepare],
+        # "" = the default store, which the child works out as MlflowTracker() does (artifacts pinned at the root).
+        self._child = subprocess.Popen([sys.executable, "-m", "pipeline.core.background", uri or "", *prepare],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
         # Commands are written by a thread: a large one (a figure's points) must not make the stage wait
         # for the child to read the pipe while it is busy with earlier work.
@@ -86,7 +87,10 @@ class BackgroundTracker(Tracker):
         raise _ERRORS.get(kind, RuntimeError)(value)
 
     def _died(self) -> None:
-        code = self._child.poll()
+        try:
+            code = self._child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
         raise PipelineError(f"MLflow store {self.uri}: the tracking process ended unexpectedly (exit code {code})")
 
     def _call(self, method: str, *args: Any, wait: bool = False, **kwargs: Any) -> Any:
@@ -155,7 +159,7 @@ class BackgroundTracker(Tracker):
         self._child.wait()
 
 
-def serve(uri: str, prepare: list[str], commands: BinaryIO, answers: BinaryIO) -> None:
+def serve(uri: str | None, prepare: list[str], commands: BinaryIO, answers: BinaryIO) -> None:
     """The tracking process: get ready while the stage starts, then run each command on an
     MlflowTracker, in order, until stdin closes.
 
@@ -221,4 +225,4 @@ if __name__ == "__main__":
     # Answers go to the stdout this process was given; anything else printed goes to stderr.
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    serve(sys.argv[1], sys.argv[2:], sys.stdin.buffer, answers)
+    serve(sys.argv[1] or None, sys.argv[2:], sys.stdin.buffer, answers)
