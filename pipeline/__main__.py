@@ -5,7 +5,8 @@ import click
 
 from pipeline.stages import download, evaluate, normalization_stats, train
 from pipeline.tools import (
-    baseline, compare, params_reference, plots_template, predict, repro_check, report, reproduce, stack, sweep,
+    baseline, compare, params_reference, plots_template, predict, preset, repro_check, report, reproduce, stack,
+    sweep,
 )
 
 # Stage commands carry their dvc.yaml stage names (tests/test_layout.py checks that they match).
@@ -13,7 +14,8 @@ STAGES = {"download": download.main, "normalization-stats": normalization_stats.
           "train": train.main, "evaluate": evaluate.main}
 TOOLS = {"predict": predict.main, "compare": compare.main, "baseline": baseline.main, "repro-check": repro_check.main,
          "reproduce": reproduce.main, "params-reference": params_reference.main,
-         "plots-template": plots_template.main, "report": report.main, "stack": stack.main, "sweep": sweep.main}
+         "plots-template": plots_template.main, "report": report.main, "stack": stack.main, "sweep": sweep.main,
+         "preset": preset.main}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +23,7 @@ def main() -> None:
     """Reproducible image classification: the DVC stages (run them with `dvc repro`) and the tools.
 
     Stages: download, normalization-stats, train, evaluate. Tools: predict, compare, baseline,
-    repro-check, reproduce, params-reference, plots-template, report, stack, sweep.
+    repro-check, reproduce, params-reference, plots-template, report, stack, sweep, preset.
     """
 
 

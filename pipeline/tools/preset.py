@@ -1,0 +1,73 @@
+"""`python -m pipeline preset FILE`: run a parameter preset (a partial params file) as a DVC experiment.
+
+`dvc exp run` takes changed parameters only as `-S key=value`; a preset keeps a tested combination
+in a file (presets/accurate.yaml) and this runs `dvc exp run -n <file name> -S …` with its values,
+after checking them merged into params.yaml exactly as the stages will.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli import params_option, reports_errors
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import flatten, parse_params, read_yaml
+from pipeline.core.repo import clean_env
+from pipeline.core.sweep import cli_value
+
+
+def overrides(preset: Path) -> dict[str, Any]:
+    """The preset's values as {dotted.key: value} (nested sections flattened)."""
+    try:
+        raw = read_yaml(preset.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{preset}: no such preset file") from None
+    except Exception as exc:  # YAML syntax, undecodable bytes
+        raise PipelineError(f"{preset}: not a YAML file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise PipelineError(f"{preset}: a preset is a mapping of params.yaml sections to the values it changes")
+    out: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        else:
+            out[key] = value
+
+    walk(raw, "")
+    return out
+
+
+def check(params_file: Path, values: dict[str, Any], source: str) -> None:
+    """Raise PipelineError, naming the preset and the key, unless params.yaml with `values` is valid."""
+    base = read_yaml(params_file.read_text())
+    unknown = [k for k in values if k not in flatten(parse_params(base, str(params_file)))]
+    if unknown:
+        raise PipelineError(f"{source}: {', '.join(unknown)} is not a parameter (see README, Parameters)")
+    for key, value in values.items():
+        *sections, leaf = key.split(".")
+        target = base
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = value
+    parse_params(base, source)
+
+
+@click.command()
+@click.argument("preset", type=click.Path(path_type=Path, dir_okay=False))
+@params_option
+@click.option("--dry-run", is_flag=True, help="Print the `dvc exp run` command instead of running it.")
+@reports_errors
+def main(preset: Path, params_file: Path, dry_run: bool) -> None:
+    """Run PRESET (e.g. presets/accurate.yaml) as `dvc exp run -n <its name> -S key=value …`."""
+    values = overrides(preset)
+    check(params_file, values, str(preset))
+    cmd = ["dvc", "exp", "run", "-n", preset.stem, *[a for k, v in values.items() for a in ("-S", f"{k}={cli_value(v)}")]]
+    click.echo(shlex.join(cmd))
+    if not dry_run:
+        raise SystemExit(subprocess.run(cmd, env=clean_env()).returncode)
