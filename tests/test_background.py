@@ -80,3 +80,15 @@ def test_a_dead_tracking_process_is_one_line(store: tuple[str, MlflowClient]) ->
         with tracker.train_run("exp", "run-d", {}):
             pass
     tracker.close()
+
+
+def test_a_stage_stopped_by_bad_input_creates_no_store(make_project) -> None:
+    from helpers import assert_one_line_error, run
+
+    root = make_project()
+    run(["python", "-m", "pipeline", "download"], root)
+    (root / "data").mkdir(exist_ok=True)
+    (root / "data/stats.json").write_text("{}")
+    proc = run(["python", "-m", "pipeline", "train"], root, check=False)
+    assert_one_line_error(proc, "data/stats.json", "not a statistics file")
+    assert not (root / "mlflow.db").exists()

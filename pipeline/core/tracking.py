@@ -171,12 +171,15 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def open_store(self) -> None:
-        """Import mlflow and open the store (on SQLite: the engine and its schema check, about 1 s), so
-        that the first run starts without that wait."""
+        """Import mlflow and open an existing store (on SQLite: the engine and its schema check, about
+        1 s), so that the first run starts without that wait. A SQLite file that does not exist yet is
+        left to the first run: a stage that stops on bad input creates nothing."""
         from mlflow.tracking import MlflowClient
 
         self._connect()
-        with _sqlite_lock(self.uri):  # a fresh SQLite store is created here: see _experiment_id
+        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+            return
+        with _sqlite_lock(self.uri):  # another run may be creating it this moment: see _experiment_id
             MlflowClient(self.uri).search_experiments(max_results=1)
 
     def ensure_experiment(self, name: str) -> str:
