@@ -75,6 +75,22 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
 
 
 @contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """Yield a temporary path with `path`'s file name, in a folder beside it; on success the file there
+    replaces `path`, on failure `path` is left as it was. For a file that must be used before it counts
+    (the model, which the store must hold first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp / path.name
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def directory(path: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed."""
     path = Path(path)

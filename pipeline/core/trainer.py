@@ -168,11 +168,14 @@ def train(
                 "mean": list(norm.mean),
                 "std": list(norm.std),
             }
-            models.save(paths.MODEL, model, meta)
-            model_uri = tracker.log_model(paths.MODEL, name, meta)
-            version = None
-            if params.mlflow.register_model:
-                version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
+            # models/model.pt is replaced only once the store holds the model (and its registration).
+            with atomic.staged(paths.MODEL) as model_file:
+                models.save(model_file, model, meta)
+                model_uri = tracker.log_model(model_file, name, meta)
+                version = None
+                if params.mlflow.register_model:
+                    version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
+            if version is not None:
                 log(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
             machine = {"cpu": cpu.flags(), "kernels": torch.backends.cpu.get_cpu_capability(),
                        "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
