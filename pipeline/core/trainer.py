@@ -136,6 +136,10 @@ def train(
                 if lead:
                     checkpoints.save(state, fingerprint, run_id)
                     tracker.log_metrics(r.metrics(), step=r.epoch)
+                    # Recorded before the epoch's line is printed: a stage killed after it has the epoch in
+                    # its checkpoint and its run alike, and a lost store stops training at once (a round
+                    # trip per epoch to an idle background tracker).
+                    tracker.flush()
                     log(
                         f"epoch {r.epoch}/{cfg.epochs}: train_loss {r.train_loss:.4f} train_acc {r.train_accuracy:.4f} "
                         f"val_loss {r.val_loss:.4f} val_acc {r.val_accuracy:.4f} lr {r.lr:.2e} ({r.seconds:.1f}s)"
