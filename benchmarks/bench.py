@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from pipeline.core import cpu, datasets, loop, models, normalization, paths, splits, trainer, tracking
+from pipeline.core import cpu, datasets, loop, models, normalization, paths, rerun, splits, trainer, tracking
 from pipeline.core.optim import Optimization
 from pipeline.core.params import load_params
 from pipeline.core.repo import clean_env
@@ -187,13 +187,7 @@ def clone(project: Path, params: dict[str, Any] | None = None, data: bool = True
     if data:
         shutil.copytree(project / paths.RAW, tmp / paths.RAW)
         shutil.copy(project / paths.STATS, tmp / paths.STATS)
-    base = yaml.safe_load((tmp / "params.yaml").read_text())
-    for section, values in (params or {}).items():
-        if isinstance(values, dict):
-            base.setdefault(section, {}).update(values)
-        else:
-            base[section] = values
-    (tmp / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    rerun.write_params(tmp, params or {})
     return tmp
 
 

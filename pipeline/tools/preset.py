@@ -14,48 +14,36 @@ from typing import Any
 import click
 
 from pipeline.cli import params_option, reports_errors
-from pipeline.core.errors import PipelineError
+from pipeline.core import rerun
+from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import flatten, parse_params, read_yaml
 from pipeline.core.repo import clean_env
 from pipeline.core.sweep import cli_value
 
 
 def overrides(preset: Path) -> dict[str, Any]:
-    """The preset's values as {dotted.key: value} (nested sections flattened)."""
+    """The preset as written: params.yaml sections with the values it changes."""
     try:
         raw = read_yaml(preset.read_text())
     except FileNotFoundError:
         raise PipelineError(f"{preset}: no such preset file") from None
     except Exception as exc:  # YAML syntax, undecodable bytes
-        raise PipelineError(f"{preset}: not a YAML file ({str(exc).splitlines()[0]})") from None
+        raise PipelineError(f"{preset}: not a YAML file ({first_line(exc)})") from None
     if not isinstance(raw, dict) or not raw:
         raise PipelineError(f"{preset}: a preset is a mapping of params.yaml sections to the values it changes")
-    out: dict[str, Any] = {}
-
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{key}.{k}" if key else str(k))
-        else:
-            out[key] = value
-
-    walk(raw, "")
-    return out
+    return raw
 
 
-def check(params_file: Path, values: dict[str, Any], source: str) -> None:
-    """Raise PipelineError, naming the preset and the key, unless params.yaml with `values` is valid."""
+def check(params_file: Path, raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The preset's values as {dotted.key: value}; PipelineError, naming the preset and the key, unless
+    params.yaml with them merged in is valid."""
     base = read_yaml(params_file.read_text())
+    values = rerun.flatten(raw)
     unknown = [k for k in values if k not in flatten(parse_params(base, str(params_file)))]
     if unknown:
         raise PipelineError(f"{source}: {', '.join(unknown)} is not a parameter (see README, Parameters)")
-    for key, value in values.items():
-        *sections, leaf = key.split(".")
-        target = base
-        for section in sections:
-            target = target.setdefault(section, {})
-        target[leaf] = value
-    parse_params(base, source)
+    parse_params(rerun.merge(base, raw), source)
+    return values
 
 
 @click.command()
@@ -65,8 +53,7 @@ def check(params_file: Path, values: dict[str, Any], source: str) -> None:
 @reports_errors
 def main(preset: Path, params_file: Path, dry_run: bool) -> None:
     """Run PRESET (e.g. presets/accurate.yaml) as `dvc exp run -n <its name> -S key=value …`."""
-    values = overrides(preset)
-    check(params_file, values, str(preset))
+    values = check(params_file, overrides(preset), str(preset))
     cmd = ["dvc", "exp", "run", "-n", preset.stem, *[a for k, v in values.items() for a in ("-S", f"{k}={cli_value(v)}")]]
     click.echo(shlex.join(cmd))
     if not dry_run:
