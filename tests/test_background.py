@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.core import figures
 from pipeline.core.background import BackgroundTracker
 from pipeline.core.errors import PipelineError
+from pipeline.core.tracking import MlflowTracker
 
 
 @pytest.fixture
@@ -40,6 +41,28 @@ def test_queued_records_all_land_in_the_run(store: tuple[str, MlflowClient], tmp
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_accuracy")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert {a.path for a in client.list_artifacts(run_id)} >= {"notes.txt", "confusion.png"}
     assert tracker._child.returncode == 0
+
+
+@pytest.mark.parametrize("kind", [MlflowTracker, BackgroundTracker])
+def test_runs_shorter_than_a_system_metrics_report_still_have_one(
+    store: tuple[str, MlflowClient], monkeypatch: pytest.MonkeyPatch, kind: type
+) -> None:
+    # MLflow reports after every 1000th sample here, so both runs (train, then evaluate reopening it) end
+    # before any report: what they hold is the sample taken as each ends (a default-sized test run on
+    # a fast CPU is shorter than the 2 s interval).
+    uri, client = store
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1000")
+    tracker = kind(uri)
+    try:
+        with tracker.train_run("exp", "short", {}) as run_id:
+            pass
+        with tracker.evaluate_run({"run_id": run_id, "experiment_name": "exp", "run_name": "short"}, {}):
+            pass
+    finally:
+        tracker.close()
+    history = client.get_metric_history(run_id, "system/system_memory_usage_megabytes")
+    assert [m.step for m in history] == [0, 1] and all(m.value > 0 for m in history)
+    assert "system/cpu_utilization_percentage" in client.get_run(run_id).data.metrics
 
 
 def test_a_failed_record_is_raised_as_one_line_and_fails_the_run(store: tuple[str, MlflowClient]) -> None:

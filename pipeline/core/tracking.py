@@ -10,6 +10,7 @@ there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -205,6 +206,7 @@ class MlflowTracker(Tracker):
             except BaseException as exc:
                 status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
                 try:
+                    _last_system_sample(run.info.run_id)
                     mlflow.end_run(RunStatus.to_string(status))
                 except Exception:  # the store may be what failed; the original error is the one to report
                     pass
@@ -214,7 +216,9 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def _end_run(self) -> None:
-        self._connect().end_run()
+        mlflow = self._connect()
+        _last_system_sample(mlflow.active_run().info.run_id)
+        mlflow.end_run()
 
     @contextmanager
     def train_run(
@@ -358,6 +362,19 @@ class MlflowTracker(Tracker):
         version = self._connect().register_model(model_uri, name)
         MlflowClient(self.uri).set_registered_model_alias(name, alias, version.version)
         return str(version.version)
+
+
+def _last_system_sample(run_id: str) -> None:
+    """Record what MLflow's system-metrics monitor sampled since its last report. end_run drops it: a
+    run (or an evaluate stage's reopening of one) shorter than SYSTEM_METRICS_SECONDS, as on a fast
+    machine, would have no system/* metrics at all. end_run's finish() writes it with the rest."""
+    from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
+
+    monitor = run_id_to_system_metrics_monitor.get(run_id)
+    if monitor is not None:
+        with contextlib.suppress(Exception):  # as MLflow's own monitor: a lost sample never fails a run
+            monitor.collect_metrics()  # the state at the end; averaged with the partial interval's samples
+            monitor.publish_metrics(monitor.aggregate_metrics())
 
 
 @contextmanager
