@@ -106,6 +106,8 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         # GenAI overview); tick both runs, Compare, then "Show diff only" under Parameters.
         page.goto(runs_url)
         page.get_by_text("Run Name").first.wait_for(timeout=90_000)
+        for name in names:  # the table's header is drawn before its rows arrive
+            page.get_by_text(name).first.wait_for(timeout=90_000)
         overview = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "runs-table.png"))
         ticks = page.locator("input.ag-checkbox-input[aria-label*='toggle row selection']")
