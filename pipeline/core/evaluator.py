@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.core import atomic, cpu, datasets, figures, loop, models, paths
+from pipeline.core import atomic, cpu, datasets, figures, models, paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import Report, curves, report
 from pipeline.core.params import Params, flatten
 from pipeline.core.tracking import Tracker, dvc_lock_tags, read_run_file
-
-BATCH_SIZE = 1000
-
 
 def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     """Evaluate models/model.pt on the test split; returns the report and the tracker's run id.
@@ -35,9 +32,9 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
     run_info = read_run_file(paths.RUN_FILE)
     names = meta["class_names"]
-    # fp32 on the CPU, exactly what the exported MLflow model computes; before the run is reopened, so
+    # What the exported MLflow model computes (models.logits); before the run is reopened, so
     # that a background tracker opens the store meanwhile.
-    logits = loop.logits(model, images, BATCH_SIZE, loop.CPU_FP32)
+    logits = models.logits(model, images)
     rep = report(logits, labels, names, params.evaluate.top_k)
     predicted = logits.argmax(1)
     roc, pr = curves(logits, labels, names)

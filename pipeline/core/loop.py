@@ -55,9 +55,6 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-CPU_FP32 = Runtime(torch.device("cpu"), None, False)  # what the exported MLflow model computes
-
-
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast runs natively (AVX-512 BF16/AMX on the CPU, Ampere+ on CUDA)."""
     if device.type == "cuda":

@@ -199,6 +199,21 @@ def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
     return model.eval(), ckpt
 
 
+# On 2 CPU cores channels_last batches of 256 run 2-4x faster than NCHW batches of 1000 (oneDNN's
+# native layout; activations that stay in the cache), with the same predictions (logits within 4e-6).
+INFERENCE_BATCH_SIZE = 256
+
+
+@torch.no_grad()
+def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of `model` (on the CPU) for `images` (N×C×H×W, uint8 or floats in [0, 1]), in
+    order: what evaluate reports, the served MLflow model answers and predict ranks."""
+    model.eval().to(memory_format=torch.channels_last)
+    batches = images.split(INFERENCE_BATCH_SIZE)
+    return torch.cat([model(b.contiguous(memory_format=torch.channels_last)).float() for b in batches]) if batches \
+        else torch.empty(0, dtype=torch.float32)
+
+
 def training_bytes(
     architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions, batch_size: int
 ) -> int:

@@ -89,11 +89,9 @@ class ImageModel(PythonModel):
 
     # model_input unannotated: MLflow would read any hint there as a schema to infer and enforce.
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
-        import torch
+        from pipeline.core import models
 
-        images = as_images(model_input, self.channels, self.size)
-        with torch.no_grad():
-            return self.model(images).float().numpy()
+        return models.logits(self.model, as_images(model_input, self.channels, self.size)).numpy()
 
 
 # A models-from-code file: MLflow stores this source with the model and runs it at load, no pickle.

@@ -76,8 +76,7 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
     model, meta = models.load(model_file)
     names = meta["class_names"]
     batch = torch.stack([read_image(f, meta["in_channels"], meta["image_size"]) for f in files])
-    with torch.no_grad():
-        probs = torch.softmax(model(batch).float(), dim=1)
+    probs = torch.softmax(models.logits(model, batch), dim=1)
     top = probs.topk(min(top_k, len(names)), dim=1)
     results = [
         {"path": str(f), "predictions": [{"class": names[i], "probability": float(p)} for p, i in zip(ps.tolist(), idx.tolist())]}
