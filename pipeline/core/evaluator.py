@@ -13,6 +13,7 @@ from pipeline.core.metrics import Report, curves, report
 from pipeline.core.params import Params, flatten
 from pipeline.core.tracking import Tracker, dvc_lock_tags, read_run_file
 
+
 def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     """Evaluate models/model.pt on the test split; returns the report and the tracker's run id.
 

@@ -206,12 +206,13 @@ INFERENCE_BATCH_SIZE = 256
 
 @torch.no_grad()
 def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Float32 logits of `model` (on the CPU) for `images` (N×C×H×W, uint8 or floats in [0, 1]), in
-    order: what evaluate reports, the served MLflow model answers and predict ranks."""
+    """Float32 logits of `model` (on the CPU; left in eval mode, channels_last) for `images` (N×C×H×W,
+    uint8 or floats in [0, 1]), in order: what evaluate reports, the served MLflow model answers and
+    predict ranks."""
     model.eval().to(memory_format=torch.channels_last)
+    # split() of no images is one empty batch, so N = 0 gives 0×classes too.
     batches = images.split(INFERENCE_BATCH_SIZE)
-    return torch.cat([model(b.contiguous(memory_format=torch.channels_last)).float() for b in batches]) if batches \
-        else torch.empty(0, dtype=torch.float32)
+    return torch.cat([model(b.contiguous(memory_format=torch.channels_last)).float() for b in batches])
 
 
 def training_bytes(
