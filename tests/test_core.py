@@ -189,3 +189,16 @@ def test_roc_and_precision_recall_equal_scikit_learns() -> None:
         precision, recall, _ = precision_recall_curve(labels.numpy() == c, probs[:, c], drop_intermediate=True)
         want_pr += [(name, x, y) for x, y in metrics._thin(recall[::-1], precision[::-1])]
     assert roc == want_roc and pr == want_pr
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_nll_is_cross_entropy_with_the_same_label_smoothing(smoothing: float) -> None:
+    from pipeline.core.optim import LOSSES
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(64, 10), torch.randint(0, 10, (64,))
+    cfg = TrainParams(label_smoothing=smoothing)
+    nll, cross_entropy = LOSSES["nll"](cfg)(logits, labels), LOSSES["cross_entropy"](cfg)(logits, labels)
+    assert nll.item() == pytest.approx(cross_entropy.item(), abs=1e-6)
+    plain = LOSSES["cross_entropy"](TrainParams(label_smoothing=0.0))(logits, labels)
+    assert (cross_entropy.item() != plain.item()) == (smoothing > 0)  # the parameter is not ignored

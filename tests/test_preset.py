@@ -31,11 +31,11 @@ def test_a_bad_preset_is_one_line_naming_file_and_key(make_project, text: str, n
 @pytest.mark.e2e
 def test_a_preset_runs_as_a_named_experiment(make_project) -> None:
     root = make_project()
-    (root / "small.yaml").write_text("train:\n  dropout: 0.1\n  cnn_channels: [8, 16]\n")
+    (root / "small.yaml").write_text("train:\n  dropout: 0.2\n  cnn_channels: [8, 16]\n")
     out = run(["python", "-m", "pipeline", "preset", "small.yaml"], root).stdout
-    assert "dvc exp run -n small -S train.dropout=0.1 -S 'train.cnn_channels=[8,16]'" in out
+    assert "dvc exp run -n small -S train.dropout=0.2 -S 'train.cnn_channels=[8,16]'" in out
     (only,) = runs(root)
     assert only.data.tags["dvc.exp_name"] == "small" and only.info.status == "FINISHED"
-    assert only.data.params["train.dropout"] == "0.1" and only.data.params["train.cnn_channels"] == "[8, 16]"
+    assert only.data.params["train.dropout"] == "0.2" and only.data.params["train.cnn_channels"] == "[8, 16]"
     shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], root).stdout))
     assert "small" in shown

@@ -47,9 +47,16 @@ PER_BATCH_SCHEDULERS = frozenset({"onecycle"})  # the others step once per epoch
 
 LOSSES: dict[str, Callable[[TrainParams], Loss]] = {
     "cross_entropy": lambda c: lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.label_smoothing),
-    # The tutorials' NLL on log-softmax outputs: the same maths as cross_entropy without smoothing.
-    "nll": lambda c: lambda logits, y: F.nll_loss(F.log_softmax(logits, dim=1), y),
+    # The tutorials' NLL on log-softmax outputs, the same maths as cross_entropy, smoothing included.
+    "nll": lambda c: lambda logits, y: _smoothed_nll(F.log_softmax(logits, dim=1), y, c.label_smoothing),
 }
+
+
+def _smoothed_nll(log_probs: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """NLL against targets smoothed as cross_entropy's label_smoothing does: 1 - s on the class, s spread
+    evenly over all classes."""
+    nll = F.nll_loss(log_probs, y)
+    return nll if smoothing == 0 else (1 - smoothing) * nll - smoothing * log_probs.mean(1).mean()
 
 
 def _lookup(registry: dict[str, object], key: str, name: str) -> object:
