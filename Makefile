@@ -33,7 +33,7 @@ $(PLOTS_PAGE): $(STAMP) pipeline/tools/plots_template.py
 repro: setup
 	dvc repro
 
-# Everything, as CI runs it (about 24 minutes on 2 cores).
+# Everything, as CI runs it (about 17-19 minutes on 2 cores).
 test: setup
 	python -m pytest -n 2 --dist loadfile
 
