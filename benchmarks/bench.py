@@ -30,13 +30,13 @@ from typing import Any
 import click
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from pipeline.core import cpu, datasets, loop, models, normalization, paths, rerun, splits, trainer, tracking
 from pipeline.core.optim import Optimization
 from pipeline.core.params import load_params
 from pipeline.core.repo import clean_env
+from pipeline.tools import preset as preset_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "presets" / "accurate.yaml"
@@ -276,7 +276,7 @@ def mlflow_share(project: Path, params: dict[str, Any], repeats: int) -> dict[st
 
 def preset(project: Path) -> dict[str, Any]:
     """presets/accurate.yaml applied as `dvc exp run` would: train + evaluate, wall seconds, test accuracy."""
-    overrides = yaml.safe_load(PRESET.read_text())
+    overrides = preset_file.overrides(PRESET)  # read and checked as `python -m pipeline preset` does
     root = clone(project, overrides)
     walls = [timed_process([sys.executable, "-m", f"pipeline.stages.{s}"], root)["seconds"] for s in STAGES[1:]]
     accuracy = json.loads((root / "metrics/eval.json").read_text())["accuracy"]
