@@ -26,7 +26,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@touch $@
 
 # Vega bundled into DVC's plots page (from the npm registry, pinned), so `dvc plots show` draws offline.
-$(PLOTS_PAGE): $(STAMP) pipeline/tools/plots_template.py
+$(PLOTS_PAGE): $(STAMP) pipeline_tools/plots_template.py
 	@echo "set-up 3/3: bundling Vega from the npm registry into $(PLOTS_PAGE) (a few seconds)"
 	@python -m pipeline plots-template
 

@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core import cpu, datasets, loop, models, normalization, paths, rerun, splits, trainer, tracking
+from pipeline.core import cpu, datasets, loop, models, normalization, paths, splits, trainer, tracking
+from pipeline_tools import rerun
 from pipeline.core.optim import Optimization
 from pipeline.core.params import load_params
 from pipeline.core.repo import clean_env
-from pipeline.tools import preset as preset_file
+from pipeline_tools import preset as preset_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "presets" / "accurate.yaml"

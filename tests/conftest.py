@@ -82,7 +82,7 @@ def mlflow_server(tmp_path: Path):
 @pytest.fixture(scope="module")
 def team_stack():
     """The team stack (PostgreSQL, rclone S3, authenticated mlflow server) started in a tmp folder by
-    pipeline.tools.stack, for one test module; stopped by its recorded pids afterwards.
+    pipeline_team.stack, for one test module; stopped by its recorded pids afterwards.
 
     Yields the `Stack`: `.env` (everything `stack env` exports), `.optuna_storage`, `.dir`, `.mlflow_url`.
     Skipped where PostgreSQL's binaries are missing, unless REQUIRE_STACK is set (CI), where it fails.
@@ -92,7 +92,7 @@ def team_stack():
     import tempfile
 
     from pipeline.core.errors import PipelineError
-    from pipeline.tools import stack
+    from pipeline_team import stack
 
     try:
         stack.pg_bin()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.core.repo import clean_env
-from pipeline.core.rerun import merge
+from pipeline_tools.rerun import merge
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = yaml.safe_load((REPO / "params.yaml").read_text())["mlflow"]["experiment_name"]

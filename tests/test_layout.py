@@ -1,4 +1,4 @@
-"""The code's house rules: dvc.yaml deps cover every module a stage imports, one command per stage, docstrings."""
+"""The code's house rules: dvc.yaml deps are the import graph; sizes a reader can hold; the core imports only itself."""
 from __future__ import annotations
 
 import ast
@@ -8,47 +8,9 @@ import pytest
 import yaml
 
 from helpers import REPO
+from pipeline_tools import dvc_deps
 
-PACKAGE = "pipeline"
-
-
-def module_file(name: str) -> Path | None:
-    """The file of a dotted module name inside this project, or None for a module from elsewhere."""
-    base = REPO / name.replace(".", "/")
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    return None
-
-
-def imported_names(path: Path) -> set[str]:
-    """Every module name `path` imports, at the top or inside a function (lazy imports run too)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return names
-
-
-def import_closure(module: str) -> set[str]:
-    """The project files (relative paths) that running `python -m module` imports, transitively,
-    including the packages' __init__ files Python runs on the way."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
-            path = module_file(".".join(parts[:i]))
-            if path is None or path in seen:
-                continue
-            seen.add(path)
-            todo += [n for n in imported_names(path) if n.split(".")[0] == PACKAGE]
-    return {p.relative_to(REPO).as_posix() for p in seen}
+PACKAGES = ("pipeline", "pipeline_tools", "pipeline_team")
 
 
 def stages() -> dict[str, dict]:
@@ -56,30 +18,27 @@ def stages() -> dict[str, dict]:
 
 
 def stage_module(stage: dict) -> str:
-    cmd = stage["cmd"].split()
-    assert cmd[:2] == ["python", "-m"], stage["cmd"]
-    return cmd[2]
+    return dvc_deps.stage_module(stage["cmd"])
 
 
-@pytest.mark.parametrize("name", list(stages()))
-def test_stage_deps_cover_every_module_the_stage_imports(name: str) -> None:
-    stage = stages()[name]
-    needed = import_closure(stage_module(stage))
-    listed = {d for d in stage.get("deps", []) if d.startswith(f"{PACKAGE}/")}
-    missing, extra = sorted(needed - listed), sorted(listed - needed)
-    assert not missing, (
-        f"dvc.yaml stage {name!r} does not list {', '.join(missing)}, which it imports: DVC would not rerun it "
-        f"when they change. Its pipeline/ deps should be: {sorted(needed)}"
+def python_files() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py"))
+
+
+def test_dvc_yaml_code_deps_are_the_import_graph() -> None:
+    # DVC reruns a stage whenever code it runs changes, and only then.
+    assert not dvc_deps.drift(REPO), (
+        "dvc.yaml's code deps differ from what the stages import; run `python -m pipeline dvc-deps`:\n"
+        + "\n".join(dvc_deps.drift(REPO))
     )
-    assert not extra, f"dvc.yaml stage {name!r} lists {', '.join(extra)}, which it does not import (needless reruns)"
 
 
 def test_closure_follows_lazy_and_from_imports() -> None:
     # The checker itself: the train stage reaches the training loop only through imports inside functions.
-    closure = import_closure("pipeline.stages.train")
+    closure = set(dvc_deps.import_closure(REPO, "pipeline.stages.train"))
     assert {"pipeline/core/loop.py", "pipeline/core/atomic.py", "pipeline/core/__init__.py"} <= closure
     assert "pipeline/core/metrics.py" not in closure  # evaluation code does not retrain the model
-    assert "pipeline/core/loop.py" not in import_closure("pipeline.stages.download")
+    assert "pipeline/core/loop.py" not in dvc_deps.import_closure(REPO, "pipeline.stages.download")
 
 
 def test_one_command_per_stage_named_like_the_stage() -> None:
@@ -88,20 +47,81 @@ def test_one_command_per_stage_named_like_the_stage() -> None:
     assert set(STAGES) == set(stages())
     for name, stage in stages().items():
         module = stage_module(stage)
-        assert module == f"{PACKAGE}.stages.{name.replace('-', '_')}", (name, module)
-        assert STAGES[name].callback.__module__ == module
+        assert module == f"pipeline.stages.{name.replace('-', '_')}", (name, module)
+        assert STAGES[name][0] == module
 
 
 def test_every_module_says_what_it_is_for() -> None:
-    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+    for path in python_files():
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc and len(doc.splitlines()[0]) > 20, f"{path.relative_to(REPO)}: no module docstring"
 
 
 def test_core_knows_nothing_of_click_or_exits() -> None:
-    for path in sorted((REPO / PACKAGE / "core").rglob("*.py")):
-        names = imported_names(path)
+    for path in sorted((REPO / "pipeline" / "core").rglob("*.py")):
+        names = dvc_deps.imported_names(path)
         assert "click" not in names and "sys.exit(" not in path.read_text(), path.name
         # tracking talks to MLflow; serving is the model MLflow itself loads, never imported by a workflow.
         if path.name not in ("tracking.py", "serving.py"):
             assert not any(n.split(".")[0] == "mlflow" for n in names), f"{path.name} imports mlflow"
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
+
+
+def test_sizes_a_reader_can_hold() -> None:
+    too_long = []
+    for path in python_files():
+        text = path.read_text()
+        rel = path.relative_to(REPO)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{rel}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, too_long
+
+
+def project_imports(path: Path) -> set[str]:
+    """The project modules (files, as dotted names) `path` imports."""
+    out = set()
+    for name in dvc_deps.imported_names(path):
+        if name.split(".")[0] in PACKAGES and dvc_deps.module_file(REPO, name) is not None:
+            out.add(name)
+    return out
+
+
+def test_the_pipeline_imports_neither_tools_nor_team() -> None:
+    # What `dvc repro` runs stands alone: the tools and the team layer are its clients, never its parts.
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        if path.name == "__main__.py":
+            continue  # `python -m pipeline` lists every command; no stage imports it
+        outside = {n for n in project_imports(path) if not n.startswith("pipeline.") and n != "pipeline"}
+        assert not outside, f"{path.relative_to(REPO)} imports {sorted(outside)}"
+    for path in sorted((REPO / "pipeline_tools").rglob("*.py")):
+        assert not any(n.startswith("pipeline_team") for n in project_imports(path)), path.name
+
+
+def test_no_import_cycles() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in python_files():
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        graph[module] = {str(dvc_deps.module_file(REPO, n).relative_to(REPO).with_suffix("")).replace("/", ".")
+                         .removesuffix(".__init__") for n in project_imports(path)} - {module}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt):] + [node, nxt] if nxt in trail else [node, nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])

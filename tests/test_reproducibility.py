@@ -43,7 +43,7 @@ def test_two_clean_runs_are_identical(make_project) -> None:
 
 
 def test_recorded_hashes_are_compared_per_family() -> None:
-    from pipeline.tools.repro_check import hash_check
+    from pipeline_tools.repro_check import hash_check
 
     lines, bad = hash_check("a" * 64, {"avx2": "a" * 64, "avx2 avx512_bf16 avx512f": "b" * 64}, here="avx2")
     assert bad == ["avx2 avx512_bf16 avx512f"]
@@ -54,8 +54,8 @@ def test_recorded_hashes_are_compared_per_family() -> None:
 
 
 def test_reference_comparison_uses_the_tolerance() -> None:
-    from pipeline.core.rerun import Outcome
-    from pipeline.tools.repro_check import report
+    from pipeline_tools.rerun import Outcome
+    from pipeline_tools.repro_check import report
 
     run1 = Outcome(hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2})
     rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import assert_one_line_error, create_project, run, runs
-from pipeline.core.sweep import cli_value
+from pipeline_team.sweep.worker import cli_value
 
 # Two workers share the machine's two cores: one thread each, or they would fight over both.
 PARAMS = {"train": {"threads": 1}}
@@ -108,7 +108,7 @@ def test_small_floats_from_dvc_set_param_stay_numbers(tmp_path: Path) -> None:
 def test_search_space_is_checked_against_the_parameters(tmp_path: Path) -> None:
     from pipeline.core.errors import PipelineError
     from pipeline.core.params import Params
-    from pipeline.core.sweep import load_space
+    from pipeline_team.sweep.worker import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text("params:\n  train.lr: {low: 1e-5, high: 0.1, log: true}\n  train.epochs: {low: 1, high: 4}\n"

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import DEFAULT_LR, EXPERIMENT, REPO, assert_one_line_error, create_project, run
-from pipeline.tools import stack
+from pipeline_team import stack
 
 pytestmark = pytest.mark.e2e
 

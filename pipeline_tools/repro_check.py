@@ -21,7 +21,8 @@ import click
 import yaml
 
 from pipeline.cli import reports_errors
-from pipeline.core import cpu, paths, rerun
+from pipeline.core import cpu, paths
+from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import parse_params
 from pipeline.core.repo import git

@@ -17,7 +17,8 @@ import click
 import yaml
 
 from pipeline.cli import reports_errors
-from pipeline.core import paths, rerun
+from pipeline.core import paths
+from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError
 from pipeline.core.repo import git
 

@@ -14,11 +14,11 @@ from typing import Any
 import click
 
 from pipeline.cli import params_option, reports_errors
-from pipeline.core import rerun
+from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import flatten, parse_params, read_yaml
 from pipeline.core.repo import clean_env
-from pipeline.core.sweep import cli_value
+from pipeline_team.sweep.worker import cli_value
 
 
 def overrides(preset: Path) -> dict[str, Any]:

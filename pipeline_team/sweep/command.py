@@ -15,7 +15,8 @@ import click
 import yaml
 
 from pipeline.cli import reports_errors
-from pipeline.core import paths, sweep
+from pipeline.core import paths
+from pipeline_team.sweep import worker as sweep
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params, parse_params, read_yaml
 from pipeline.core.repo import clean_env, git

@@ -34,7 +34,7 @@ from pipeline.core import paths, trial
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params, flatten, parse_params, read_yaml
 from pipeline.core.repo import clean_env, git
-from pipeline.core.rerun import merge
+from pipeline_tools.rerun import merge
 
 DEFAULT_SPACE = Path("sweeps/space.yaml")
 DEFAULT_STORAGE_FILE = "optuna.db"  # at the project root; git- and dvc-ignored

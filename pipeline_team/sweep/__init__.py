@@ -1,0 +1,1 @@
+"""Optuna sweeps whose trials are DVC experiments (`python -m pipeline sweep`)."""
