@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core import cpu, datasets, loop, models, normalization, paths, splits, trainer, tracking
+from pipeline.core import cpu, datasets, loop, models, normalization, paths, runtime, splits, trainer, tracking
+from pipeline.core.tracking import client
 from pipeline_tools import rerun
 from pipeline.core.optim import Optimization
 from pipeline.core.params import load_params
@@ -51,7 +52,7 @@ def machine() -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                  platform.processor())
     return {"cpu": model, "flags": cpu.flags(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "bf16": loop.bf16_supported(torch.device("cpu")), "torch": torch.__version__,
+            "bf16": cpu.native_bf16(), "torch": torch.__version__,
             "python": platform.python_version()}
 
 
@@ -130,7 +131,7 @@ def throughput(fit_idx, images, labels, mean, std, batches: int, rounds: int) ->
     tutorials' (its DataLoader and net), over the same number of images, best of interleaved rounds."""
     count = batches * 64
     cfg = load_params(paths.PARAMS).train
-    rt = loop.make_runtime(cfg)
+    rt = runtime.make_runtime(cfg)
     torch.manual_seed(0)
     model = rt.place(models.build(cfg.model, 1, 28, 10, mean, std, models.options_from(cfg)))
     # A constant rate: a schedule sized for one run's steps would run out over repeated rounds.
@@ -262,7 +263,7 @@ def mlflow_share(project: Path, params: dict[str, Any], repeats: int) -> dict[st
     untracked, interleaved, best of each: MLflow's share of its wall time."""
     store = Path(tempfile.mkdtemp(prefix="bench-store-"))
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    tracking.MlflowTracker(uri).ensure_experiment(load_params(project / paths.PARAMS).mlflow.experiment_name)
+    client.MlflowTracker(uri).ensure_experiment(load_params(project / paths.PARAMS).mlflow.experiment_name)
     root = clone(project, params)
     tracked, untracked = [], []
     for _ in range(repeats):
@@ -335,7 +336,7 @@ def summary(r: dict[str, Any]) -> list[str]:
 def main(quick: bool, out: Path, project: Path, train_once: str | None) -> None:
     """Measure and print every figure; write them to --out as JSON."""
     if train_once:  # one side of the MLflow-share measurement, in a process of its own
-        from pipeline.core import background
+        from pipeline.core.tracking import background
 
         tracker = background.BackgroundTracker() if train_once == "mlflow" else tracking.Tracker()
         try:

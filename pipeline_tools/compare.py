@@ -59,12 +59,12 @@ def main(last: int, exp_names: tuple[str, ...], experiment_name: str | None, ui_
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from pipeline.core import tracking
+    from pipeline.core.tracking import store
     from pipeline.core.params import load_params
 
     experiment_name = experiment_name or load_params().mlflow.experiment_name
-    uri = tracking.tracking_uri()
-    tracking.check_reachable(uri)
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:

@@ -31,10 +31,26 @@ def module_file(root: Path, name: str) -> Path | None:
     return None
 
 
+def _typing_only(node: ast.AST) -> bool:
+    """An `if TYPE_CHECKING:` block: imports for annotations, never run."""
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _run_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` that can run (typing-only blocks left out)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo += [child for child in ast.iter_child_nodes(node) if not _typing_only(child)]
+    return out
+
+
 def imported_names(path: Path) -> set[str]:
-    """Every absolute module name `path` imports, at the top or inside a function."""
+    """Every absolute module name `path` imports when it runs, at the top or inside a function (imports
+    under `if TYPE_CHECKING:` only serve annotations and are left out)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _run_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -14,17 +14,15 @@ from typing import Any
 import click
 
 from pipeline.cli import params_option, reports_errors
-from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError, first_line
-from pipeline.core.params import flatten, parse_params, read_yaml
+from pipeline.core.params import cli_value, flatten, merge, parse_params, read_yaml
 from pipeline.core.repo import clean_env
-from pipeline_team.sweep.worker import cli_value
 
 
 def overrides(preset: Path) -> dict[str, Any]:
     """The preset as written: params.yaml sections with the values it changes."""
     try:
-        raw = read_yaml(preset.read_text())
+        raw = read_yaml(preset.read_text(), str(preset))
     except FileNotFoundError:
         raise PipelineError(f"{preset}: no such preset file") from None
     except Exception as exc:  # YAML syntax, undecodable bytes
@@ -37,12 +35,12 @@ def overrides(preset: Path) -> dict[str, Any]:
 def check(params_file: Path, raw: dict[str, Any], source: str) -> dict[str, Any]:
     """The preset's values as {dotted.key: value}; PipelineError, naming the preset and the key, unless
     params.yaml with them merged in is valid."""
-    base = read_yaml(params_file.read_text())
-    values = rerun.flatten(raw)
+    base = read_yaml(params_file.read_text(), str(params_file))
+    values = flatten(raw)
     unknown = [k for k in values if k not in flatten(parse_params(base, str(params_file)))]
     if unknown:
         raise PipelineError(f"{source}: {', '.join(unknown)} is not a parameter (see README, Parameters)")
-    parse_params(rerun.merge(base, raw), source)
+    parse_params(merge(base, raw), source)
     return values
 
 

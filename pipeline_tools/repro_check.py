@@ -24,7 +24,7 @@ from pipeline.cli import reports_errors
 from pipeline.core import cpu, paths
 from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import parse_params
+from pipeline.core.params import merge, parse_params
 from pipeline.core.repo import git
 
 CONFIG = Path("repro/params-ci.yaml")
@@ -83,7 +83,7 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
     commit = git("rev-parse", "HEAD", cwd=root)
     override = yaml.safe_load((root / CONFIG).read_text()) if (root / CONFIG).is_file() else {}
     base = yaml.safe_load((root / paths.PARAMS).read_text())
-    portable = parse_params(rerun.merge(base, override), source=str(CONFIG)).train.portable
+    portable = parse_params(merge(base, override), source=str(CONFIG)).train.portable
     click.echo(f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}")
     tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))
     outcomes = []

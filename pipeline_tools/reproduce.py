@@ -14,24 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import flatten, nest, read_yaml, update_yaml
 from pipeline.core.repo import git
 
 
 def params_from_run(logged: dict[str, str]) -> dict[str, Any]:
     """Nested params.yaml content from MLflow's flat `a.b` → string parameters."""
-    nested: dict[str, Any] = {}
-    for key, text in logged.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text)
+    nested = nest({key: read_yaml(text) for key, text in logged.items()})
     nested.setdefault("mlflow", {})["register_model"] = None  # re-creating must not publish a model version
     return nested
 
@@ -46,11 +40,11 @@ def main(run_id: str, tolerance: float) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pipeline.core import tracking
+    from pipeline.core.tracking import store
     from pipeline.core.metrics import mlflow_name
 
-    uri = tracking.tracking_uri()
-    tracking.check_reachable(uri)
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
     try:
         run = MlflowClient(uri).get_run(run_id)
     except MlflowException:
@@ -63,11 +57,11 @@ def main(run_id: str, tolerance: float) -> None:
     root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
     tmp = Path(tempfile.mkdtemp(prefix="reproduce-"))
     clone = rerun.clone(root, commit, tmp / "clone")
-    (clone / paths.PARAMS).write_text(yaml.safe_dump(params_from_run(run.data.params), sort_keys=False))
+    update_yaml(clone / paths.PARAMS, params_from_run(run.data.params))
     click.echo(f"re-creating run {run_id} ({run.info.run_name}) at {commit[:12]} in {clone} ...")
     try:
         rerun.run_pipeline(clone, tmp / "dvc-repro.log", click.echo)
-        evaluation = rerun.flatten(json.loads((clone / paths.EVAL_METRICS).read_text()))
+        evaluation = flatten(json.loads((clone / paths.EVAL_METRICS).read_text()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a clone with its data: ~130 MB
     rows, mismatched = [], []

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import read_yaml
+from pipeline.core.params import flatten, update_yaml
 from pipeline.core.repo import clean_env, git
 
 
@@ -43,18 +41,9 @@ def clone(source: Path, commit: str, dest: Path) -> Path:
     return dest
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the nested keys of `override` replaced."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def write_params(root: Path, override: dict[str, Any]) -> None:
     """Apply an override to the clone's params.yaml."""
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(merge(read_yaml(path.read_text()) or {}, override), sort_keys=False))
+    update_yaml(root / paths.PARAMS, override)
 
 
 # The lines of a `dvc repro` log that tell a person waiting where the run is.
@@ -100,17 +89,6 @@ def collect(root: Path) -> Outcome:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 metrics[f"{prefix}.{key}"] = float(value)
     return Outcome(hashes=hashes, metrics=metrics)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict → {"a.b": value}."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

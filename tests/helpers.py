@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.core.repo import clean_env
-from pipeline_tools.rerun import merge
+from pipeline.core.params import merge
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = yaml.safe_load((REPO / "params.yaml").read_text())["mlflow"]["experiment_name"]
@@ -106,10 +106,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 def fit_tiny(model, images, labels, fit_idx, val_idx, cfg, on_epoch=None):  # -> loop.TrainState
     """The loop on in-memory tensors exactly as core.trainer drives it (data on the device, the model
     placed, the optimization built once), for unit tests of models and the loop."""
-    from pipeline.core import loop
+    from pipeline.core import loop, runtime
     from pipeline.core.optim import Optimization
 
-    rt = loop.make_runtime(cfg)
+    rt = runtime.make_runtime(cfg)
     data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx)
     model = rt.place(model)
     opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))

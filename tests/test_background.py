@@ -7,9 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.core import figures
-from pipeline.core.background import BackgroundTracker
+from pipeline.core.tracking.background import BackgroundTracker
 from pipeline.core.errors import PipelineError
-from pipeline.core.tracking import MlflowTracker
+from pipeline.core.tracking.client import MlflowTracker
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from helpers import assert_one_line_error, assert_unchanged, finished_project, free_port, run, snapshot
-from pipeline_tools.rerun import merge
+from pipeline.core.params import merge
 
 pytestmark = pytest.mark.e2e
 

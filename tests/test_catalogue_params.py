@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from helpers import assert_one_line_error, assert_unchanged, finished_project, run, snapshot
-from pipeline_tools.rerun import merge
+from pipeline.core.params import merge
 
 pytestmark = pytest.mark.e2e
 

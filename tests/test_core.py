@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import fit_tiny
-from pipeline.core import atomic, checkpoints, loop, metrics, models, normalization, splits
+from pipeline.core import atomic, checkpoints, loop, metrics, models, normalization, runtime, splits
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import TrainParams
 
@@ -145,7 +145,7 @@ def test_checkpoint_round_trip_and_refusal(tmp_path: Path) -> None:
 
 def test_changed_params_compare_validated_values() -> None:
     from pipeline.core.params import Params, flatten
-    from pipeline.core.tracking import changed_params
+    from pipeline.core.tracking.provenance import changed_params
 
     committed = "train:\n  lr: 1\n  cnn_channels: [16, 32]\n"
     current = flatten(Params())
@@ -166,7 +166,7 @@ def test_early_stopping_is_decided_by_the_state() -> None:
 
 def test_seeding_turns_on_deterministic_algorithms() -> None:
     torch.use_deterministic_algorithms(False)
-    loop.seed_everything(0)  # sets the flag without torch's public setter (see loop.seed_everything)
+    runtime.seed_everything(0)  # sets the flag without torch's public setter (see loop.seed_everything)
     assert torch.are_deterministic_algorithms_enabled()
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from helpers import EXPERIMENT, model_uri, run, runs, store
 from pipeline.core.params import flatten, parse_params
-from pipeline.core.tracking import param_value
+from pipeline.core.tracking.provenance import param_value
 
 pytestmark = pytest.mark.e2e
 

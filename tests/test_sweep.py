@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import assert_one_line_error, create_project, run, runs
-from pipeline_team.sweep.worker import cli_value
+from pipeline.core.params import cli_value
 
 # Two workers share the machine's two cores: one thread each, or they would fight over both.
 PARAMS = {"train": {"threads": 1}}

@@ -17,15 +17,29 @@ from pipeline.core.errors import PipelineError
 
 PINS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 FAMILY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+# Instructions that compute bf16 natively; without them torch emulates bf16 and runs slower than fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _words() -> set[str] | None:
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
 
 
 def flags() -> str:
     """The flags that tell the families apart, as /proc/cpuinfo spells them, e.g. "avx2 avx512_bf16 avx512f"."""
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    words = _words()
+    if words is None:
         return "unknown"
     return " ".join(sorted(f for f in FAMILY_FLAGS if f in words)) or "none of " + " ".join(FAMILY_FLAGS)
+
+
+def native_bf16(words: set[str] | None = None) -> bool:
+    """Whether this CPU (or the given /proc/cpuinfo words) computes bf16 natively (AVX512-BF16 or AMX-BF16)."""
+    words = _words() if words is None else words
+    return bool(words) and any(f in words for f in NATIVE_BF16_FLAGS)
 
 
 def pin() -> None:

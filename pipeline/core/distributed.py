@@ -234,23 +234,21 @@ class World:
         torch.manual_seed(base + self.rank)
 
 
-def session(world: World | None, cfg: TrainParams) -> ContextManager[None]:
-    """Join the process group for the duration: NCCL when training on CUDA, else gloo (a no-op without a world)."""
-    return nullcontext() if world is None else _process_group(world, cfg)
+def session(world: World | None, device: torch.device) -> ContextManager[None]:
+    """Join the process group for the duration: NCCL when training on CUDA `device`, else gloo (a no-op
+    without a world)."""
+    return nullcontext() if world is None else _process_group(device)
 
 
 @contextmanager
-def _process_group(world: World, cfg: TrainParams) -> Iterator[None]:
+def _process_group(device: torch.device) -> Iterator[None]:
     from datetime import timedelta
 
-    import torch
     import torch.distributed as dist
 
-    from pipeline.core.loop import uses_cuda
-
-    device = torch.device("cuda", world.local_rank) if uses_cuda(cfg) else None
-    dist.init_process_group("nccl" if device is not None else "gloo", timeout=timedelta(seconds=TIMEOUT_SECONDS),
-                            device_id=device)
+    cuda = device if device.type == "cuda" else None
+    dist.init_process_group("nccl" if cuda is not None else "gloo", timeout=timedelta(seconds=TIMEOUT_SECONDS),
+                            device_id=cuda)
     try:
         yield
     finally:

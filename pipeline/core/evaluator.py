@@ -11,7 +11,8 @@ from pipeline.core import atomic, cpu, datasets, figures, models, paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import Report, curves, report
 from pipeline.core.params import Params, flatten
-from pipeline.core.tracking import Tracker, dvc_lock_tags, read_run_file
+from pipeline.core.tracking import Tracker
+from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
 
 
 def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # Array-likes (NumPy arrays or CPU tensors): the charts are drawn in the tracking process, which has
-# no torch to spend seconds importing (core.background).
+# no torch to spend seconds importing (core.tracking.background).
 
 
 def _pyplot() -> Any:

@@ -1,4 +1,4 @@
-"""The training loop: device, precision and seeding; whole splits as uint8 tensors; epochs with early stopping.
+"""The training loop: whole splits as uint8 tensors on the device; epochs with early stopping.
 
 Images stay uint8 until a batch is drawn and the model normalises each batch itself: no per-sample
 transforms, no DataLoader. Read `fit` top to bottom: shuffle, train one epoch, validate, keep the
@@ -9,106 +9,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.core.errors import PipelineError
-from pipeline.core.models import INFERENCE_BATCH_SIZE
+from pipeline.core import models
 from pipeline.core.optim import Optimization
 from pipeline.core.params import TrainParams
+from pipeline.core.runtime import Runtime
 
 if TYPE_CHECKING:
     from pipeline.core.distributed import World
-
-VAL_BATCH_SIZE = INFERENCE_BATCH_SIZE  # batches of 1024 took twice as long on 2 cores, to identical logits
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors are computed."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None  # None = plain fp32
-    channels_last: bool
-
-    def autocast(self) -> ContextManager[Any]:
-        """Autocast context for forward passes (a no-op in fp32)."""
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def place(self, model: nn.Module) -> nn.Module:
-        """Move `model` to the device and memory format it is trained in (before its optimizer is built)."""
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
-
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch of images on the device, in the memory format of the model."""
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast runs natively (AVX-512 BF16/AMX on the CPU, Ampere+ on CUDA)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def uses_cuda(cfg: TrainParams) -> bool:
-    """Whether training runs on CUDA (train.device, or auto with a GPU present)."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train.device is cuda, but no CUDA device is available")
-    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-
-
-def make_runtime(cfg: TrainParams, world: World | None = None) -> Runtime:
-    """Pick device, threads and precision from the parameters and what this machine has (and, for one of
-    several processes, its GPU or its share of the cores)."""
-    cuda = uses_cuda(cfg)
-    device = torch.device("cuda" if cuda else "cpu")
-    if cuda and world is not None:
-        device = torch.device("cuda", world.local_rank)  # one GPU per process
-        torch.cuda.set_device(device)
-    threads = cfg.threads or (world.threads() if world is not None else 0)
-    if threads:
-        torch.set_num_threads(threads)
-    dtype: torch.dtype | None = None
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and not cfg.portable and bf16_supported(device)):
-        dtype = torch.bfloat16
-    return Runtime(device=device, autocast_dtype=dtype, channels_last=cfg.channels_last)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and ask torch for deterministic kernels.
-
-    With this, a fixed thread count and the explicit generators used for splits and shuffling, the
-    same code, parameters and data on the same machine give byte-identical weights.
-    """
-    import os
-    import random
-
-    import numpy as np
-
-    # cuBLAS needs this before CUDA initialises to have deterministic GEMMs (ignored on the CPU).
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    # torch.use_deterministic_algorithms(True) sets this flag and also imports torch._inductor's config
-    # (sympy, mpmath: 1.5-4 s of every train stage) for a compiler this pipeline never runs.
-    # tests/test_core.py checks torch.are_deterministic_algorithms_enabled() after this.
-    torch._C._set_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 @dataclass(frozen=True)
@@ -266,28 +181,18 @@ def train_one_epoch(
     return float(total_loss) / seen, int(correct) / seen
 
 
-@torch.no_grad()
-def logits(model: nn.Module, images: torch.Tensor, batch_size: int, rt: Runtime) -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image, in order."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        with rt.autocast():
-            out.append(model(rt.images(images[start : start + batch_size])).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
 def validate(model: nn.Module, data: TrainData, rt: Runtime, world: World | None = None) -> tuple[float, float]:
     """(loss, accuracy) on the validation set; with a `world` each rank scores its part and the sums are
     all-reduced, which gives the same two numbers as one process would (up to float rounding)."""
     if world is None:
-        val_logits = logits(model, data.val_images, VAL_BATCH_SIZE, rt)
+        val_logits = models.logits(model, data.val_images, rt.device, rt.autocast_dtype, rt.channels_last)
         labels = data.val_labels.cpu()
         # Plain cross-entropy, not train.loss: with label smoothing the training loss is not a likelihood,
         # and one scale lets runs with different losses be compared (nll on log-softmax is the same maths).
         return float(F.cross_entropy(val_logits, labels)), int((val_logits.argmax(1) == labels).sum()) / len(labels)
     world.sync_buffers(model)
-    part_logits = logits(model, world.part(data.val_images), VAL_BATCH_SIZE, rt).double()
+    part_logits = models.logits(model, world.part(data.val_images), rt.device, rt.autocast_dtype,
+                                rt.channels_last).double()
     part_labels = world.part(data.val_labels).cpu()
     totals = world.sum(torch.stack([F.cross_entropy(part_logits, part_labels, reduction="sum"),
                                     (part_logits.argmax(1) == part_labels).sum().double()]))

@@ -1,39 +1,26 @@
-"""Architectures, the normalising wrapper every model is trained and shipped in, and model.pt I/O."""
+"""The architecture registry (train.model), the model every run trains and ships, and model.pt I/O.
+
+torch is imported inside the functions that use it: the parameter check at every stage's edge reads
+this registry's names (`ARCHITECTURES`) without paying for torch.
+"""
 from __future__ import annotations
 
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core import atomic
 from pipeline.core.errors import PipelineError, first_line
-from pipeline.core.params import TrainParams
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-class ImageClassifier(nn.Module):
-    """A network behind its own input normalisation.
-
-    Takes raw images, N×C×H×W, either uint8 (0–255) or float (0–1), so whoever uses the model
-    (the evaluate stage, MLflow's pyfunc, `predict`) needs neither this package nor the statistics.
-    """
-
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        return self.net((x - self.mean) / self.std)
+    from pipeline.core.layers import ImageClassifier
+    from pipeline.core.params import TrainParams
 
 
 @dataclass(frozen=True)
@@ -54,6 +41,8 @@ class ModelOptions:
 def cnn(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
     """Conv–(BN)–pool–ReLU blocks and a 128-unit head with dropout; (16, 32) channels reach ≥99 % on MNIST
     in three epochs."""
+    from torch import nn
+
     layers: list[nn.Module] = []
     side, cin = image_size, in_channels
     for cout in opt.cnn_channels:
@@ -79,6 +68,8 @@ def cnn(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) 
 
 def mlp(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
     """Fully connected layers with dropout, the tutorials' baseline."""
+    from torch import nn
+
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_channels * image_size * image_size
     for hidden in opt.mlp_hidden:
@@ -87,26 +78,12 @@ def mlp(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) 
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
-class BasicBlock(nn.Module):
-    """Two 3×3 convolutions with a shortcut (a 1×1 projection when the shape changes)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
-        )
-        self.shortcut = (
-            nn.Identity() if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
-
-
 def resnet(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
     """A small residual network for 28/32 px inputs: stem, three stages (32, 64, 128), global pooling."""
+    from torch import nn
+
+    from pipeline.core.layers import BasicBlock
+
     return nn.Sequential(
         nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
         BasicBlock(32, 32, 1), BasicBlock(32, 64, 2), BasicBlock(64, 128, 2),
@@ -116,6 +93,8 @@ def resnet(in_channels: int, image_size: int, num_classes: int, opt: ModelOption
 
 def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
     """torchvision's ResNet-18 with a 3×3 stride-1 stem and no max-pool, so 28/32 px inputs keep detail."""
+    from torch import nn
+
     from torchvision.models import ResNet18_Weights
     from torchvision.models import resnet18 as tv_resnet18
 
@@ -153,13 +132,15 @@ def build(
     """An ImageClassifier of the named architecture, freshly initialised from torch's global RNG."""
     if architecture not in ARCHITECTURES:
         raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    from pipeline.core.layers import ImageClassifier
+
     net = ARCHITECTURES[architecture](in_channels, image_size, num_classes, options)
     return ImageClassifier(net, mean, std)
 
 
 def options_from(cfg: TrainParams) -> ModelOptions:
     """ModelOptions from the train parameters."""
-    return ModelOptions(**{f.name: getattr(cfg, f.name) for f in fields(ModelOptions)})
+    return ModelOptions(**{name: getattr(cfg, name) for name in ModelOptions.__dataclass_fields__})
 
 
 def options_dict(options: ModelOptions) -> dict[str, Any]:
@@ -173,6 +154,8 @@ def save(path: Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
     Serialised in memory first: torch.save names its archive after the file, and a fixed name keeps
     the bytes identical between identical runs.
     """
+    import torch
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save({"state_dict": state, **meta}, buf)
@@ -181,6 +164,8 @@ def save(path: Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
 
 def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
     """Rebuild the model saved by `save`, in eval mode on the CPU, and return it with its metadata."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run the train stage first")
@@ -204,15 +189,26 @@ def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
 INFERENCE_BATCH_SIZE = 256
 
 
-@torch.no_grad()
-def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Float32 logits of `model` (on the CPU; left in eval mode, channels_last) for `images` (N×C×H×W,
-    uint8 or floats in [0, 1]), in order: what evaluate reports, the served MLflow model answers and
-    predict ranks."""
-    model.eval().to(memory_format=torch.channels_last)
-    # split() of no images is one empty batch, so N = 0 gives 0×classes too.
-    batches = images.split(INFERENCE_BATCH_SIZE)
-    return torch.cat([model(b.contiguous(memory_format=torch.channels_last)).float() for b in batches])
+def logits(
+    model: nn.Module, images: torch.Tensor, device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None, channels_last: bool = True,
+) -> torch.Tensor:
+    """Float32 logits (N×classes, on the CPU) of `model` for `images` (N×C×H×W, uint8 or floats in [0, 1]),
+    in order, in batches of INFERENCE_BATCH_SIZE, leaving the model in eval mode: what evaluate reports,
+    the served MLflow model answers, predict ranks and validation scores (there on the training device,
+    under its autocast dtype and memory format)."""
+    import torch
+
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    device = device or torch.device("cpu")
+    cast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.no_grad(), cast:
+        # split() of no images is one empty batch, so N = 0 gives 0×classes too.
+        return torch.cat([model(b.to(device, non_blocking=True).contiguous(memory_format=layout)).float().cpu()
+                          for b in images.split(INFERENCE_BATCH_SIZE)])
 
 
 def training_bytes(
@@ -221,6 +217,8 @@ def training_bytes(
     """Rough bytes to train the model: weights, gradients and two optimizer moments, plus one batch's
     activations and their gradients. Nothing is allocated: the weights are counted on the meta device,
     the activations of cnn and mlp (the architectures with size parameters) from their shapes."""
+    import torch
+
     if architecture not in ARCHITECTURES:
         raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
     with torch.device("meta"):

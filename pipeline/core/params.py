@@ -1,34 +1,26 @@
-"""Every parameter of the pipeline, validated once into typed, frozen objects.
+"""Every parameter of the pipeline, validated once into typed, frozen objects; params.yaml read as DVC reads it.
 
-`params.yaml` is read here and nowhere else. Each field carries its default (the only place it is
-written down), its allowed values and a one-line help text; the README's parameter reference is
-generated from the same fields (`python -m pipeline params-reference`), so the two cannot drift apart.
+`params.yaml` is read here and nowhere else, with ruamel.yaml's safe loader exactly as DVC parses it
+(`dvc.utils.serialize.parse_yaml`, YAML 1.2): what `dvc exp run -S seed=4:2` records is what the
+stages see (`'4:2'`, refused as a seed), not PyYAML's YAML 1.1 reading (sexagesimal 242, `off` as
+false). Each field carries its default (the only place it is written down), its allowed values (for
+names: the keys of the registry that implements them) and a one-line help text; the parameter
+reference in docs/ is generated from the same fields (`python -m pipeline params-reference`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import operator
-import re
-import typing
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline.core import datasets, models, optim
 from pipeline.core.errors import PipelineError
+from pipeline.core.validation import build, spec
 
-# Names only: the registries that implement them (core.datasets, core.models, core.optim) import
-# torch, which the edge should not pay for. tests/test_params.py checks the two agree.
-DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10")
-MODELS = ("cnn", "mlp", "resnet", "resnet18")
-OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta", "rmsprop")
-LOSSES = ("cross_entropy", "nll")
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-
 MAX_FILE_BYTES = 1 << 20  # params.yaml is a few kB; anything near this is a mistake or an attack
 # MLflow's own rules for aliases (alphanumerics, _ and -; "latest" and v<number> are reserved) and
 # registered-model names (no / or :), checked here so a bad value stops before training, not after.
@@ -36,28 +28,9 @@ ALIAS_PATTERN = r"(?![vV]\d+$)(?![lL][aA][tT][eE][sS][tT]$)[\w-]{1,255}"
 MODEL_NAME_PATTERN = r"[^/:]{1,255}"
 
 
-def spec(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple[str, ...] | None = None,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    le: float | None = None,
-    pattern: tuple[str, str] | None = None,
-) -> Any:
-    """A dataclass field with a default, constraints and the help text used in the README.
-
-    `pattern` is (regular expression a string must match in full, how to say it in a message).
-    """
-    meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le, "pattern": pattern}
-    return field(default=default, metadata=meta)
-
-
 @dataclass(frozen=True)
 class DataParams:
-    dataset: str = spec("mnist", "Dataset to train and evaluate on.", choices=DATASETS)
+    dataset: str = spec("mnist", "Dataset to train and evaluate on.", choices=tuple(datasets.DATASETS))
     val_size: int = spec(
         5000, "Images carved out of the training split for validation (seeded, stratified).", ge=1
     )
@@ -78,7 +51,7 @@ class TrainParams:
         "cnn",
         "Architecture: cnn (conv blocks), mlp, resnet (small residual net for 28/32 px), "
         "resnet18 (torchvision's, adapted to small inputs).",
-        choices=MODELS,
+        choices=tuple(models.ARCHITECTURES),
     )
     mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20)
     cnn_channels: tuple[int, ...] = spec(
@@ -90,12 +63,12 @@ class TrainParams:
     )
     pretrained: bool = spec(False, "resnet18: start from torchvision's ImageNet weights (needs the network).")
     freeze_backbone: bool = spec(False, "resnet18: train only the final classifier layer.")
-    optimizer: str = spec("adam", "Optimizer.", choices=OPTIMIZERS)
+    optimizer: str = spec("adam", "Optimizer.", choices=tuple(optim.OPTIMIZERS))
     lr: float = spec(0.008, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
     momentum: float = spec(0.9, "sgd and rmsprop: momentum.", ge=0, lt=1)
     nesterov: bool = spec(False, "sgd: Nesterov momentum.")
     weight_decay: float = spec(0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0)
-    loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=LOSSES)
+    loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=tuple(optim.LOSSES))
     label_smoothing: float = spec(0.1, "Label smoothing (either loss).", ge=0, lt=1)
     batch_size: int = spec(256, "Training batch size.", ge=1)
     epochs: int = spec(3, "Maximum number of epochs.", ge=1)
@@ -105,7 +78,7 @@ class TrainParams:
     min_delta: float = spec(0.0, "Smallest rise in validation accuracy that counts as better.", ge=0)
     grad_clip: float | None = spec(None, "Clip the gradient norm to this value; null = no clipping.", gt=0)
     scheduler: str = spec(
-        "onecycle", "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.", choices=SCHEDULERS
+        "onecycle", "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.", choices=tuple(optim.SCHEDULERS)
     )
     step_size: int = spec(1, "step: epochs between learning-rate decays.", ge=1)
     gamma: float = spec(0.7, "step: factor applied at each decay.", gt=0, lt=1)
@@ -155,22 +128,47 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading exponent floats without a dot (1e-05) as numbers, as YAML 1.2 does.
+def read_yaml(text: str, source: str = "YAML") -> Any:
+    """YAML text as plain values, read as DVC reads params.yaml (ruamel.yaml's safe loader, YAML 1.2).
 
-    `dvc exp run -S train.lr=0.00001` (and so every sweep trial with a small value) writes `lr: 1e-05`
-    through ruamel (YAML 1.2); PyYAML's YAML 1.1 rules would read that back as the string '1e-05'.
+    Aliases are refused before anything is built: nested aliases ("billion laughs") expand
+    exponentially, and a parameters file never needs them. Raises PipelineError naming `source`.
     """
+    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.events import AliasEvent
+
+    yaml = YAML(typ="safe")
+    try:
+        for event in yaml.parse(text):
+            if isinstance(event, AliasEvent):
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise PipelineError(f"{source}: YAML alias *{event.anchor} at line {line}; aliases are not allowed here")
+        return yaml.load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise PipelineError(f"{source}: not valid YAML{where}: {problem}") from None
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
+def update_yaml(path: Path, override: dict[str, Any]) -> None:
+    """Write the nested values of `override` into the YAML file at `path`, keeping its comments and order
+    (ruamel.yaml's round trip, as `dvc exp run -S` edits params.yaml)."""
+    from ruamel.yaml import YAML
 
+    yaml = YAML()
+    doc = yaml.load(path.read_text())
 
-def read_yaml(text: str) -> Any:
-    """YAML text as plain values, numbers read as DVC writes them (see _Loader): for params.yaml and files like it."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    def apply(node: Any, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                apply(node[key], value)
+            else:
+                node[key] = value
+
+    apply(doc, override)
+    with open(path, "w") as fh:
+        yaml.dump(doc, fh)
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -189,19 +187,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PipelineError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        # Aliases are refused before anything is built: nested aliases ("billion laughs") expand
-        # exponentially, and a parameters file never needs them.
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                line = event.start_mark.line + 1 if event.start_mark else "?"
-                raise PipelineError(f"{path}: YAML alias *{event.anchor} at line {line}; aliases are not allowed here")
-        raw = read_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise PipelineError(f"{path}: not valid YAML{where}: {problem}") from None
+    raw = read_yaml(text, str(path))
     if raw is None:
         raise PipelineError(f"{path}: empty; it must hold the parameters (git checkout {path} restores them)")
     return parse_params(raw, source=str(path))
@@ -209,7 +195,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a plain mapping (as loaded from YAML) into Params, each value and then the combinations."""
-    params = _build(Params, raw, prefix="", source=source)
+    params = build(Params, raw, prefix="", source=source)
     train = params.train
     if train.portable and train.threads == 0:
         raise PipelineError(f"{source}: train.threads must be >= 1 with train.portable (thread count changes sums)")
@@ -230,134 +216,47 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
-    """The parameters as `{dotted.key: value}`, the names `dvc exp run -S` and MLflow use."""
+    """Parameters (a dataclass of them, or the nested mapping of a YAML file) as `{dotted.key: value}`,
+    the names `dvc exp run -S` and MLflow use."""
+    items = ({f.name: getattr(params, f.name) for f in dataclasses.fields(params)}.items()
+             if dataclasses.is_dataclass(params) else params.items())
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(params):
-        value = getattr(params, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            out.update(flatten(value, prefix=f"{key}."))
+    for name, value in items:
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
+            out.update(flatten(value, prefix=f"{prefix}{name}."))
         else:
-            out[key] = value
+            out[f"{prefix}{name}"] = value
     return out
 
 
-def reference() -> list[tuple[str, str, str, str]]:
-    """(dotted key, default, allowed values, help) for every parameter, for the README."""
-    rows: list[tuple[str, str, str, str]] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{key}.")
-                continue
-            rows.append((key, _yaml_scalar(f.default), _describe(hints[f.name], f.metadata), f.metadata["help"]))
-
-    walk(Params, "")
-    return rows
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lr": 0.1} -> {"train": {"lr": 0.1}}: the shape of params.yaml."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, name = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return out
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(raw, dict):
-        raise PipelineError(f"{source}: {where} must be a mapping of keys to values, got {_show(raw)}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            known = ", ".join(f"{prefix}{n}" for n in names)
-            raise PipelineError(f"{source}: unknown parameter '{prefix}{key}' (known here: {known})")
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            values[f.name] = _build(hints[f.name], raw[f.name], f"{key}.", source)
-        else:
-            values[f.name] = _check(key, hints[f.name], f.metadata, raw[f.name], source)
-    return cls(**values)
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the nested keys of `override` replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
 
 
-def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
-    base, optional = _unwrap(hint)
-
-    def bad() -> PipelineError:
-        return PipelineError(f"{source}: {key} must be {_describe(hint, meta)}, got {_show(value)}")
-
-    if typing.get_origin(base) is tuple:
-        if not isinstance(value, list) or not value:
-            raise bad()
-        try:
-            return tuple(_check(key, typing.get_args(base)[0], meta, item, source) for item in value)
-        except PipelineError:
-            raise bad() from None
-    if value is None:
-        if optional:
-            return None
-        raise bad()
-    if base is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-    elif base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad()
-        value = float(value)
-    elif base is str:
-        if not isinstance(value, str) or not value.strip():
-            raise bad()
-        if meta["choices"] and value not in meta["choices"]:
-            raise bad()
-        if meta["pattern"] and not re.fullmatch(meta["pattern"][0], value):
-            raise bad()
-    for bound, holds in (("gt", operator.gt), ("ge", operator.ge), ("lt", operator.lt), ("le", operator.le)):
-        if meta[bound] is not None and not holds(value, meta[bound]):
-            raise bad()
-    return value
+def with_values(base: Params, values: dict[str, Any], source: str) -> Params:
+    """`base` with dotted-key values applied, validated (raises PipelineError naming the key)."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(base).items()}
+    return parse_params(merge(nest(plain), nest(values)), source=source)
 
 
-def _unwrap(hint: Any) -> tuple[Any, bool]:
-    """(the type, whether null is allowed) of `X` or `X | None`."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return hint, False
-
-
-def _describe(hint: Any, meta: Any) -> str:
-    base, optional = _unwrap(hint)
-    if typing.get_origin(base) is tuple:
-        return "a non-empty list of " + _describe(typing.get_args(base)[0], meta).replace("an integer", "integers")
-    if meta["choices"]:
-        text = "one of " + ", ".join(meta["choices"])
-    elif meta["pattern"]:
-        text = meta["pattern"][1]
-    else:
-        text = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[base]
-        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-        bounds = [f"{sign} {_number(meta[b])}" for b, sign in signs.items() if meta[b] is not None]
-        if bounds:
-            text += " " + " and ".join(bounds)
-    return text + (" or null" if optional else "")
-
-
-def _number(x: float) -> str:
-    """A bound as a person writes it: 4294967296, not 4.29497e+09; 0.5 as 0.5."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def _yaml_scalar(value: Any) -> str:
-    if isinstance(value, tuple):
-        value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, dict) else "a mapping"
-    return text if len(text) <= 60 else text[:57] + "..."
+def cli_value(value: Any) -> str:
+    """A value as `dvc exp run -S key=VALUE` parses it back to the same YAML value (lists, true, null)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+    return repr(value) if isinstance(value, float) else str(value)

@@ -12,14 +12,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
+from torch import nn
 
 from pipeline.core import (atomic, checkpoints, cpu, datasets, distributed, figures, loop, models, normalization, paths,
-                           splits)
+                           runtime, splits)
 from pipeline.core.distributed import World
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
 from pipeline.core.params import Params, flatten
-from pipeline.core.tracking import Tracker, package_versions, write_run_file
+from pipeline.core.tracking import Tracker
+from pipeline.core.tracking.provenance import package_versions, write_run_file
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,65 @@ def run_name(params: Params) -> str:
     return f"{name}-{exp}" if exp else name
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a run trains on, loaded and checked before any weight exists."""
+
+    spec: datasets.DatasetSpec
+    options: models.ModelOptions
+    shape: tuple[str, int, int, int]  # architecture, channels, image size, classes
+    norm: normalization.ChannelStats
+    images: torch.Tensor  # uint8 N×C×H×W, the whole training split
+    labels: torch.Tensor  # int64 N
+    fit_idx: torch.Tensor
+    val_idx: torch.Tensor
+
+
+def load_inputs(params: Params) -> Inputs:
+    """The dataset, statistics and split of a run; refuses a model this machine cannot hold before any
+    data is loaded (PipelineError naming the parameter)."""
+    cfg = params.train
+    spec = datasets.get(params.data.dataset)
+    options = models.options_from(cfg)
+    shape = (cfg.model, spec.channels, spec.image_size, spec.num_classes)
+    blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(cfg.model, "train.batch_size")
+    models.check_fits(*shape, options, cfg.batch_size, blame)
+    norm = normalization.load(paths.STATS, spec.name, spec.channels)
+    images, labels = datasets.load_split(spec, paths.RAW, train=True)
+    fit_idx, val_idx = map(torch.from_numpy, splits.split_indices(labels, params.data.val_size, params.seed,
+                                                                  params.data.limit))
+    return Inputs(spec, options, shape, norm, images, labels, fit_idx, val_idx)
+
+
+def logged_params(params: Params, world: World | None) -> tuple[dict[str, object], dict[str, object]]:
+    """(the parameters the run logs, the fingerprint a resumable checkpoint must match)."""
+    # evaluate.* are logged by the evaluate stage, which is the one that reads them.
+    logged = {k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")}
+    resumable = {k: v for k, v in logged.items() if not k.startswith("mlflow.")}
+    if world is not None:
+        resumable["world_size"] = world.size  # several machines: a world params.yaml does not show
+    return logged, resumable
+
+
+def find_checkpoint(fingerprint: str, world: World | None, log: Callable[[str], None]) -> checkpoints.Checkpoint | None:
+    """The checkpoint this run resumes from, if one matches (rank 0's, for every rank)."""
+    resume, notice = checkpoints.load(fingerprint) if world is None or world.lead else (None, None)
+    if world is not None:
+        # Rank 0's checkpoint for everyone: other machines have no checkpoints/ folder of their own.
+        resume, notice = world.broadcast((resume, notice))
+    if notice:
+        log(notice)
+    if resume is not None:
+        log(f"resuming from the checkpoint after epoch {resume.state.epoch} (MLflow run {resume.run_id})")
+    return resume
+
+
+def epoch_line(r: EpochResult, epochs: int) -> str:
+    """The line a person reads after each epoch."""
+    return (f"epoch {r.epoch}/{epochs}: train_loss {r.train_loss:.4f} train_acc {r.train_accuracy:.4f} "
+            f"val_loss {r.val_loss:.4f} val_acc {r.val_accuracy:.4f} lr {r.lr:.2e} ({r.seconds:.1f}s)")
+
+
 def train(
     params: Params,
     tracker: Tracker,
@@ -74,122 +135,121 @@ def train(
     `progress` shows tqdm bars; `tags` are set on the run (e.g. the sweep trial it belongs to). With a
     `world` (one of several processes under torchrun) every rank trains its part of each batch; only
     rank 0 writes outputs and checkpoints, and the caller gives the other ranks the base Tracker.
+    Raises PipelineError for bad inputs, an unusable store, or training that diverged.
     """
     cfg = params.train
     if cfg.portable and not cpu.pinned():
         cpu.pin()  # raises when torch is already loaded without the pins
-    spec = datasets.get(params.data.dataset)
-    options = models.options_from(cfg)
-    shape = (cfg.model, spec.channels, spec.image_size, spec.num_classes)
-    blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(cfg.model, "train.batch_size")
-    models.check_fits(*shape, options, cfg.batch_size, blame)  # before any data is loaded
-    norm = normalization.load(paths.STATS, spec.name, spec.channels)
-    images, labels = datasets.load_split(spec, paths.RAW, train=True)
-    fit_idx, val_idx = map(torch.from_numpy, splits.split_indices(labels, params.data.val_size, params.seed,
-                                                                  params.data.limit))
-    rt = loop.make_runtime(cfg, world)
+    inputs = load_inputs(params)
+    rt = runtime.make_runtime(cfg, world)
     # Joined only now: an input error is found by every process alone, before any of them waits for another.
-    with distributed.session(world, cfg):
-        lead = world is None or world.lead  # the process that writes outputs and checkpoints
-        loop.seed_everything(params.seed)
-        model = models.build(*shape, norm.mean, norm.std, options)
-        log(
-            f"train: {cfg.model} on {spec.name}, {len(fit_idx)} fit / {len(val_idx)} val images, "
+    with distributed.session(world, rt.device):
+        runtime.seed_everything(params.seed)
+        model = models.build(*inputs.shape, inputs.norm.mean, inputs.norm.std, inputs.options)
+        log(f"train: {cfg.model} on {inputs.spec.name}, {len(inputs.fit_idx)} fit / {len(inputs.val_idx)} val images, "
             f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
-            + (f" in each of {world.size} processes" if world is not None else "")
-        )
-
-        name = run_name(params)
-        # evaluate.* are logged by the evaluate stage, which is the one that reads them.
-        logged = {k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")}
-        resumable = {k: v for k, v in logged.items() if not k.startswith("mlflow.")}
-        if world is not None:
-            resumable["world_size"] = world.size  # several machines: a world params.yaml does not show
-        fingerprint = checkpoints.fingerprint(resumable, [norm.mean, norm.std])
-        resume, notice = checkpoints.load(fingerprint) if lead else (None, None)
-        if world is not None:
-            # Rank 0's checkpoint for everyone: other machines have no checkpoints/ folder of their own.
-            resume, notice = world.broadcast((resume, notice))
-        if notice:
-            log(notice)
-        if resume is not None:
-            log(f"resuming from the checkpoint after epoch {resume.state.epoch} (MLflow run {resume.run_id})")
-        data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx, augment=params.data.augment)
+            + (f" in each of {world.size} processes" if world is not None else ""))
+        logged, resumable = logged_params(params, world)
+        fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
+        resume = find_checkpoint(fingerprint, world, log)
+        data = loop.TrainData.on(rt, inputs.images, inputs.labels, inputs.fit_idx, inputs.val_idx,
+                                 augment=params.data.augment)
         model = rt.place(model)
-        # Before the run opens: building the first optimizer imports torch._dynamo (~2 s), which then
-        # overlaps a background tracker opening the store.
+        # Built before the run opens, so that the optimizer's first imports overlap a background
+        # tracker opening the store.
         opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
+        name = run_name(params)
         with tracker.train_run(params.mlflow.experiment_name, name, logged, resume.run_id if resume else None) as run_id:
-            if resume is not None and run_id != resume.run_id:  # a new run: give it the curves so far
-                for r in resume.state.history:
-                    tracker.log_metrics(r.metrics(), step=r.epoch)
-            data_digest = datasets.digest(images, labels) if lead else ""
-            tracker.log_dataset(spec.name, data_digest, paths.RAW, {"fit": len(fit_idx), "validation": len(val_idx)})
-            tracker.set_tags({"dataset": spec.name, "dataset.digest": data_digest,
-                              **({"world_size": str(world.size)} if world is not None else {}), **(tags or {})})
-            tracker.log_text(package_versions(), "environment/pip-freeze.txt")
-
-            pruned = False
-
-            def after_epoch(r: EpochResult, state: TrainState) -> bool:
-                nonlocal pruned
-                if lead:
-                    checkpoints.save(state, fingerprint, run_id)
-                    tracker.log_metrics(r.metrics(), step=r.epoch)
-                    # Recorded before the epoch's line is printed: a stage killed after it has the epoch in
-                    # its checkpoint and its run alike, and a lost store stops training at once (a round
-                    # trip per epoch to an idle background tracker).
-                    tracker.flush()
-                    log(
-                        f"epoch {r.epoch}/{cfg.epochs}: train_loss {r.train_loss:.4f} train_acc {r.train_accuracy:.4f} "
-                        f"val_loss {r.val_loss:.4f} val_acc {r.val_accuracy:.4f} lr {r.lr:.2e} ({r.seconds:.1f}s)"
-                    )
-                    pruned = bool(on_epoch(r))
-                if world is not None:  # rank 0's pruner decides for every rank, or they would wait forever
-                    pruned = bool(world.broadcast(pruned))
-                return pruned
-
+            run = Run(params, tracker, run_id, name, inputs, world, log, on_epoch, fingerprint)
+            run.start(resume, tags)
             start = time.perf_counter()
             state = resume.state if resume else TrainState.start(params.seed)
-            state = loop.fit(model, data, opt, cfg, rt, state, after_epoch, progress=progress, world=world)
+            state = loop.fit(model, data, opt, cfg, rt, state, run.after_epoch, progress=progress, world=world)
             seconds = time.perf_counter() - start
-            if not lead:  # rank 0 holds the same weights and writes everything
+            if world is not None and not world.lead:  # rank 0 holds the same weights and writes everything
                 return TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
                                     registered_version=None, machine={})
-            # Timing goes to the tracker only: metrics files must be identical between identical runs.
-            tracker.log_metrics({"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
-                                step=state.best_epoch)
-            tracker.flush()  # a store lost during training fails the run here, before any output is replaced
-            atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(images, labels, fit_idx, spec.class_names))
-            tracker.log_file(paths.TRAIN_SAMPLES_PLOT)
-            meta = {
-                "architecture": cfg.model,
-                "options": models.options_dict(options),
-                "dataset": spec.name,
-                "in_channels": spec.channels,
-                "image_size": spec.image_size,
-                "class_names": list(spec.class_names),
-                "mean": list(norm.mean),
-                "std": list(norm.std),
-            }
-            # models/model.pt is replaced only once the store holds the model (and its registration).
-            with atomic.staged(paths.MODEL) as model_file:
-                models.save(model_file, model, meta)
-                model_uri = tracker.log_model(model_file, name, meta)
-                version = None
-                if params.mlflow.register_model:
-                    version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
-            if version is not None:
-                log(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
-            machine = {"cpu": cpu.flags(), "kernels": torch.backends.cpu.get_cpu_capability(),
-                       "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
-                       "threads": torch.get_num_threads(), "portable": cfg.portable,
-                       **({"world_size": world.size} if world is not None else {})}
-            outcome = TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
-                                   registered_version=version, machine=machine, pruned=pruned)
-            write_run_file(paths.RUN_FILE, run_id, params.mlflow.experiment_name, name, model_uri)
-            atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
-            columns = [f.name for f in fields(EpochResult)]
-            atomic.write_csv(paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history))
+            outcome = run.finish(model, state, seconds, rt)
         checkpoints.remove()
+        return outcome
+
+
+@dataclass
+class Run:
+    """One open train run: what it tells the tracker at its start, after each epoch and at its end."""
+
+    params: Params
+    tracker: Tracker
+    run_id: str
+    name: str
+    inputs: Inputs
+    world: World | None
+    log: Callable[[str], None]
+    on_epoch: Callable[[EpochResult], bool | None]
+    fingerprint: str
+    pruned: bool = False
+
+    @property
+    def lead(self) -> bool:
+        """This process writes outputs and checkpoints (rank 0, or the only process)."""
+        return self.world is None or self.world.lead
+
+    def start(self, resume: checkpoints.Checkpoint | None, tags: Mapping[str, str] | None) -> None:
+        """What the run records before its first epoch: the data, the environment, a resumed run's curves."""
+        tracker, inputs, world = self.tracker, self.inputs, self.world
+        if resume is not None and self.run_id != resume.run_id:  # a new run: give it the curves so far
+            for r in resume.state.history:
+                tracker.log_metrics(r.metrics(), step=r.epoch)
+        digest = datasets.digest(inputs.images, inputs.labels) if self.lead else ""
+        tracker.log_dataset(inputs.spec.name, digest, paths.RAW,
+                            {"fit": len(inputs.fit_idx), "validation": len(inputs.val_idx)})
+        tracker.set_tags({"dataset": inputs.spec.name, "dataset.digest": digest,
+                          **({"world_size": str(world.size)} if world is not None else {}), **(tags or {})})
+        tracker.log_text(package_versions(), "environment/pip-freeze.txt")
+
+    def after_epoch(self, r: EpochResult, state: TrainState) -> bool:
+        """Checkpoint, record and print the epoch; True when the run is pruned (the same on every rank)."""
+        if self.lead:
+            checkpoints.save(state, self.fingerprint, self.run_id)
+            self.tracker.log_metrics(r.metrics(), step=r.epoch)
+            # Recorded before the epoch's line is printed: a stage killed after it has the epoch in its
+            # checkpoint and its run alike, and a lost store stops training at once.
+            self.tracker.flush()
+            self.log(epoch_line(r, self.params.train.epochs))
+            self.pruned = bool(self.on_epoch(r))
+        if self.world is not None:  # rank 0's pruner decides for every rank, or they would wait forever
+            self.pruned = bool(self.world.broadcast(self.pruned))
+        return self.pruned
+
+    def finish(self, model: nn.Module, state: TrainState, seconds: float, rt: runtime.Runtime) -> TrainOutcome:
+        """Record the result and write every output; models/model.pt only once the store holds the model."""
+        params, tracker, inputs, cfg = self.params, self.tracker, self.inputs, self.params.train
+        # Timing goes to the tracker only: metrics files must be identical between identical runs.
+        tracker.log_metrics({"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
+                            step=state.best_epoch)
+        tracker.flush()  # a store lost during training fails the run here, before any output is replaced
+        atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(
+            inputs.images, inputs.labels, inputs.fit_idx, inputs.spec.class_names))
+        tracker.log_file(paths.TRAIN_SAMPLES_PLOT)
+        meta = {"architecture": cfg.model, "options": models.options_dict(inputs.options), "dataset": inputs.spec.name,
+                "in_channels": inputs.spec.channels, "image_size": inputs.spec.image_size,
+                "class_names": list(inputs.spec.class_names), "mean": list(inputs.norm.mean), "std": list(inputs.norm.std)}
+        with atomic.staged(paths.MODEL) as model_file:
+            models.save(model_file, model, meta)
+            model_uri = tracker.log_model(model_file, self.name, meta)
+            version = None
+            if params.mlflow.register_model:
+                version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
+        if version is not None:
+            self.log(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
+        machine = {"cpu": cpu.flags(), "kernels": torch.backends.cpu.get_cpu_capability(),
+                   "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
+                   "threads": torch.get_num_threads(), "portable": cfg.portable,
+                   **({"world_size": self.world.size} if self.world is not None else {})}
+        outcome = TrainOutcome(self.run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
+                               registered_version=version, machine=machine, pruned=self.pruned)
+        write_run_file(paths.RUN_FILE, self.run_id, params.mlflow.experiment_name, self.name, model_uri)
+        atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
+        columns = [f.name for f in fields(EpochResult)]
+        atomic.write_csv(paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history))
         return outcome

@@ -27,7 +27,7 @@ def main(params_file: Path) -> None:
     # threads spinning at every barrier take the core it needs and then wait for it (10,000 MNIST images:
     # 2.8 s, 0.9 s with passive waiting; alone both take 0.6 s). Read when torch loads; a user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from pipeline.core import background
+    from pipeline.core.tracking import background
 
     # Started first: the tracking process imports mlflow while this one imports torch.
     tracker = background.BackgroundTracker(prepare=("matplotlib.pyplot",))  # it draws the figures

@@ -35,7 +35,8 @@ def main(params_file: Path) -> None:
         distributed.launch(params.train, ["-m", "pipeline.stages.train", "--params", str(params_file)])
         return
     # Imported once the parameters are valid: a typo is reported at once, not after ~4 s of imports.
-    from pipeline.core import background, tracking
+    from pipeline.core import tracking
+    from pipeline.core.tracking import background
 
     lead = world is None or world.lead  # rank 0 alone reports, logs to MLflow and writes outputs
 

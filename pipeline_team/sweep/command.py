@@ -52,13 +52,13 @@ def main(storage: str | None, study_name: str, trials: int, space_file: Path, wo
     url = sweep.storage_url(storage, root)
     if worker_label is None:
         warn_uncommitted()
-    from pipeline.core import tracking
+    from pipeline.core.tracking import client, store
 
-    mlflow_uri = tracking.tracking_uri()
+    mlflow_uri = store.tracking_uri()
     if worker_label is None:  # (the workers --workers starts leave it to their parent)
         # Created here, at the project root: a trial creating it from its worker clone would leave its
         # artifacts in that clone (the default store pins them beside the database only when it creates).
-        tracking.MlflowTracker(mlflow_uri).ensure_experiment(base.mlflow.experiment_name)
+        client.MlflowTracker(mlflow_uri).ensure_experiment(base.mlflow.experiment_name)
     # Trials log where this command would; the caller's MLflow credentials come along, DVC_* do not.
     mlflow_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     trial_env = clean_env(**{**mlflow_env, "MLFLOW_TRACKING_URI": mlflow_uri})
@@ -78,7 +78,7 @@ def committed_params() -> Params:
     """The parameters of HEAD's params.yaml: what every trial starts from (a worker clones HEAD)."""
     text = git("show", f"HEAD:{paths.PARAMS.as_posix()}")
     try:
-        return parse_params(read_yaml(text), source=f"{paths.PARAMS} at HEAD")
+        return parse_params(read_yaml(text, f"{paths.PARAMS} at HEAD"), source=f"{paths.PARAMS} at HEAD")
     except yaml.YAMLError:
         raise PipelineError(f"{paths.PARAMS} at HEAD: not valid YAML") from None
 

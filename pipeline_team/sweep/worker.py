@@ -32,9 +32,8 @@ import yaml
 
 from pipeline.core import paths, trial
 from pipeline.core.errors import PipelineError, first_line
-from pipeline.core.params import Params, flatten, parse_params, read_yaml
+from pipeline.core.params import Params, cli_value, flatten, read_yaml, with_values
 from pipeline.core.repo import clean_env, git
-from pipeline_tools.rerun import merge
 
 DEFAULT_SPACE = Path("sweeps/space.yaml")
 DEFAULT_STORAGE_FILE = "optuna.db"  # at the project root; git- and dvc-ignored
@@ -100,7 +99,7 @@ def load_space(path: Path, base: Params) -> SearchSpace:
     unknown keys, bad ranges and values params.yaml would refuse stop here with one line naming the key."""
     where = str(path)
     try:
-        raw = read_yaml(Path(path).read_text())
+        raw = read_yaml(Path(path).read_text(), str(path))
     except FileNotFoundError:
         raise PipelineError(f"{where}: search-space file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -176,24 +175,6 @@ def _check_value(where: str, key: str, value: Any, base: Params) -> None:
     with_values(base, {key: value}, source=where)
 
 
-def with_values(base: Params, values: Mapping[str, Any], source: str) -> Params:
-    """`base` with dotted-key values applied, validated by core.params (raises PipelineError naming the key)."""
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(base).items()}
-    return parse_params(merge(_nest(plain), _nest(values)), source=source)
-
-
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """{"train.lr": 0.1} → {"train": {"lr": 0.1}}: the shape of params.yaml."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, name = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[name] = value
-    return out
-
-
 def _pruner_spec(where: str, spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict) or spec.get("type", "none") not in trial.PRUNERS:
         raise PipelineError(f"{where}: pruner.type must be one of {', '.join(trial.PRUNERS)}")
@@ -208,13 +189,6 @@ def _pruner_spec(where: str, spec: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"{where}: pruner: {first_line(exc)}") from None
     return spec
-
-
-def cli_value(value: Any) -> str:
-    """A value as `dvc exp run -S key=VALUE` parses it back to the same YAML value (lists, true, null)."""
-    if isinstance(value, bool) or value is None or isinstance(value, list):
-        return json.dumps(value, separators=(",", ":"))
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def storage_url(url: str | None, root: Path) -> str:

@@ -10,7 +10,7 @@ it) and `flush` wait for everything queued before them. An error in the tracking
 raised in the stage at the next waiting call or when the run closes, as the same one-line
 PipelineError, and the run ends FAILED (KILLED on Ctrl-C or SIGTERM), as with MlflowTracker.
 
-Run as `python -m pipeline.core.background URI [MODULE ...]`, it is that child: commands arrive pickled on
+Run as `python -m pipeline.core.tracking.background URI [MODULE ...]`, it is that child: commands arrive pickled on
 stdin, answers leave pickled on the stdout it had (MLflow's own prints go to stderr).
 """
 from __future__ import annotations
@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.tracking import MlflowTracker, Tracker, check_reachable, interrupts_as_keyboard, tracking_uri
+from pipeline.core.tracking import Tracker
+from pipeline.core.tracking.client import MlflowTracker
+from pipeline.core.tracking.store import check_reachable, interrupts_as_keyboard, tracking_uri
 
 # A waiting command's answer is ("ok", value) or (kind, message) of the first error since the last answer.
 _ERRORS = {"pipeline": PipelineError, "interrupt": KeyboardInterrupt}
@@ -50,7 +52,7 @@ class BackgroundTracker(Tracker):
         env.setdefault("MPLBACKEND", "Agg")  # figures are drawn to files, also when matplotlib is prepared
         # A session of its own: a Ctrl-C meant for the stage reaches the stage, which ends the run KILLED.
         # "" = the default store, which the child works out as MlflowTracker() does (artifacts pinned at the root).
-        self._child = subprocess.Popen([sys.executable, "-m", "pipeline.core.background", uri or "", *prepare],
+        self._child = subprocess.Popen([sys.executable, "-m", "pipeline.core.tracking.background", uri or "", *prepare],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
         # Commands are written by a thread: a large one (a figure's points) must not make the stage wait
         # for the child to read the pipe while it is busy with earlier work.

@@ -1,0 +1,67 @@
+"""The trained model as an MLflow pyfunc model (see core.serving), logged from the run that trained it.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+
+def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
+    """Log `model_file` (models/model.pt) into the active run as a pyfunc model named `name` (see
+    core.serving), with this package as its code; returns its URI. torch is not imported here: a
+    background tracker's process would pay for it.
+
+    Named after the run (MLflow forbids `/:.%"'` in model names: `_` instead), so its model lists say
+    which run each model came from. No input example: MLflow would load and run the model once more
+    at logging time only to re-check what the tests check.
+    """
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.pyfunc import log_model
+    from mlflow.types import Schema, TensorSpec
+
+    from pipeline.core import serving  # numpy and mlflow only: torch waits until a model is loaded
+
+    c, s = meta["in_channels"], meta["image_size"]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),  # untyped on purpose: see core.serving
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["class_names"])))]),
+    )
+    with warnings.catch_warnings(), _without_mismatch_check():
+        warnings.filterwarnings("ignore", message=".*input example was not provided")  # left out on purpose
+        info = log_model(
+            name=re.sub(r"[/:.%\"']", "_", name),
+            python_model=serving.__file__,
+            artifacts={"model": str(model_file)},
+            code_paths=[str(Path(serving.__file__).parents[1])],
+            signature=signature,
+            metadata={
+                "input": f"images (N, {c}, {s}, {s}), pixels as integers 0-255 or floats in [0, 1]",
+                "output": "one row of logits per image, columns in class_names order",
+                "class_names": list(meta["class_names"]),
+                "dataset": meta["dataset"],
+            },
+            pip_requirements=[f"{d}=={version(d)}" for d in ("torch", "mlflow", "numpy", "PyYAML")],
+        )
+    return info.model_uri
+
+
+@contextmanager
+def _without_mismatch_check() -> Iterator[None]:
+    """MLflow's check that this environment satisfies the model's requirements, switched off for a
+    `log_model` whose pins are read from this very environment (it cannot find a mismatch). It maps
+    every installed distribution to its modules first: 1 s of each train run. MLflow has no switch
+    for it, so its module-level function is swapped for the call and put back after."""
+    from mlflow.utils import environment
+
+    check = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check

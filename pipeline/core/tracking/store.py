@@ -1,0 +1,108 @@
+"""Which MLflow store a run goes to, and whether it answers: checked in seconds, before any work.
+
+The store is `MLFLOW_TRACKING_URI` when set, else SQLite at the *project root*: `DVC_ROOT` points
+there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so `dvc repro`,
+`dvc exp run` and queued runs all land in one store.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.core import paths
+from pipeline.core.errors import PipelineError
+
+# Stores MLflow can open; anything else is a typo that MLflow would report with a traceback.
+SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql")
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or the SQLite store at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.project_root() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, unless `uri` is a store MLflow can open and, for a server, an
+    MLflow server that answers its API (a silent port, another web server, missing credentials).
+
+    MLflow's own client retries with backoff for minutes; a pipeline should not train for an hour
+    and then find out it cannot log.
+    """
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in SCHEMES:
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; use http(s)://HOST:PORT of an MLflow server, "
+            "sqlite:///PATH, postgresql+psycopg2://… or unset the variable"
+        )
+    if scheme not in ("http", "https"):
+        return
+    import base64
+    import urllib.error
+    import urllib.request
+
+    base = uri.rstrip("/")
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        # A fresh opener reads the proxy settings now; urlopen's global one keeps the first it saw.
+        opener = urllib.request.build_opener()
+        with opener.open(f"{base}/health", timeout=timeout) as resp:
+            resp.read()
+        with opener.open(request, timeout=timeout) as resp:
+            answer = json.loads(resp.read(1 << 20))
+        if not isinstance(answer, dict):
+            raise ValueError("not a JSON object")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise PipelineError(
+                f"MLFLOW_TRACKING_URI={uri}: the server refused the credentials (HTTP {exc.code}); "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (HTTP {exc.code} from its API)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); start it or unset the variable"
+        ) from None
+    except ValueError:
+        raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (its API does not answer JSON)") from None
+
+
+@contextmanager
+def sqlite_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite store's database for the block (nothing for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    lock = db.with_name(db.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def interrupts_as_keyboard() -> Iterator[None]:
+    """SIGTERM (a kill, a CI timeout) raises KeyboardInterrupt meanwhile, as Ctrl-C does: an open run
+    then ends KILLED, not RUNNING."""
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

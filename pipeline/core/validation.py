@@ -1,0 +1,148 @@
+"""Typed, frozen parameter objects from plain values: the field spec and the one checker.
+
+A parameter is a dataclass field made by `spec`: its default, its constraints and a one-line help
+text. `build` checks a plain mapping (as read from YAML) against such a dataclass, each value once,
+and raises PipelineError naming the dotted key, what it must be and what it got. `describe` says the
+same in words, for messages and the generated parameter reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import re
+import typing
+from dataclasses import field
+from typing import Any
+
+from pipeline.core.errors import PipelineError
+
+
+def spec(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    pattern: tuple[str, str] | None = None,
+) -> Any:
+    """A dataclass field with a default, constraints and the help text used in the README.
+
+    `pattern` is (regular expression a string must match in full, how to say it in a message).
+    """
+    meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le, "pattern": pattern}
+    return field(default=default, metadata=meta)
+
+
+def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: {where} must be a mapping of keys to values, got {_show(raw)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            known = ", ".join(f"{prefix}{n}" for n in names)
+            raise PipelineError(f"{source}: unknown parameter '{prefix}{key}' (known here: {known})")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = build(hints[f.name], raw[f.name], f"{key}.", source)
+        else:
+            values[f.name] = _check(key, hints[f.name], f.metadata, raw[f.name], source)
+    return cls(**values)
+
+
+def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
+    base, optional = _unwrap(hint)
+
+    def bad() -> PipelineError:
+        return PipelineError(f"{source}: {key} must be {describe(hint, meta)}, got {_show(value)}")
+
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, list) or not value:
+            raise bad()
+        try:
+            return tuple(_check(key, typing.get_args(base)[0], meta, item, source) for item in value)
+        except PipelineError:
+            raise bad() from None
+    if value is None:
+        if optional:
+            return None
+        raise bad()
+    if base is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad()
+        value = float(value)
+    elif base is str:
+        if not isinstance(value, str) or not value.strip():
+            raise bad()
+        if meta["choices"] and value not in meta["choices"]:
+            raise bad()
+        if meta["pattern"] and not re.fullmatch(meta["pattern"][0], value):
+            raise bad()
+    for bound, holds in (("gt", operator.gt), ("ge", operator.ge), ("lt", operator.lt), ("le", operator.le)):
+        if meta[bound] is not None and not holds(value, meta[bound]):
+            raise bad()
+    return value
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """(the type, whether null is allowed) of `X` or `X | None`."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, field, type hint) of every parameter of `cls`, nested dataclasses walked, in order."""
+    out: list[tuple[str, Any, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += leaves(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", f, hints[f.name]))
+    return out
+
+
+def describe(hint: Any, meta: Any) -> str:
+    """What a value of this field must be, in words: "an integer >= 1 or null", "one of a, b"."""
+    base, optional = _unwrap(hint)
+    if typing.get_origin(base) is tuple:
+        return "a non-empty list of " + describe(typing.get_args(base)[0], meta).replace("an integer", "integers")
+    if meta["choices"]:
+        text = "one of " + ", ".join(meta["choices"])
+    elif meta["pattern"]:
+        text = meta["pattern"][1]
+    else:
+        text = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[base]
+        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        bounds = [f"{sign} {_number(meta[b])}" for b, sign in signs.items() if meta[b] is not None]
+        if bounds:
+            text += " " + " and ".join(bounds)
+    return text + (" or null" if optional else "")
+
+
+def _number(x: float) -> str:
+    """A bound as a person writes it: 4294967296, not 4.29497e+09; 0.5 as 0.5."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, dict) else "a mapping"
+    return text if len(text) <= 60 else text[:57] + "..."
