@@ -1,44 +1,50 @@
 # Set-up is part of every target: a fresh clone needs only `make repro` or `make test`.
 PYTHON ?= python3.11
 VENV := .venv
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+TEAM := $(VENV)/.installed-team
+DEV := $(VENV)/.installed-dev
 PLOTS_PAGE := .dvc/plots-offline.html
+PIP := $(VENV)/bin/python -m pip install --disable-pip-version-check
 
 # Stage commands in dvc.yaml call plain `python`/`dvc`; put the venv first on PATH for them.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test test-fast repro-check
+.PHONY: setup setup-team setup-dev repro test test-fast repro-check
 
-setup: $(STAMP) $(PLOTS_PAGE)
+# What `dvc repro` and predict need (torch's CUDA build, which also runs on the CPU: about 6.5 GB).
+setup: $(BASE) $(PLOTS_PAGE)
+# The team stack and sweeps on top (PostgreSQL driver, rclone, S3 for DVC, Optuna): docs/team.md.
+setup-team: $(TEAM)
+# Everything the test suite needs (the team layer and the test tools).
+setup-dev: $(DEV) $(PLOTS_PAGE)
 
 # The project itself is installed editable, so `import pipeline` works from anywhere without path tricks.
-# pip lists each package it collects and shows a bar per download; the lines around it say what is happening
-# and for how long.
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	@echo "set-up 1/3: creating $(VENV) with $(PYTHON)"
-	@$(PYTHON) -m venv $(VENV)
-	@echo "set-up 2/3: installing the pinned requirements into $(VENV): about 6.5 GB (torch's CUDA build)," \
-	      "about 4 minutes with pip's cache warm, longer when everything is downloaded"
-	@start=$$(date +%s); \
-	  $(VENV)/bin/python -m pip install --disable-pip-version-check -r requirements-dev.txt \
-	  && $(VENV)/bin/python -m pip install --disable-pip-version-check -qq --no-deps -e . \
-	  && echo "set-up 2/3: done in $$(( $$(date +%s) - start )) s"
+$(BASE): requirements.txt pyproject.toml
+	@echo "set-up: creating $(VENV) with $(PYTHON) and installing requirements.txt (minutes on a first run)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@start=$$(date +%s); $(PIP) -r requirements.txt && $(PIP) -qq --no-deps -e . \
+	  && echo "set-up: requirements.txt installed in $$(( $$(date +%s) - start )) s"
 	@touch $@
+$(TEAM): $(BASE) requirements-team.txt
+	@$(PIP) -r requirements-team.txt && touch $@
+$(DEV): $(TEAM) requirements-dev.txt
+	@$(PIP) -r requirements-dev.txt && touch $@
 
 # Vega bundled into DVC's plots page (from the npm registry, pinned), so `dvc plots show` draws offline.
-$(PLOTS_PAGE): $(STAMP) pipeline_tools/plots_template.py
-	@echo "set-up 3/3: bundling Vega from the npm registry into $(PLOTS_PAGE) (a few seconds)"
+$(PLOTS_PAGE): $(BASE) pipeline_tools/plots_template.py
+	@echo "set-up: bundling Vega from the npm registry into $(PLOTS_PAGE) (a few seconds)"
 	@python -m pipeline plots-template
 
 repro: setup
 	dvc repro
 
-# Everything, as CI runs it (about 17-19 minutes on 2 cores).
-test: setup
+# Everything, as CI runs it.
+test: setup-dev
 	python -m pytest -n 2 --dist loadfile
 
 # Unit and stage-error tests, no end-to-end pipeline runs: for iterating (under 2 minutes).
-test-fast: setup
+test-fast: setup-dev
 	python -m pytest -n 2 --dist loadfile -m "not e2e"
 
 # Does this commit reproduce? Two clean runs of the CI configuration, compared with each other and

@@ -32,13 +32,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core import cpu, datasets, loop, models, normalization, paths, runtime, splits, trainer, tracking
-from pipeline.core.tracking import client
-from pipeline_tools import rerun
+from pipeline.core import (
+    cpu,
+    datasets,
+    loop,
+    models,
+    normalization,
+    paths,
+    runtime,
+    splits,
+    tracking,
+    trainer,
+)
 from pipeline.core.optim import Optimization
 from pipeline.core.params import load_params
 from pipeline.core.repo import clean_env
+from pipeline.core.tracking import client
 from pipeline_tools import preset as preset_file
+from pipeline_tools import rerun
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "presets" / "accurate.yaml"

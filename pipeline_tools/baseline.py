@@ -12,11 +12,11 @@ import subprocess
 from pathlib import Path
 
 import click
-import yaml
 
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import read_yaml
 from pipeline.core.repo import clean_env, git
 
 LOCK = Path("dvc.lock")
@@ -30,7 +30,7 @@ def cached_outputs(lock_text: str) -> dict[str, str]:
     """{output path: md5} of the DVC-cached outputs in a dvc.lock text."""
     wanted = {p.as_posix() for p in IN_CACHE}
     out = {}
-    for stage in (yaml.safe_load(lock_text) or {}).get("stages", {}).values():
+    for stage in (read_yaml(lock_text, "dvc.lock") or {}).get("stages", {}).values():
         for entry in stage.get("outs", []):
             if entry.get("path") in wanted and entry.get("md5"):
                 out[entry["path"]] = entry["md5"]

@@ -59,8 +59,8 @@ def main(last: int, exp_names: tuple[str, ...], experiment_name: str | None, ui_
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from pipeline.core.tracking import store
     from pipeline.core.params import load_params
+    from pipeline.core.tracking import store
 
     experiment_name = experiment_name or load_params().mlflow.experiment_name
     uri = store.tracking_uri()

@@ -3,7 +3,9 @@
 DVC's default page loads vega, vega-lite and vega-embed from a CDN, so without the network four of
 the six plots stay blank without a word. The set-up command (`make setup`) runs this once: it takes
 the three libraries' published builds from the npm registry (`npm pack`, pinned versions) and writes
-`.dvc/plots-offline.html`, which `.dvc/config` names as DVC's `plots.html_template`.
+`.dvc/plots-offline.html`, and names it as DVC's `plots.html_template` in `.dvc/config.local` (this
+clone's own settings): a clone set up without it (`pip install -r requirements.txt`) keeps DVC's
+default page, which draws with the network.
 """
 from __future__ import annotations
 
@@ -70,7 +72,11 @@ def main(out: Path) -> None:
             raise PipelineError(f"npm pack {' '.join(PACKAGES)}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
         tarballs = {package: Path(tmp) / (package.replace("@", "-") + ".tgz") for package in PACKAGES}
         atomic.write_text(out, build(tarballs))
-    click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB: {', '.join(PACKAGES)})")
+    # The path is relative to .dvc/, where DVC looks for templates.
+    proc = subprocess.run(["dvc", "config", "--local", "plots.html_template", out.name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"dvc config --local plots.html_template: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
+    click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB: {', '.join(PACKAGES)}), named in .dvc/config.local")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ import tempfile
 from pathlib import Path
 
 import click
-import yaml
 
 from pipeline.cli import reports_errors
 from pipeline.core import cpu, paths
-from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import merge, parse_params
+from pipeline.core.params import merge, parse_params, read_yaml
 from pipeline.core.repo import git
+from pipeline_tools import rerun
 
 CONFIG = Path("repro/params-ci.yaml")
 REFERENCE = Path("repro/reference.json")
@@ -81,8 +80,8 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
     if git("status", "--porcelain", "--untracked-files=no", cwd=root):
         raise PipelineError("the work tree has uncommitted changes; commit or stash them: only a commit can be checked")
     commit = git("rev-parse", "HEAD", cwd=root)
-    override = yaml.safe_load((root / CONFIG).read_text()) if (root / CONFIG).is_file() else {}
-    base = yaml.safe_load((root / paths.PARAMS).read_text())
+    override = read_yaml((root / CONFIG).read_text(), str(CONFIG)) if (root / CONFIG).is_file() else {}
+    base = read_yaml((root / paths.PARAMS).read_text(), str(paths.PARAMS))
     portable = parse_params(merge(base, override), source=str(CONFIG)).train.portable
     click.echo(f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}")
     tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))

@@ -17,10 +17,10 @@ import click
 
 from pipeline.cli import reports_errors
 from pipeline.core import paths
-from pipeline_tools import rerun
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import flatten, nest, read_yaml, update_yaml
 from pipeline.core.repo import git
+from pipeline_tools import rerun
 
 
 def params_from_run(logged: dict[str, str]) -> dict[str, Any]:
@@ -40,8 +40,8 @@ def main(run_id: str, tolerance: float) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pipeline.core.tracking import store
     from pipeline.core.metrics import mlflow_name
+    from pipeline.core.tracking import store
 
     uri = store.tracking_uri()
     store.check_reachable(uri)

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from helpers import create_project, free_port
-from pipeline.core.repo import clean_env
 
+from pipeline.core.repo import clean_env
 
 # The files that take minutes, longest first (`--durations`, 2 cores, 2026-11-26). Only the order of the
 # run depends on it, never a result: a file missing here just runs after these.

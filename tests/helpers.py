@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.repo import clean_env
 from pipeline.core.params import merge
+from pipeline.core.repo import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = yaml.safe_load((REPO / "params.yaml").read_text())["mlflow"]["experiment_name"]
@@ -55,6 +55,8 @@ def create_project(root: Path, params: dict | None = None) -> Path:
         shutil.copy2(REPO / rel, dest)
     current = yaml.safe_load((REPO / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(merge(current, merge(TINY_PARAMS, params or {})), sort_keys=False))
+    if (root / ".dvc/plots-offline.html").exists():  # what `make setup` names in the clone's own config
+        (root / ".dvc/config.local").write_text("[plots]\n    html_template = plots-offline.html\n")
     run(["git", "init", "-q", "-b", "main"], root)
     run(["git", "config", "user.email", "tests@example.invalid"], root)
     run(["git", "config", "user.name", "tests"], root)

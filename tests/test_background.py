@@ -7,8 +7,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.core import figures
-from pipeline.core.tracking.background import BackgroundTracker
 from pipeline.core.errors import PipelineError
+from pipeline.core.tracking.background import BackgroundTracker
 from pipeline.core.tracking.client import MlflowTracker
 
 

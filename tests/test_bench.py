@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, run
 
 pytestmark = pytest.mark.e2e

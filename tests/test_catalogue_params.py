@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import (
+    assert_one_line_error,
+    assert_unchanged,
+    finished_project,
+    run,
+    snapshot,
+)
 
-from helpers import assert_one_line_error, assert_unchanged, finished_project, run, snapshot
 from pipeline.core.params import merge
 
 pytestmark = pytest.mark.e2e

@@ -21,9 +21,9 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import fit_tiny, model_uri
 from mlflow.tracking import MlflowClient
 
-from helpers import fit_tiny, model_uri
 from pipeline.core import acquisition, datasets, models
 from pipeline.core.acquisition import md5sum
 from pipeline.core.errors import PipelineError

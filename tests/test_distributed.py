@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import assert_one_line_error, create_project, model_uri, run, runs
+
 from pipeline.core import distributed
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import TrainParams, parse_params
+from pipeline.core.params import TrainParams, merge, parse_params
 from pipeline.core.repo import clean_env
-from pipeline.core.params import merge
 
 # Big enough to converge to ~97 % in two short epochs, so one and two processes can be compared on test
 # accuracy; small enough for seconds of training. patience: null keeps both epochs (the resume needs two).

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import DEFAULT_LR, REPO, chromium, create_project, model_uri, run, runs
 
 pytestmark = pytest.mark.e2e
@@ -162,7 +161,6 @@ def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
 def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path, tmp_path: Path) -> None:
     import mlflow
     import numpy as np
-
     from helpers import store
 
     before = len(runs(project))

@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import yaml
-
 from helpers import EXPERIMENT, model_uri, run, runs, snapshot
+
 from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import REPO
+
 from pipeline_tools import dvc_deps
 
 PACKAGES = ("pipeline", "pipeline_tools", "pipeline_team")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import REPO
+
 from pipeline.core import datasets, models, optim, params
 from pipeline.core.errors import PipelineError
 from pipeline.core.validation import leaves

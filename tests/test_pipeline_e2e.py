@@ -8,8 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-
 from helpers import EXPERIMENT, model_uri, run, runs, store
+
 from pipeline.core.params import flatten, parse_params
 from pipeline.core.tracking.provenance import param_value
 

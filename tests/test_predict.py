@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
-
 from helpers import run
+from PIL import Image
 
 pytestmark = pytest.mark.e2e
 

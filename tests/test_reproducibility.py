@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import run
 
 pytestmark = pytest.mark.e2e
@@ -54,8 +53,8 @@ def test_recorded_hashes_are_compared_per_family() -> None:
 
 
 def test_reference_comparison_uses_the_tolerance() -> None:
-    from pipeline_tools.rerun import Outcome
     from pipeline_tools.repro_check import report
+    from pipeline_tools.rerun import Outcome
 
     run1 = Outcome(hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2})
     rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)

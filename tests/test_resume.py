@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run
 from mlflow.tracking import MlflowClient
 
-from helpers import run
 from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e

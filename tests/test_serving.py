@@ -9,8 +9,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from helpers import free_port, run, runs, store
+
 from pipeline.core import models
 from pipeline.core.datasets import get, load_split
 from pipeline.core.repo import clean_env

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import assert_one_line_error, run
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import assert_one_line_error, create_project, run, runs
+
 from pipeline.core.params import cli_value
 
 # Two workers share the machine's two cores: one thread each, or they would fight over both.
@@ -181,9 +181,8 @@ def test_four_trials_two_workers_on_the_team_postgresql(request: pytest.FixtureR
         stack = request.getfixturevalue("team_stack")
     except pytest.FixtureLookupError:
         pytest.skip("needs the team_stack fixture (PostgreSQL + MLflow server) from the team branch")
-    from mlflow.tracking import MlflowClient
-
     from helpers import EXPERIMENT
+    from mlflow.tracking import MlflowClient
 
     root = sweep_project(tmp_path / "project")
     env = dict(stack.env)

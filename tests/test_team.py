@@ -16,8 +16,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import (
+    DEFAULT_LR,
+    EXPERIMENT,
+    REPO,
+    assert_one_line_error,
+    create_project,
+    run,
+)
 
-from helpers import DEFAULT_LR, EXPERIMENT, REPO, assert_one_line_error, create_project, run
 from pipeline_team import stack
 
 pytestmark = pytest.mark.e2e

@@ -7,9 +7,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import DEFAULT_LR, free_port, run
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 

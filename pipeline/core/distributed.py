@@ -84,7 +84,11 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
     finished. A failed worker stops the others at once and becomes one PipelineError line."""
     import logging
 
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
+    from torch.distributed.elastic.multiprocessing import (
+        DefaultLogsSpecs,
+        SignalException,
+        Std,
+    )
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 

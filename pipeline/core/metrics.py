@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 TEST_PREFIX = "test_"
 CLASS_ACCURACY_PREFIX = "test_class_accuracy/"
 CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_recall.csv
@@ -94,56 +93,45 @@ def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
     )
 
 
+def _probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Softmax of the logits in float64 (rows sum to 1, as scikit-learn's multi-class AUC checks)."""
+    return torch.softmax(logits.double(), dim=1).numpy()
+
+
 def _roc_auc(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
-    """One-vs-rest ROC AUC per class, averaged weighted by class size (scikit-learn's multi_class="ovr",
-    average="weighted")."""
+    """One-vs-rest ROC AUC per class, averaged weighted by class size: scikit-learn's roc_auc_score with
+    multi_class="ovr", average="weighted" (0.5 for constant scores). None when a class has no test image."""
+    from sklearn.metrics import roc_auc_score
+
     if len(torch.unique(labels)) < k:
         return None  # one-vs-rest AUC is undefined for a class with no positives
-    probs = torch.softmax(logits.double(), dim=1).numpy()
-    y = labels.numpy()
-    aucs, weights = [], []
-    for c in range(k):
-        fps, tps = _binary_curve(y == c, probs[:, c])
-        fpr, tpr = np.r_[0, fps] / fps[-1], np.r_[0, tps] / tps[-1]
-        aucs.append(float(np.trapz(tpr, fpr)))
-        weights.append(int(tps[-1]))
-    return float(np.average(aucs, weights=weights))
-
-
-def _binary_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positives at each distinct score, highest first: the counts every ROC and
-    precision-recall point is made of (as scikit-learn's _binary_clf_curve; a 2 s import for 20 lines)."""
-    order = np.argsort(score, kind="mergesort")[::-1]
-    score, positive = score[order], positive[order]
-    last_of_each = np.r_[np.nonzero(np.diff(score))[0], len(score) - 1]
-    tps = np.cumsum(positive)[last_of_each]
-    return 1 + last_of_each - tps, tps
+    return float(roc_auc_score(labels.numpy(), _probabilities(logits), multi_class="ovr", average="weighted",
+                               labels=list(range(k))))
 
 
 def curves(
     logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
 ) -> tuple[list[tuple[str, float, float]], list[tuple[str, float, float]]]:
     """One-vs-rest curves per class: ROC points (class, fpr, tpr) and precision-recall points
-    (class, recall, precision), each kept only where the curve turns (a few hundred, not one per image).
-    A class without positives or without negatives among the labels has no curve. The points are
-    scikit-learn's roc_curve and precision_recall_curve with drop_intermediate=True."""
-    probs = torch.softmax(logits.double(), dim=1).numpy()
+    (class, recall, precision), from scikit-learn's roc_curve and precision_recall_curve (both
+    drop_intermediate=True: only where a curve turns), thinned to CURVE_POINTS. Ties and constant scores
+    give the curves scikit-learn defines for them; a class without positives or without negatives among
+    the labels has no curve."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    probs = _probabilities(logits)
+    y = labels.numpy()
     roc: list[tuple[str, float, float]] = []
     pr: list[tuple[str, float, float]] = []
     for c, name in enumerate(class_names):
-        positive = labels.numpy() == c
+        positive = y == c
         if positive.all() or not positive.any():
             continue
-        fps, tps = _binary_curve(positive, probs[:, c])
-        turns = np.nonzero(np.r_[True, np.diff(fps, 2) != 0, True] | np.r_[True, np.diff(tps, 2) != 0, True])[0]
-        f, t = np.r_[0, fps[turns]], np.r_[0, tps[turns]]
-        roc += [(name, float(x), float(y)) for x, y in _thin(f / f[-1], t / t[-1])]
-        turns = np.nonzero(np.r_[True, np.diff(tps[:-1]) != 0, True] | np.r_[True, np.diff(tps[1:]) != 0, True])[0] \
-            if len(tps) > 2 else np.arange(len(tps))
-        f, t = fps[turns], tps[turns]
-        precision = np.divide(t, t + f, out=np.zeros(len(t)), where=(t + f) != 0)
-        recall = t / t[-1]
-        pr += [(name, float(r), float(p)) for r, p in _thin(np.r_[0, recall], np.r_[1, precision])]
+        fpr, tpr, _ = roc_curve(positive, probs[:, c], drop_intermediate=True)
+        roc += [(name, x, t) for x, t in _thin(fpr, tpr)]
+        precision, recall, _ = precision_recall_curve(positive, probs[:, c], drop_intermediate=True)
+        # scikit-learn lists precision-recall from high recall to low; charts and CSV go left to right.
+        pr += [(name, r, p) for r, p in _thin(recall[::-1], precision[::-1])]
     return roc, pr
 
 

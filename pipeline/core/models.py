@@ -94,7 +94,6 @@ def resnet(in_channels: int, image_size: int, num_classes: int, opt: ModelOption
 def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
     """torchvision's ResNet-18 with a 3×3 stride-1 stem and no max-pool, so 28/32 px inputs keep detail."""
     from torch import nn
-
     from torchvision.models import ResNet18_Weights
     from torchvision.models import resnet18 as tv_resnet18
 

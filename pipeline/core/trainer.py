@@ -14,8 +14,20 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from pipeline.core import (atomic, checkpoints, cpu, datasets, distributed, figures, loop, models, normalization, paths,
-                           runtime, splits)
+from pipeline.core import (
+    atomic,
+    checkpoints,
+    cpu,
+    datasets,
+    distributed,
+    figures,
+    loop,
+    models,
+    normalization,
+    paths,
+    runtime,
+    splits,
+)
 from pipeline.core.distributed import World
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization

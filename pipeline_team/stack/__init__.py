@@ -19,7 +19,14 @@ from pathlib import Path
 
 from pipeline.core.errors import PipelineError
 from pipeline_team.stack import postgres, servers
-from pipeline_team.stack.config import COMPONENTS, MLFLOW_ADMIN, PIDS_FILE, Stack, load, write_private
+from pipeline_team.stack.config import (
+    COMPONENTS,
+    MLFLOW_ADMIN,
+    PIDS_FILE,
+    Stack,
+    load,
+    write_private,
+)
 from pipeline_team.stack.processes import Record, listener
 
 

@@ -8,7 +8,13 @@ import subprocess
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError, first_line
-from pipeline_team.stack.config import DATABASES, PG_USER, WAIT_SECONDS, Stack, write_private
+from pipeline_team.stack.config import (
+    DATABASES,
+    PG_USER,
+    WAIT_SECONDS,
+    Stack,
+    write_private,
+)
 
 PG_BIN_DEFAULT = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15 package
 

@@ -13,7 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
-from pipeline_team.stack.config import BUCKETS, MLFLOW_ADMIN, WAIT_SECONDS, Stack, write_private
+from pipeline_team.stack.config import (
+    BUCKETS,
+    MLFLOW_ADMIN,
+    WAIT_SECONDS,
+    Stack,
+    write_private,
+)
 
 
 def _tool(name: str) -> str:

@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
 from pipeline.cli import reports_errors
 from pipeline.core import paths
-from pipeline_team.sweep import worker as sweep
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params, parse_params, read_yaml
 from pipeline.core.repo import clean_env, git
+from pipeline_team.sweep import worker as sweep
 
 
 @click.command()
@@ -77,10 +76,7 @@ def main(storage: str | None, study_name: str, trials: int, space_file: Path, wo
 def committed_params() -> Params:
     """The parameters of HEAD's params.yaml: what every trial starts from (a worker clones HEAD)."""
     text = git("show", f"HEAD:{paths.PARAMS.as_posix()}")
-    try:
-        return parse_params(read_yaml(text, f"{paths.PARAMS} at HEAD"), source=f"{paths.PARAMS} at HEAD")
-    except yaml.YAMLError:
-        raise PipelineError(f"{paths.PARAMS} at HEAD: not valid YAML") from None
+    return parse_params(read_yaml(text, f"{paths.PARAMS} at HEAD"), source=f"{paths.PARAMS} at HEAD")
 
 
 def warn_uncommitted() -> None:

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.core import paths, trial
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params, cli_value, flatten, read_yaml, with_values
@@ -104,9 +102,6 @@ def load_space(path: Path, base: Params) -> SearchSpace:
         raise PipelineError(f"{where}: search-space file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{where}: cannot read ({first_line(exc)})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise PipelineError(f"{where}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
     if not isinstance(raw, dict) or set(raw) - {"params", "pruner"}:
         raise PipelineError(f"{where}: must be a mapping with the keys params and (optionally) pruner")
     entries = raw.get("params")

@@ -15,7 +15,12 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import origin_tags, param_value
-from pipeline.core.tracking.store import check_reachable, interrupts_as_keyboard, sqlite_lock, tracking_uri
+from pipeline.core.tracking.store import (
+    check_reachable,
+    interrupts_as_keyboard,
+    sqlite_lock,
+    tracking_uri,
+)
 
 # MLflow 3 opens an experiment on its GenAI view (traces, prompts) unless told it holds training runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

@@ -25,7 +25,9 @@ def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
     from mlflow.pyfunc import log_model
     from mlflow.types import Schema, TensorSpec
 
-    from pipeline.core import serving  # numpy and mlflow only: torch waits until a model is loaded
+    from pipeline.core import (
+        serving,  # numpy and mlflow only: torch waits until a model is loaded
+    )
 
     c, s = meta["in_channels"], meta["image_size"]
     signature = ModelSignature(
