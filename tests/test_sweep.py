@@ -108,7 +108,7 @@ def test_small_floats_from_dvc_set_param_stay_numbers(tmp_path: Path) -> None:
 def test_search_space_is_checked_against_the_parameters(tmp_path: Path) -> None:
     from pipeline.core.errors import PipelineError
     from pipeline.core.params import Params
-    from pipeline_team.sweep.worker import load_space
+    from pipeline_team.sweep.space import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text("params:\n  train.lr: {low: 1e-5, high: 0.1, log: true}\n  train.epochs: {low: 1, high: 4}\n"

@@ -59,8 +59,9 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON atomically; keys keep their insertion order."""
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Write `obj` as indented, strict JSON atomically; keys keep their insertion order. Raises ValueError
+    for NaN or infinity, which strict JSON readers refuse (the caller must have stopped before)."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -15,61 +15,72 @@ from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
 
 
-def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
-    """Evaluate models/model.pt on the test split; returns the report and the tracker's run id.
-
-    With train.portable the kernels and thread count are those of training, so the metrics are as
-    portable as the model.
-    """
+def test_logits(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict]:
+    """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model metadata) of
+    models/model.pt; PipelineError when the model's outputs are not finite or evaluate.top_k does not fit."""
     if params.train.portable and not cpu.pinned():
         cpu.pin()  # raises when torch is already loaded without the pins
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)
-    if params.evaluate.top_k > len(meta["class_names"]):
+    names = list(meta["class_names"])
+    if params.evaluate.top_k > len(names):
+        raise PipelineError(f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(names)} classes of the model")
+    images, labels = datasets.load_split(datasets.get(meta["dataset"]), paths.RAW, train=False)
+    logits = models.logits(model, images)  # what the exported MLflow model computes
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):
         raise PipelineError(
-            f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(meta['class_names'])} classes of the model"
+            f"{paths.MODEL}: the model's outputs are NaN or infinite for {int((~finite).sum())} of {len(logits)} test "
+            "images (its weights are not finite); retrain it with a lower train.lr (dvc repro -f train)"
         )
-    spec = datasets.get(meta["dataset"])
-    images, labels = datasets.load_split(spec, paths.RAW, train=False)
+    return images, labels, logits, names, meta
+
+
+def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
+    """Evaluate models/model.pt on the test split; returns the report and the tracker's run id.
+
+    With train.portable the kernels and thread count are those of training, so the metrics are as
+    portable as the model. Raises PipelineError for a missing or unusable model, data or run file.
+    """
+    images, labels, logits, names, _ = test_logits(params)
     run_info = read_run_file(paths.RUN_FILE)
-    names = meta["class_names"]
-    # What the exported MLflow model computes (models.logits); before the run is reopened, so
-    # that a background tracker opens the store meanwhile.
-    logits = models.logits(model, images)
     rep = report(logits, labels, names, params.evaluate.top_k)
-    predicted = logits.argmax(1)
     roc, pr = curves(logits, labels, names)
+    # Computed before the run is reopened, so that a background tracker opens the store meanwhile.
     with tracker.evaluate_run(run_info, flatten(params.evaluate, "evaluate.")) as run_id:
         # The figures first: a background tracker draws them (its longest task) while the files are written.
-        tracker.log_figure("confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), list(names))
+        tracker.log_figure("confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), names)
         tracker.log_figure("roc_precision_recall.png", figures.curves, roc, pr)
         # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per stage).
-        tracker.set_tags(dvc_lock_tags())
+        tracker.set_tags({**dvc_lock_tags(), "model.at_chance_level": str(rep.at_chance_level).lower()})
         tracker.log_metrics(rep.mlflow_metrics())
         tracker.log_table(
             {"class": names, "images": rep.confusion.sum(1).tolist(), "accuracy": list(rep.per_class_accuracy.values())},
             "per_class_accuracy.json",
         )
-        atomic.write_json(paths.EVAL_METRICS, rep.metrics())
-        atomic.write_csv(
-            paths.CONFUSION_PLOT, ["actual", "predicted"],
-            ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())),
-        )
-        atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
-        atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
-        atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)
-        tracker.log_file(paths.ROC_PLOT)
-        tracker.log_file(paths.PRECISION_RECALL_PLOT)
-        # The first test images plus the first mistakes, so the grid always shows some errors.
-        wrong = (predicted != labels).nonzero().flatten()[:16]
-        shown = torch.cat([torch.arange(min(16, len(labels))), wrong])
-        grid = figures.image_grid(
-            images[shown],
-            [f"{names[int(predicted[i])]}/{names[int(labels[i])]}" for i in shown],
-            [bool(predicted[i] != labels[i]) for i in shown],
-            legend="caption: predicted/true class; red = mistake",
-        )
-        atomic.write_bytes(paths.TEST_SAMPLES_PLOT, grid)
-        tracker.log_file(paths.TEST_SAMPLES_PLOT)
+        write_outputs(rep, images, labels, logits.argmax(1), names, roc, pr)
+        for path in (paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT, paths.TEST_SAMPLES_PLOT):
+            tracker.log_file(path)
     return rep, run_id
+
+
+def write_outputs(rep: Report, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, names: list[str],
+                  roc: list[tuple[str, float, float]], pr: list[tuple[str, float, float]]) -> None:
+    """metrics/eval.json and the evaluate stage's plots, each replaced atomically."""
+    atomic.write_json(paths.EVAL_METRICS, rep.metrics())
+    atomic.write_csv(paths.CONFUSION_PLOT, ["actual", "predicted"],
+                     ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())))
+    atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
+    atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
+    atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)
+    # The first test images plus the first mistakes, so the grid always shows some errors.
+    wrong = (predicted != labels).nonzero().flatten()[:16]
+    shown = torch.cat([torch.arange(min(16, len(labels))), wrong])
+    grid = figures.image_grid(
+        images[shown],
+        [f"{names[int(predicted[i])]}/{names[int(labels[i])]}" for i in shown],
+        [bool(predicted[i] != labels[i]) for i in shown],
+        legend="caption: predicted/true class; red = mistake",
+    )
+    atomic.write_bytes(paths.TEST_SAMPLES_PLOT, grid)

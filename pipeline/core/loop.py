@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.core import models
+from pipeline.core import augment, models
+from pipeline.core.errors import PipelineError
 from pipeline.core.optim import Optimization
 from pipeline.core.params import TrainParams
 from pipeline.core.runtime import Runtime
@@ -116,19 +117,15 @@ def batches(
         yield images[idx], labels[idx]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with 4 px zero padding and random horizontal flip, per image, on a uint8 batch."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)  # n×h
-    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)  # n×w
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    idx_n = torch.arange(n, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n×h×w×c
-    return out.permute(0, 3, 1, 2).contiguous()
+CHECK_EVERY = 50  # steps between looks at whether the loss is still finite (a look syncs the device)
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite (`step` counts from 1 within the epoch; `lr` was its rate)."""
+
+    def __init__(self, step: int, steps: int, lr: float) -> None:
+        super().__init__(f"step {step} of {steps}")
+        self.step, self.steps, self.lr = step, steps, lr
 
 
 def train_one_epoch(
@@ -142,11 +139,14 @@ def train_one_epoch(
     """One pass over the batches; returns (mean loss, accuracy). `progress` is an optional tqdm bar.
 
     With a `world`, `model` is the DDP wrapper and each rank trains on its part of every (global) batch;
-    the returned numbers are over all ranks.
+    the returned numbers are over all ranks. Raises Diverged once the loss is not finite (looked at every
+    CHECK_EVERY steps and at the end, so the device is not synced per batch).
     """
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=rt.device)  # first step with a non-finite loss
+    rates: list[float] = []
     seen = 0
     for x, y in batch_iter:
         scale = 1.0
@@ -164,16 +164,22 @@ def train_one_epoch(
         (loss if world is None else loss * scale).backward()
         if opt.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+        rates.append(opt.optimizer.param_groups[0]["lr"])
         opt.optimizer.step()
         opt.after_batch()
         # Accumulate on the device: no host sync per batch.
         total_loss += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), len(rates), first_bad)
         seen += len(y)
+        if len(rates) % CHECK_EVERY == 0 and int(first_bad) > 0:
+            raise Diverged(int(first_bad), len(rates), rates[int(first_bad) - 1])
         if progress is not None:
             progress.update(1)
             if progress.n % 20 == 0:  # reading the totals syncs the device; not every batch
                 progress.set_postfix(loss=f"{float(total_loss) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
+    if int(first_bad) > 0:
+        raise Diverged(int(first_bad), len(rates), rates[int(first_bad) - 1])
     if world is not None:
         totals = world.sum(torch.stack([total_loss, correct.double(), torch.tensor(float(seen), device=rt.device,
                                                                                    dtype=torch.float64)]))
@@ -189,7 +195,9 @@ def validate(model: nn.Module, data: TrainData, rt: Runtime, world: World | None
         labels = data.val_labels.cpu()
         # Plain cross-entropy, not train.loss: with label smoothing the training loss is not a likelihood,
         # and one scale lets runs with different losses be compared (nll on log-softmax is the same maths).
-        return float(F.cross_entropy(val_logits, labels)), int((val_logits.argmax(1) == labels).sum()) / len(labels)
+        # In float64: a diverged model's huge but finite logits would overflow float32 to an infinite loss.
+        loss = F.cross_entropy(val_logits.double(), labels)
+        return float(loss), int((val_logits.argmax(1) == labels).sum()) / len(labels)
     world.sync_buffers(model)
     part_logits = models.logits(model, world.part(data.val_images), rt.device, rt.autocast_dtype,
                                 rt.channels_last).double()
@@ -197,6 +205,38 @@ def validate(model: nn.Module, data: TrainData, rt: Runtime, world: World | None
     totals = world.sum(torch.stack([F.cross_entropy(part_logits, part_labels, reduction="sum"),
                                     (part_logits.argmax(1) == part_labels).sum().double()]))
     return float(totals[0]) / len(data.val_labels), float(totals[1]) / len(data.val_labels)
+
+
+def _restore(state: TrainState, model: nn.Module, opt: Optimization) -> torch.Generator:
+    """Put a (resumed) state's weights, optimizer, schedule and RNGs in place; returns its shuffling generator."""
+    generator = torch.Generator()
+    generator.set_state(state.generator)
+    if state.model is not None:
+        model.load_state_dict(state.model)
+        opt.optimizer.load_state_dict(state.optimizer)
+        if opt.scheduler is not None:
+            opt.scheduler.load_state_dict(state.scheduler)
+    if state.torch_rng is not None:
+        torch.set_rng_state(state.torch_rng)
+    return generator
+
+
+def _advance(state: TrainState, result: EpochResult, model: nn.Module, opt: Optimization, generator: torch.Generator,
+             cfg: TrainParams) -> TrainState:
+    """The state after the epoch `result` describes (a copy of the weights kept when it is the best so far)."""
+    better = state.best_state is None or result.val_accuracy > state.best_acc + cfg.min_delta
+    return replace(
+        state,
+        generator=generator.get_state(),
+        torch_rng=torch.get_rng_state(),
+        epoch=result.epoch,
+        model=model.state_dict(),
+        optimizer=opt.optimizer.state_dict(),
+        scheduler=opt.scheduler.state_dict() if opt.scheduler is not None else None,
+        history=(*state.history, result),
+        **({"best_acc": result.val_accuracy, "best_epoch": result.epoch,
+            "best_state": {k: v.detach().clone() for k, v in model.state_dict().items()}} if better else {}),
+    )
 
 
 def fit(
@@ -214,16 +254,9 @@ def fit(
     returns True (a sweep's pruner stopping a trial); the model ends with its best weights. Resuming a
     state an interrupted run handed to `on_epoch` ends with exactly the weights of an uninterrupted run.
     With a `world` (several processes), every rank calls this with the same state and data: they draw
-    the same global batches and each trains on its part of them (and `on_epoch` returns the same on all)."""
-    generator = torch.Generator()
-    generator.set_state(state.generator)
-    if state.model is not None:
-        model.load_state_dict(state.model)
-        opt.optimizer.load_state_dict(state.optimizer)
-        if opt.scheduler is not None:
-            opt.scheduler.load_state_dict(state.scheduler)
-    if state.torch_rng is not None:
-        torch.set_rng_state(state.torch_rng)
+    the same global batches and each trains on its part of them (and `on_epoch` returns the same on all).
+    Raises PipelineError when the training loss becomes NaN or infinite."""
+    generator = _restore(state, model, opt)
     steps = data.batches_per_epoch(cfg.batch_size)
     trained = model if world is None else world.data_parallel(model, rt.device)
     while not state.finished(cfg):
@@ -234,25 +267,20 @@ def fit(
             world.reseed(generator)
         batch_iter = batches(data.images, data.labels, shuffled, cfg.batch_size, drop_last=True)
         if data.augment:
-            batch_iter = ((augment(x, generator), y) for x, y in batch_iter)
+            batch_iter = ((augment.batch(x, generator), y) for x, y in batch_iter)
         with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress) as bar:
-            train_loss, train_acc = train_one_epoch(trained, batch_iter, opt, rt, bar if progress else None, world)
+            try:
+                train_loss, train_acc = train_one_epoch(trained, batch_iter, opt, rt, bar if progress else None, world)
+            except Diverged as exc:
+                raise PipelineError(
+                    f"train: the training loss became NaN or infinite at epoch {epoch}, step {exc.step} "
+                    f"(learning rate {exc.lr:.3g}): training diverged; lower train.lr (e.g. {exc.lr / 10:.3g}), "
+                    "set train.grad_clip (e.g. 1.0), or use train.scheduler onecycle"
+                ) from None
         opt.after_epoch()
         val_loss, val_acc = validate(model, data, rt, world)
         result = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start)
-        better = state.best_state is None or val_acc > state.best_acc + cfg.min_delta
-        state = replace(
-            state,
-            generator=generator.get_state(),
-            torch_rng=torch.get_rng_state(),
-            epoch=epoch,
-            model=model.state_dict(),
-            optimizer=opt.optimizer.state_dict(),
-            scheduler=opt.scheduler.state_dict() if opt.scheduler is not None else None,
-            history=(*state.history, result),
-            **({"best_acc": val_acc, "best_epoch": epoch,
-                "best_state": {k: v.detach().clone() for k, v in model.state_dict().items()}} if better else {}),
-        )
+        state = _advance(state, result, model, opt, generator, cfg)
         if on_epoch(result, state):
             break
     assert state.best_state is not None

@@ -39,6 +39,14 @@ class Report:
     per_class_accuracy: dict[str, float]  # class name → recall of that class
     confusion: torch.Tensor  # [actual, predicted] counts
 
+    @property
+    def at_chance_level(self) -> bool:
+        """No better than guessing: accuracy within a point of always answering the most frequent class (or
+        of 1/classes), as a diverged model or one collapsed to a single output scores."""
+        counts = self.confusion.sum(1)
+        baseline = max(float(counts.max()) / max(int(counts.sum()), 1), 1 / len(counts))
+        return self.accuracy <= baseline + 0.01
+
     def scalars(self) -> dict[str, float]:
         """The scalar metrics under their file/MLflow names (without per-class values)."""
         out = {
@@ -81,7 +89,7 @@ def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
     in_top_k = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(1)
     return Report(
         accuracy=float(true_pos.sum() / len(labels)),
-        loss=float(F.cross_entropy(logits.float(), labels)),
+        loss=float(F.cross_entropy(logits.double(), labels)),  # float64: huge finite logits stay finite
         macro_f1=float(f1.mean()),
         macro_precision=float(precision.mean()),
         macro_recall=float(recall.mean()),

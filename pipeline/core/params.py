@@ -171,6 +171,21 @@ def update_yaml(path: Path, override: dict[str, Any]) -> None:
         yaml.dump(doc, fh)
 
 
+def dump_yaml(params: Params) -> str:
+    """The parameters as the text of a params.yaml file (every key; read back by read_yaml to equal values)."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()}
+    yaml = YAML(typ="safe")
+    yaml.default_flow_style = None  # lists of numbers on one line, as params.yaml writes them
+    yaml.sort_base_mapping_type_on_output = False  # params.yaml's order
+    out = io.StringIO()
+    yaml.dump(nest(plain), out)
+    return out.getvalue()
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate a params file; raise PipelineError naming the file or the bad key."""
     path = Path(path)

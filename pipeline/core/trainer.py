@@ -31,9 +31,9 @@ from pipeline.core import (
 from pipeline.core.distributed import World
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
-from pipeline.core.params import Params, flatten
+from pipeline.core.params import Params, dump_yaml, flatten
 from pipeline.core.tracking import Tracker
-from pipeline.core.tracking.provenance import package_versions, write_run_file
+from pipeline.core.tracking.provenance import PARAMS_ARTIFACT, package_versions, write_run_file
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,7 @@ class Run:
         tracker.set_tags({"dataset": inputs.spec.name, "dataset.digest": digest,
                           **({"world_size": str(world.size)} if world is not None else {}), **(tags or {})})
         tracker.log_text(package_versions(), "environment/pip-freeze.txt")
+        tracker.log_text(dump_yaml(self.params), PARAMS_ARTIFACT)  # every value whole, however long
 
     def after_epoch(self, r: EpochResult, state: TrainState) -> bool:
         """Checkpoint, record and print the epoch; True when the run is pruned (the same on every rank)."""

@@ -39,6 +39,9 @@ def main(params_file: Path) -> None:
     finally:
         tracker.close()
     click.echo(per_class_table(rep))
+    if rep.at_chance_level:
+        click.echo(f"warning: the model is at chance level (test accuracy {rep.accuracy:.4f}): it learned nothing "
+                   "usable; look at its training curves and try a lower train.lr", err=True)
     click.echo(f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}")
 
 

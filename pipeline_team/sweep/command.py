@@ -18,17 +18,19 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params, parse_params, read_yaml
 from pipeline.core.repo import clean_env, git
-from pipeline_team.sweep import worker as sweep
+from pipeline_team.sweep import space as search_space
+from pipeline_team.sweep import study as studies
+from pipeline_team.sweep import worker
 
 
 @click.command()
-@click.option("--storage", envvar=sweep.STORAGE_ENV, default=None,
-              help=f"Optuna RDB storage URL shared by all workers (env {sweep.STORAGE_ENV}; default: SQLite "
-                   f"{sweep.DEFAULT_STORAGE_FILE} at the project root).")
+@click.option("--storage", envvar=studies.STORAGE_ENV, default=None,
+              help=f"Optuna RDB storage URL shared by all workers (env {studies.STORAGE_ENV}; default: SQLite "
+                   f"{studies.DEFAULT_STORAGE_FILE} at the project root).")
 @click.option("--study", "study_name", default="sweep", show_default=True,
               help="Study name; workers with the same storage and name share it. Experiments are named <study>-<trial>.")
 @click.option("--trials", type=click.IntRange(min=1), default=10, show_default=True, help="Trials to run, per worker.")
-@click.option("--space", "space_file", type=click.Path(path_type=Path), default=sweep.DEFAULT_SPACE, show_default=True,
+@click.option("--space", "space_file", type=click.Path(path_type=Path), default=search_space.DEFAULT_SPACE, show_default=True,
               help="Search-space file: dotted params.yaml keys with a range or choices, and the pruner.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to start on this machine (each runs --trials trials).")
@@ -42,13 +44,13 @@ def main(storage: str | None, study_name: str, trials: int, space_file: Path, wo
     study's pruner may stop it after any epoch. Prints the best trial at the end."""
     # Stopped by `--workers`' parent or a scheduler: end the running trial as FAIL and remove the clone.
     signal.signal(signal.SIGTERM, _interrupt)
-    sweep.check_study_name(study_name)
+    studies.check_study_name(study_name)
     space_file = space_file.resolve()  # before moving to the project root
     root = paths.project_root()
     os.chdir(root)
     base = committed_params()
-    space = sweep.load_space(space_file, base)
-    url = sweep.storage_url(storage, root)
+    space = search_space.load_space(space_file, base)
+    url = studies.storage_url(storage, root)
     if worker_label is None:
         warn_uncommitted()
     from pipeline.core.tracking import client, store
@@ -61,15 +63,15 @@ def main(storage: str | None, study_name: str, trials: int, space_file: Path, wo
     # Trials log where this command would; the caller's MLflow credentials come along, DVC_* do not.
     mlflow_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     trial_env = clean_env(**{**mlflow_env, "MLFLOW_TRACKING_URI": mlflow_uri})
-    study = sweep.open_study(url, study_name, space)
+    study = studies.open_study(url, study_name, space)
     if workers == 1:
         echo = (lambda line: click.echo(f"[{worker_label}] {line}")) if worker_label else click.echo
         # The clone is named by process, not by label: two sweeps with --workers may share a project.
-        sweep.run_worker(root, url, study_name, space, base, trials, f"{study_name}-{os.getpid()}", trial_env, echo)
+        worker.run_worker(root, url, study_name, space, base, trials, f"{study_name}-{os.getpid()}", trial_env, echo)
     else:
         start_workers(url, study_name, trials, space_file, workers)
     if not no_summary:
-        for line in sweep.summary(study):
+        for line in studies.summary(study):
             click.echo(line)
 
 
@@ -94,7 +96,7 @@ def start_workers(url: str, study_name: str, trials: int, space_file: Path, work
     # The storage URL (with its password) goes by the environment: a command line is visible to `ps`.
     cmd = [sys.executable, "-m", "pipeline", "sweep", "--study", study_name,
            "--trials", str(trials), "--space", str(space_file), "--no-summary"]
-    env = {**os.environ, sweep.STORAGE_ENV: url}
+    env = {**os.environ, studies.STORAGE_ENV: url}
     procs = [subprocess.Popen([*cmd, "--worker-label", f"w{k}"], env=env) for k in range(1, workers + 1)]
     try:
         codes = [p.wait() for p in procs]

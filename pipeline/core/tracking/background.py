@@ -30,11 +30,8 @@ from typing import Any, BinaryIO
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.client import MlflowTracker
-from pipeline.core.tracking.store import (
-    check_reachable,
-    interrupts_as_keyboard,
-    tracking_uri,
-)
+from pipeline.core import paths
+from pipeline.core.tracking.store import check_environment, check_reachable, interrupts_as_keyboard, tracking_uri
 
 # A waiting command's answer is ("ok", value) or (kind, message) of the first error since the last answer.
 _ERRORS = {"pipeline": PipelineError, "interrupt": KeyboardInterrupt}
@@ -46,6 +43,7 @@ class BackgroundTracker(Tracker):
     def __init__(self, uri: str | None = None, prepare: tuple[str, ...] = ()) -> None:
         """Start the tracking process; it imports mlflow, opens the store, then imports the modules
         named in `prepare` (what its later calls need, e.g. matplotlib.pyplot to draw figures)."""
+        check_environment()
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)  # here, in seconds, before the stage starts its work
         package_parent = str(Path(__file__).resolve().parents[2])
@@ -55,9 +53,12 @@ class BackgroundTracker(Tracker):
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         env.setdefault("MPLBACKEND", "Agg")  # figures are drawn to files, also when matplotlib is prepared
         # A session of its own: a Ctrl-C meant for the stage reaches the stage, which ends the run KILLED.
-        # "" = the default store, which the child works out as MlflowTracker() does (artifacts pinned at the root).
+        # "" = the default store, which the child works out as MlflowTracker() does. It works at the project
+        # root: a SQLite store it creates gets its default artifact folder (experiment 0's, `./mlruns`) there,
+        # not in the copy under .dvc/tmp/exps/ where DVC runs a queued experiment. Paths it gets are absolute.
         self._child = subprocess.Popen([sys.executable, "-m", "pipeline.core.tracking.background", uri or "", *prepare],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True,
+                                       cwd=paths.project_root())
         # Commands are written by a thread: a large one (a figure's points) must not make the stage wait
         # for the child to read the pipe while it is busy with earlier work.
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
@@ -138,13 +139,13 @@ class BackgroundTracker(Tracker):
         self._call("set_tags", dict(tags))
 
     def log_dataset(self, name: str, digest: str, source: Path, rows: Mapping[str, int]) -> None:
-        self._call("log_dataset", name, digest, source, dict(rows))
+        self._call("log_dataset", name, digest, Path(source).resolve(), dict(rows))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call("log_text", text, artifact_file)
 
     def log_file(self, path: Path) -> None:
-        self._call("log_file", path)
+        self._call("log_file", Path(path).resolve())
 
     def log_figure(self, artifact_file: str, draw: Any, *args: Any) -> None:
         self._call("log_figure", artifact_file, draw, *args)
@@ -153,7 +154,7 @@ class BackgroundTracker(Tracker):
         self._call("log_table", dict(columns), artifact_file)
 
     def log_model(self, model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
-        return str(self._call("log_model", model_file, name, dict(meta), wait=True))
+        return str(self._call("log_model", Path(model_file).resolve(), name, dict(meta), wait=True))
 
     def register(self, model_uri: str, name: str, alias: str) -> str:
         return str(self._call("register", model_uri, name, alias, wait=True))

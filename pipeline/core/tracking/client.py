@@ -15,12 +15,8 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import origin_tags, param_value
-from pipeline.core.tracking.store import (
-    check_reachable,
-    interrupts_as_keyboard,
-    sqlite_lock,
-    tracking_uri,
-)
+from pipeline.core.tracking.store import (CLIENT_DEFAULTS, check_environment, check_reachable, interrupts_as_keyboard,
+                                          sqlite_lock, tracking_uri)
 
 # MLflow 3 opens an experiment on its GenAI view (traces, prompts) unless told it holds training runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -55,6 +51,7 @@ class MlflowTracker(Tracker):
     def __init__(self, uri: str | None = None) -> None:
         # Decided before set_tracking_uri, which also exports MLFLOW_TRACKING_URI to this process: a
         # queued experiment that creates the experiment must still pin its artifacts at the real root.
+        check_environment()
         self.uri = uri or tracking_uri()
         self._default_store = uri is None and "MLFLOW_TRACKING_URI" not in os.environ
         check_reachable(self.uri)  # before any work, not after an hour of training
@@ -64,6 +61,8 @@ class MlflowTracker(Tracker):
         """mlflow, imported on first use and pointed at this store."""
         # Its progress bars for copying a 100 KB model are noise in a stage's log (and in CI's).
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for name, value in CLIENT_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
@@ -99,6 +98,7 @@ class MlflowTracker(Tracker):
             raise PipelineError(
                 f"mlflow.experiment_name: experiment {name!r} is deleted in {self.uri}; restore it or choose another name"
             )
+        check_artifact_location(name, exp.artifact_location)
         for key, value in EXPERIMENT_KIND.items():
             if key not in exp.tags:  # created by an older version of this pipeline, or by hand
                 MlflowClient(self.uri).set_experiment_tag(exp.experiment_id, key, value)
@@ -263,6 +263,25 @@ class MlflowTracker(Tracker):
         version = self._connect().register_model(model_uri, name)
         MlflowClient(self.uri).set_registered_model_alias(name, alias, version.version)
         return str(version.version)
+
+
+def check_artifact_location(name: str, location: str) -> None:
+    """Refuse an experiment whose artifacts would land inside DVC's own folder (.dvc/tmp/exps/… is where a
+    queued or --temp experiment runs, and DVC deletes it): its models and figures would be lost. MLflow
+    cannot move an experiment's artifact location, so another experiment name is the way out."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return  # a server's or a bucket's: not in this folder
+    folder = Path(url2pathname(parsed.path)).resolve()
+    dvc_dir = (paths.project_root() / ".dvc").resolve()
+    if folder.is_relative_to(dvc_dir):
+        raise PipelineError(
+            f"mlflow.experiment_name: experiment {name!r} keeps its artifacts in {folder}, inside DVC's temporary "
+            "folder, which DVC deletes; choose another mlflow.experiment_name (dvc exp run -S mlflow.experiment_name=…)"
+        )
 
 
 def _last_system_sample(run_id: str) -> None:

@@ -13,6 +13,10 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.repo import git
 
 RUN_FILE_VERSION = 1
+# MLflow stores at most this many characters of a parameter value (and cuts longer ones with a warning).
+PARAM_VALUE_LIMIT = 6000
+TRUNCATED = " …[cut]"
+PARAMS_ARTIFACT = "params.yaml"  # every run's parameters, whole, as a file: what `reproduce` reads first
 
 
 def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
@@ -56,10 +60,15 @@ def changed_params(committed_yaml: str, params: Mapping[str, Any]) -> dict[str, 
 
 
 def param_value(value: Any) -> str:
-    """A parameter as MLflow should show it: YAML spelling for null and booleans."""
-    if value is None or isinstance(value, (bool, tuple)):
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
-    return str(value)
+    """A parameter as MLflow should show it: YAML spelling for null, booleans and lists. A value longer than
+    MLflow stores is cut with a note saying so (MLflow would cut it silently): the run's `params.yaml`
+    artifact (PARAMS_ARTIFACT) holds every value whole."""
+    text = json.dumps(list(value) if isinstance(value, tuple) else value) if value is None or isinstance(
+        value, (bool, tuple)) else str(value)
+    if len(text) > PARAM_VALUE_LIMIT:
+        note = f"{TRUNCATED} ({len(text):,} characters; the whole value is in the run's {PARAMS_ARTIFACT})"
+        text = text[: PARAM_VALUE_LIMIT - len(note)] + note
+    return text
 
 
 def write_run_file(path: Path, run_id: str, experiment_name: str, run_name: str, model_uri: str) -> None:

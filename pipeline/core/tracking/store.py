@@ -21,6 +21,30 @@ from pipeline.core.errors import PipelineError
 SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql")
 
 
+# Variables that make MLflow log into a run, experiment or model the pipeline did not choose (a leftover of a
+# notebook or a wrapper): the pipeline opens its own runs in mlflow.experiment_name, so it refuses them.
+FOREIGN_TARGETS = {
+    "MLFLOW_RUN_ID": "MLflow would resume that run instead of opening the stage's own",
+    "MLFLOW_EXPERIMENT_NAME": "the pipeline logs into mlflow.experiment_name of params.yaml",
+    "MLFLOW_EXPERIMENT_ID": "the pipeline logs into mlflow.experiment_name of params.yaml",
+    "MLFLOW_ACTIVE_MODEL_ID": "MLflow would link this run's metrics to that model",
+    "_MLFLOW_ACTIVE_MODEL_ID": "MLflow would link this run's metrics to that model",
+}
+# A dead part behind a tracking server (its S3 store, say) must surface in seconds: MLflow's client
+# retries a failed request 7 times with backoff (about 5 minutes) and waits 120 s for each answer.
+# Set for the pipeline's tracking only; a user's own setting wins.
+CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """Refuse, in one line naming it, a variable that would make MLflow act on a run the pipeline did not open."""
+    environ = dict(os.environ) if environ is None else environ
+    for name, why in FOREIGN_TARGETS.items():
+        if environ.get(name):
+            raise PipelineError(f"{name} is set ({environ[name][:40]}): {why}; unset it (`unset {name}`)")
+
+
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, or the SQLite store at the project root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.project_root() / 'mlflow.db'}"
