@@ -92,9 +92,10 @@ def team_stack():
 
     from pipeline.core.errors import PipelineError
     from pipeline_team import stack
+    from pipeline_team.stack import postgres
 
     try:
-        stack.pg_bin()
+        postgres.pg_bin()
     except PipelineError as exc:
         if os.environ.get("REQUIRE_STACK"):
             pytest.fail(str(exc))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -26,6 +28,7 @@ from helpers import (
 )
 
 from pipeline_team import stack
+from pipeline_team.stack.processes import Record
 
 pytestmark = pytest.mark.e2e
 
@@ -53,8 +56,8 @@ def s3_keys(stack, bucket: str) -> list[str]:
     import boto3
 
     client = boto3.client(
-        "s3", endpoint_url=stack.env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
-        aws_access_key_id=stack.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=stack.env["AWS_SECRET_ACCESS_KEY"],
+        "s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
+        aws_access_key_id=stack.config.s3_key, aws_secret_access_key=stack.config.s3_secret,
     )
     keys: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -96,11 +99,11 @@ def test_stack_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         busy.listen()
         proc = run([*cmd, "start", "--dir", str(folder)], REPO, check=False, PIPELINE_PG_BIN=str(fake_bin))
     assert_one_line_error(proc, f"port {config.ports['s3']}", "in use")
-    (folder / "pids.json").write_text(json.dumps({"s3": {"pid": 2**22 + 1, "ticks": 1}}))  # above pid_max
-    assert_one_line_error(run([*cmd, "start", "--dir", str(folder)], REPO, check=False, PIPELINE_PG_BIN=str(fake_bin)),
-                          "stale pid")
-    proc = run([*cmd, "stop", "--dir", str(folder)], REPO)
-    assert "stale record removed" in proc.stdout and not (folder / "pids.json").exists()
+    (folder / "pids.json").write_text(json.dumps({"s3": {"pid": 2**22 + 1, "created": 1.0, "session": True}}))
+    proc = run([*cmd, "stop", "--dir", str(folder)], REPO)  # a record whose processes are gone: just forgotten
+    assert "s3: was not running (record removed)" in proc.stdout and not (folder / "pids.json").exists()
+    # A colleague's clone names the stack that runs; without it, the error says how.
+    assert_one_line_error(run([*cmd, "env"], REPO, check=False, PIPELINE_STACK_DIR=str(tmp_path / "none")), "--dir")
 
 
 def test_requests_without_the_credentials_are_refused(team_stack) -> None:
@@ -133,7 +136,10 @@ def test_the_pipeline_logs_to_the_stack_and_its_artifacts_land_in_s3(team_stack,
     assert any("/models/" in k and k.endswith("/MLmodel") for k in keys), keys
     assert not (a / "mlruns").exists() and not (a / "mlflow.db").exists()
 
-    # Results to git, data + statistics + model to the shared DVC remote.
+    # Results to git, data + statistics + model to the shared DVC remote, which this clone names only now.
+    proc = run(["dvc", "push"], a, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "remote" in proc.stderr.lower()
+    run(["python", "-m", "pipeline", "stack", "remote", "--dir", str(team_stack.dir)], a)
     run(["git", "add", "-A"], a)
     run(["git", "commit", "-q", "-m", "results"], a)
     run(["git", "push", "-q", "origin", "main"], a)
@@ -149,7 +155,7 @@ def test_a_restart_from_the_cli_keeps_the_runs(team_stack, clones) -> None:
     assert "mlflow: stopped" in proc.stdout and "postgres: stopped" in proc.stdout
     # Nothing of the stack runs any more: PostgreSQL and rclone are started from nothing below.
     for name, record in old.items():
-        assert not stack.is_running(record), name
+        assert not Record(**record).members(), name
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", team_stack.config.ports[name])) != 0, name
     assert run(["python", "-m", "pipeline", "stack", "status", "--dir", stack_dir], a, check=False).returncode == 1
@@ -168,7 +174,7 @@ def test_a_restart_from_the_cli_keeps_the_runs(team_stack, clones) -> None:
 
     # A second start while it runs is one line, exit 2.
     proc = run(["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir], a, check=False)
-    assert proc.returncode == 2 and "already running" in proc.stderr and "Traceback" not in proc.stderr
+    assert_one_line_error(proc, "still has processes running")
 
 
 def test_a_fresh_clone_pulls_everything_and_reproduces_nothing(team_stack, clones) -> None:
@@ -176,6 +182,7 @@ def test_a_fresh_clone_pulls_everything_and_reproduces_nothing(team_stack, clone
     run(["git", "clone", "-q", str(clones.origin), str(b)], clones.base)
     run(["git", "config", "user.email", "tests@example.invalid"], b)
     run(["git", "config", "user.name", "tests"], b)
+    run(["python", "-m", "pipeline", "stack", "remote", "--dir", str(team_stack.dir)], b)
     run(["dvc", "pull"], b, **team_stack.env)
     for rel in ("data/raw", "data/stats.json", "models/model.pt"):
         assert (b / rel).exists(), rel
@@ -212,3 +219,39 @@ def test_experiments_are_shared_between_clones(team_stack, clones) -> None:
 
     _, experiments = api(team_stack, f"experiments/get-by-name?experiment_name={EXPERIMENT}")
     assert experiments["experiment"]["artifact_location"].startswith("mlflow-artifacts:")
+
+
+def test_a_killed_server_is_reported_and_stopped_whole(team_stack, clones) -> None:
+    # kill -9 of the MLflow server's pid: its worker goes on serving the port.
+    stack_dir = str(team_stack.dir)
+    record = stack.read_records(team_stack)["mlflow"]
+    workers = [p.pid for p in record.members() if p.pid != record.pid]
+    assert workers, "mlflow server runs a worker process"
+    os.kill(record.pid, signal.SIGKILL)
+    proc = run(["python", "-m", "pipeline", "stack", "status", "--dir", stack_dir], clones.a, check=False)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("mlflow"))
+    assert proc.returncode == 1 and "broken" in line and str(workers[0]) in line, proc.stdout
+    assert_one_line_error(run(["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir], clones.a,
+                              check=False), "still has processes running", "stack stop")
+    proc = run(["python", "-m", "pipeline", "stack", "stop", "--dir", stack_dir], clones.a)
+    assert f"mlflow: stopped (pids {workers[0]}" in proc.stdout or str(workers[0]) in proc.stdout
+    for name in ("mlflow", "s3", "postgres"):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", team_stack.config.ports[name])) != 0, name
+    run(["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir], clones.a)  # everything survived
+
+
+def test_a_dead_storage_behind_the_server_surfaces_in_seconds(team_stack, clones) -> None:
+    # The S3 store dies behind a running MLflow server: the next upload fails, and the stage says so.
+    import time
+
+    stack.read_records(team_stack)["s3"].stop()
+    start = time.monotonic()
+    proc = run(["dvc", "exp", "run", "-S", "train.lr=0.02"], clones.a, check=False, **team_stack.env)
+    seconds = time.monotonic() - start
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and "MLflow store" in errors[0], proc.stdout + proc.stderr
+    assert seconds < 150, f"the stage took {seconds:.0f} s to report a dead artifact store"  # it hung 305 s
+    run(["git", "checkout", "--", "."], clones.a)
+    run(["python", "-m", "pipeline", "stack", "stop", "--dir", str(team_stack.dir)], clones.a)
+    run(["python", "-m", "pipeline", "stack", "start", "--dir", str(team_stack.dir)], clones.a)

@@ -11,11 +11,10 @@ Nothing here imports torch at module level: with one process the train stage onl
 """
 from __future__ import annotations
 
-import json
 import os
+import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ TIMEOUT_SECONDS = 300
 # Several machines: the stage reads these and hands them to the launcher (see README).
 NODES_ENV, NODE_RANK_ENV, MASTER_ENV = "PIPELINE_NNODES", "PIPELINE_NODE_RANK", "PIPELINE_MASTER"
 RUN_ID = "pipeline-train"  # the static rendezvous keys its store by this; every node must use the same
-ERROR_SOURCE = "pipeline"  # marks the error files our workers write, as opposed to torch's own
+ERROR_PREFIX = "PipelineError: "  # how torchelastic's error handler records our one-line errors
 
 
 @dataclass(frozen=True)
@@ -84,11 +83,7 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
     finished. A failed worker stops the others at once and becomes one PipelineError line."""
     import logging
 
-    from torch.distributed.elastic.multiprocessing import (
-        DefaultLogsSpecs,
-        SignalException,
-        Std,
-    )
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -111,44 +106,71 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
                       "rdzv_configs": {"rank": nodes.rank, "timeout": TIMEOUT_SECONDS}}
     # Error files and any redirected logs go to a folder removed afterwards, not a torchelastic_* left in /tmp.
     with tempfile.TemporaryDirectory(prefix="train-workers-") as logs:
+        specs = _logs_specs(logs, cfg.processes)
         config = LaunchConfig(
             min_nodes=nodes.count, max_nodes=nodes.count, nproc_per_node=cfg.processes, run_id=RUN_ID,
             max_restarts=0,  # a restarted worker would silently change what a run means
             # Local rank 0 keeps the console (progress bars, warnings). The others have nothing to say but
             # the tracebacks of collectives their peer left ("connection closed by peer") when it failed:
             # they go to files, and the stage shows the one line that explains.
-            logs_specs=DefaultLogsSpecs(log_dir=logs, redirects={r: Std.ERR for r in range(1, cfg.processes)}),
+            logs_specs=specs,
             **rendezvous,
         )
         try:
             elastic_launch(config, sys.executable)(*argv)
         except ChildFailedError as exc:
-            raise PipelineError(_root_cause(exc, Path(logs))) from None
+            raise PipelineError(_root_cause(exc, specs.dest)) from None
         except SignalException:
             raise KeyboardInterrupt from None  # the agent has stopped the workers
 
 
-def _root_cause(exc: Any, logs: Path) -> str:
+def _logs_specs(log_dir: str, processes: int) -> Any:
+    """torchelastic's DefaultLogsSpecs (local rank 0 keeps the console, the others' stderr goes to files)
+    that keeps the LogsDest it made, so that a failed worker's stderr can be read back."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+
+    class KeptLogsSpecs(DefaultLogsSpecs):  # type: ignore[misc, valid-type]
+        dest: Any = None
+
+        def reify(self, envs: Any) -> Any:
+            self.dest = super().reify(envs)
+            return self.dest
+
+    return KeptLogsSpecs(log_dir=log_dir, redirects={r: Std.ERR for r in range(1, processes)})
+
+
+def _message(failure: Any) -> str:
+    """The `Type: message` line torchelastic's error handler recorded for a worker ("" for none)."""
+    message = failure.message
+    return str(message.get("message", "")) if isinstance(message, dict) else ""
+
+
+def _root_cause(exc: Any, dest: Any) -> str:
     """The line to show for a failed launch: a worker's own one-line error (lowest rank), else which
-    worker died how, with the last line of its stderr when it went to a file (a bug's exception)."""
-    ours = sorted(r for r, f in exc.failures.items() if f.error_file_data.get("source") == ERROR_SOURCE)
+    worker died how, with its recorded exception or the last line of its stderr."""
+    ours = sorted(r for r, f in exc.failures.items() if _message(f).startswith(ERROR_PREFIX))
     if ours:
-        return str(exc.failures[ours[0]].message)
-    rank, failure = exc.get_first_failure()
+        return _message(exc.failures[ours[0]]).removeprefix(ERROR_PREFIX)
+    # The ranks the agent stopped after the first failure are not its cause (they record a broken collective).
+    causes = {r: f for r, f in exc.failures.items() if f.exitcode != -signal.SIGTERM} or exc.failures
+    rank = min(causes, key=lambda r: (causes[r].timestamp, r))
+    failure = causes[rank]
+    if _message(failure):
+        return f"training process rank {rank} failed: {_message(failure)}"
     how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited {failure.exitcode}"
-    last = [line for log in logs.glob(f"*/attempt_*/{failure.local_rank}/stderr.log")
-            for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+    path = dest.stderrs.get(failure.local_rank) if dest is not None else None
+    last = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()][-1:] if path else []
     return f"training process rank {rank} {how}" + (f": {last[0].strip()}" if last else " (its output is above)")
 
 
 def record_error(exc: BaseException) -> bool:
-    """In a worker, hand the one-line error to the agent (torchelastic's error file) instead of printing
-    it, so N identical lines become one; False when there is no agent to hand it to."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path:
+    """In a worker, hand the one-line error to the agent (torchelastic's error file, through its public
+    error handler) instead of printing it, so N identical lines become one; False when there is no agent."""
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
         return False
-    with open(path, "w") as fh:
-        json.dump({"message": str(exc), "timestamp": int(time.time()), "source": ERROR_SOURCE}, fh)
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    get_error_handler().record_exception(exc)
     return True
 
 

@@ -93,9 +93,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # torch.use_deterministic_algorithms(True) sets this flag and also imports torch._inductor's config
-    # (sympy, mpmath: 1.5-4 s of every train stage) for a compiler this pipeline never runs.
-    # tests/test_core.py checks torch.are_deterministic_algorithms_enabled() after this.
-    torch._C._set_deterministic_algorithms(True)
+    # The same switch as torch.use_deterministic_algorithms(True) (its documented alternative interface),
+    # without importing torch._inductor's config for a compiler this pipeline never runs.
+    torch.set_deterministic_debug_mode("error")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True

@@ -11,6 +11,7 @@ is refused with HTTP 400 and one line naming what was expected, never answered w
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,22 +29,20 @@ if TYPE_CHECKING:
 
 
 class InputError(MlflowException):
-    """A refused request: HTTP 400 whose message is our one line.
+    """A refused request: HTTP 400 whose JSON message is our one line.
 
-    MLflow's scoring server prefixes a model's error with the whole input (`Failed to predict data
-    '<numpy repr>'`), many lines of digits; the first message set is the one kept.
+    MLflow's scoring server prefixes a model's error message with the whole input (`Failed to predict
+    data '<numpy repr>'`), many lines of digits; the JSON it answers with (MlflowException's public
+    `serialize_as_json`) carries the line this error was raised with instead. tests/test_serving.py
+    checks the answer of a real `mlflow models serve`.
     """
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400
+        self.line = message
 
-    @property
-    def message(self) -> str:
-        return self.__dict__["_message"]
-
-    @message.setter
-    def message(self, value: str) -> None:
-        self.__dict__.setdefault("_message", value)
+    def serialize_as_json(self) -> str:
+        return json.dumps({**json.loads(super().serialize_as_json()), "message": self.line})
 
 
 def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
@@ -77,18 +76,14 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
 class ImageModel(PythonModel):
     """pyfunc: images in, one row of class logits per image out (columns in `class_names` order)."""
 
-    # MLflow's type-hint validation would convert requests to a schema of its own (and, without hints,
-    # warns on every import); as_images is the validation.
-    _skip_type_hint_validation = True
-
     def load_context(self, context: Any) -> None:
         from pipeline.core import models
 
         self.model, meta = models.load(Path(context.artifacts["model"]))
         self.channels, self.size = meta["in_channels"], meta["image_size"]
 
-    # model_input unannotated: MLflow would read any hint there as a schema to infer and enforce.
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
+    # np.ndarray is a hint MLflow passes through unchanged (no schema of its own): as_images is the validation.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         from pipeline.core import models
 
         return models.logits(self.model, as_images(model_input, self.channels, self.size)).numpy()

@@ -110,6 +110,11 @@ def redact(url: str) -> str:
     return url
 
 
+def trial_id(rdb: Any, study: str, number: int) -> int:
+    """The storage's id of trial `number` of `study` (what a worker's heartbeat and the reporter address)."""
+    return int(rdb.get_trial_id_from_study_id_trial_number(rdb.get_study_id_from_name(study), number))
+
+
 class TrialReporter:
     """Reports a train run's epochs to its Optuna trial and asks the study's pruner whether to stop."""
 
@@ -119,11 +124,11 @@ class TrialReporter:
         quiet()
         self.link = link
         try:
-            rdb = storage(link.storage)
-            spec = optuna.load_study(study_name=link.study, storage=rdb).user_attrs.get(PRUNER_ATTR, {})
-            study = optuna.load_study(study_name=link.study, storage=rdb, pruner=pruner(spec))
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, link.number)
-            self.trial = optuna.trial.Trial(study, trial_id)
+            self.storage = storage(link.storage)
+            spec = optuna.load_study(study_name=link.study, storage=self.storage).user_attrs.get(PRUNER_ATTR, {})
+            self.pruner = pruner(spec)
+            self.study = optuna.load_study(study_name=link.study, storage=self.storage, pruner=self.pruner)
+            self.trial_id = trial_id(self.storage, link.study, link.number)
         except PipelineError:
             raise
         except Exception as exc:  # unknown study or trial, lost connection
@@ -134,8 +139,10 @@ class TrialReporter:
     def report(self, epoch: int, val_accuracy: float) -> bool:
         """Record the epoch's validation accuracy; True when the pruner says to stop the trial here."""
         try:
-            self.trial.report(val_accuracy, step=epoch)
-            return self.trial.should_prune()
+            # What Trial.report and Trial.should_prune do, through the storage's and the pruner's public
+            # methods: this process did not ask for the trial, the sweep worker did. A resumed epoch overwrites.
+            self.storage.set_trial_intermediate_value(self.trial_id, epoch, float(val_accuracy))
+            return bool(self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)))
         except Exception as exc:  # a locked or lost database, a trial another worker marked failed
             raise PipelineError(
                 f"sweep trial {self.link.number} of study {self.link.study}: cannot report epoch {epoch} "

@@ -68,28 +68,25 @@ class WorkerCopy:
         # A failed trial's checkpoint (git-ignored) would be resumed by a later trial with the same values.
         (self.path / paths.CHECKPOINT).unlink(missing_ok=True)
 
-    def publish(self, name: str) -> str:
-        """Push experiment `name`'s git ref into the project; returns the ref."""
-        ref = find_exp_ref(self.path, name)
-        if ref is None:
-            raise PipelineError(f"experiment {name}: DVC made no experiment ref in {self.path}")
+    def publish(self, name: str) -> None:
+        """Hand experiment `name` to the project (`dvc exp push`; its outputs are in the shared cache already)."""
         for attempt in range(5):  # two workers pushing at once may meet on git's ref lock
-            proc = subprocess.run(["git", "push", "-q", str(self.root), f"{ref}:{ref}"], cwd=self.path,
-                                  capture_output=True, text=True)
-            if proc.returncode == 0:
-                return ref
+            proc = _dvc(["exp", "push", "--no-cache", str(self.root), name], self.path, check=False)
+            # A name the project already holds for another experiment is "No experiments to push", exit 0.
+            if proc.returncode == 0 and "No experiments to push" not in proc.stdout:
+                return
             time.sleep(0.5 * (attempt + 1))
-        raise PipelineError(f"experiment {name}: git push into {self.root} failed: {first_line(Exception(proc.stderr))}")
+        raise PipelineError(f"experiment {name}: dvc exp push into {self.root} failed: "
+                            f"{first_line(Exception(proc.stderr or proc.stdout))}")
 
     def remove(self) -> None:
         """Delete the clone (the experiments are in the project by now)."""
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def find_exp_ref(repo: Path, name: str) -> str | None:
-    """The git ref of DVC experiment `name` in `repo`, or None."""
-    refs = git("for-each-ref", "--format=%(refname)", "refs/exps/", cwd=repo, check=False).splitlines()
-    return next((r for r in refs if r.rsplit("/", 1)[-1] == name and not r.startswith(("refs/exps/exec/", "refs/exps/celery/"))), None)
+def has_experiment(repo: Path, name: str) -> bool:
+    """Whether the project at `repo` holds a DVC experiment `name` (on any baseline commit)."""
+    return name in _dvc(["exp", "list", "--all-commits", "--name-only"], repo, check=False).stdout.split()
 
 
 def _dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -173,7 +170,7 @@ def _run_trial(
     try:
         # Combinations core.params refuses (e.g. train.portable with bf16) never become an experiment.
         with_values(base, values, source=f"trial {number}")
-        if find_exp_ref(copy.root, name):
+        if has_experiment(copy.root, name):
             raise PipelineError(f"the project already has an experiment {name} (an earlier study of this name?); "
                                 f"`dvc exp remove {name}` or use another --study")
     except PipelineError as exc:
@@ -188,12 +185,13 @@ def _run_trial(
         proc = subprocess.Popen(cmd, cwd=copy.path, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its own group: stopped whole on Ctrl-C
         try:
+            asked_id = trial.trial_id(storage, asked.study.study_name, number)
             while True:
                 try:
                     code = proc.wait(timeout=HEARTBEAT_S)
                     break
                 except subprocess.TimeoutExpired:
-                    storage.record_heartbeat(asked._trial_id)
+                    storage.record_heartbeat(asked_id)
         except BaseException:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()

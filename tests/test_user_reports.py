@@ -1,0 +1,175 @@
+"""Failures DVC and MLflow users have reported publicly, replayed on this pipeline; each closed as a kind.
+
+`-S` values read as DVC records them; MLflow's Default experiment pinned in DVC's scratch space; a
+diverged or collapsed model; a parameter longer than MLflow stores; variables that point MLflow at a run
+the pipeline did not open. Each given input is one test, and the rest of its kind more.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import assert_one_line_error, finished_project, run, runs, snapshot, store
+
+from pipeline.core import params
+from pipeline.core.tracking.store import FOREIGN_TARGETS
+
+pytestmark = pytest.mark.e2e
+
+# Values as `dvc exp run -S key=VALUE` writes them into params.yaml (DVC's Hydra parser, then ruamel's
+# YAML 1.2 dumper), where YAML 1.1 (PyYAML) reads something else: booleans, sexagesimal numbers, exponents.
+YAML_11_TRAPS = ["off", "on", "yes", "no", "Off", "NO", "4:2", "1:30:00", "1e-05", "010", "0o17", "0x1F", "2024-01-01"]
+
+
+def back_to_head(project: Path) -> None:
+    """The workspace as HEAD has it (an experiment leaves its params, lock and outputs behind)."""
+    run(["git", "checkout", "--", "."], project)
+    run(["dvc", "checkout", "--force"], project)
+
+
+def strict_json(path: Path) -> object:
+    """A JSON file read as strict readers do: NaN and Infinity refused."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", YAML_11_TRAPS)
+def test_params_yaml_is_read_as_dvc_reads_it(tmp_path: Path, value: str) -> None:
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text("x: 0\n")
+    apply_overrides(str(path), [f"x={value}"])  # what `dvc exp run -S x=VALUE` does to the file
+    text = path.read_text()
+    assert params.read_yaml(text) == parse_yaml(text, str(path))
+    by_hand = f"x: {value}\n"  # and as a person may write it
+    assert params.read_yaml(by_hand) == parse_yaml(by_hand, "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return finished_project(tmp_path_factory.mktemp("user-reports") / "project")
+
+
+def test_set_values_are_those_dvc_records_in_the_run_and_in_mlflow(project: Path) -> None:
+    # Accepted: the same value in `dvc params diff`, in the train stage's run and in MLflow.
+    sets = {"mlflow.experiment_name": "off", "mlflow.model_alias": "yes", "train.lr": "1e-3"}
+    run(["dvc", "exp", "run", "-n", "yaml-traps", *[a for k, v in sets.items() for a in ("-S", f"{k}={v}")]], project)
+    diff = json.loads(run(["dvc", "params", "diff", "--json"], project).stdout)["params.yaml"]
+    recorded = {key: diff[key]["new"] for key in sets}
+    assert recorded == {"mlflow.experiment_name": "off", "mlflow.model_alias": "yes", "train.lr": 0.001}
+    run_id = json.loads((project / "metrics/train.json").read_text())["mlflow_run_id"]
+    logged = store(project).get_run(run_id)
+    assert store(project).get_experiment(logged.info.experiment_id).name == "off"
+    assert {key: logged.data.params[key] for key in sets} == {k: str(v) for k, v in recorded.items()}
+    back_to_head(project)
+
+    # Refused: the value DVC recorded, named with its key; YAML 1.1 would have trained with seed 242.
+    before = snapshot(project)
+    for key, value, shown in (("seed", "4:2", "'4:2'"), ("data.augment", "on", "'on'")):
+        proc = run(["dvc", "exp", "run", "-S", f"{key}={value}"], project, check=False)
+        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+        assert proc.returncode != 0 and len(errors) == 1 and key in errors[0] and shown in errors[0], proc.stderr
+        run(["git", "checkout", "--", "params.yaml"], project)
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("variable", list(FOREIGN_TARGETS))
+def test_variables_that_point_mlflow_elsewhere_are_refused(project: Path, variable: str) -> None:
+    client = store(project)
+    (victim, *_) = runs(project)
+    before_runs = {r.info.run_id: (r.info.status, r.info.run_name, dict(r.data.metrics)) for r in runs(project)}
+    before = snapshot(project)
+    value = victim.info.run_id if "RUN" in variable else ("0" if "ID" in variable else "elsewhere")
+    for stage in ("train", "evaluate"):
+        proc = run(["python", "-m", f"pipeline.stages.{stage}"], project, check=False, **{variable: value})
+        assert_one_line_error(proc, variable)
+    assert snapshot(project) == before
+    assert {r.info.run_id: (r.info.status, r.info.run_name, dict(r.data.metrics)) for r in runs(project)} == before_runs
+    assert client.get_run(victim.info.run_id).info.status == "FINISHED"
+
+
+def test_a_diverged_model_is_evaluated_and_called_chance_level(project: Path) -> None:
+    # The reported input: validation loss in the thousands, every number finite.
+    proc = run(["dvc", "exp", "run", "-n", "diverged", "-S", "train.lr=1000", "-S", "train.scheduler=none",
+                "-S", "data.limit=2000", "-S", "train.epochs=2"], project)
+    assert "warning: the model is at chance level" in proc.stdout + proc.stderr
+    train, evaluation = strict_json(project / "metrics/train.json"), strict_json(project / "metrics/eval.json")
+    assert evaluation["accuracy"] < 0.2 and evaluation["loss"] > 10
+    logged = store(project).get_run(train["mlflow_run_id"])
+    assert logged.info.status == "FINISHED" and logged.data.tags["model.at_chance_level"] == "true"
+    assert "test_accuracy" in logged.data.metrics and "test_roc_auc" in logged.data.metrics
+    back_to_head(project)
+
+
+def test_a_nan_loss_stops_the_stage_in_one_line_and_keeps_every_output(project: Path) -> None:
+    before = snapshot(project)
+    known = {r.info.run_id for r in runs(project)}
+    proc = run(["dvc", "exp", "run", "-S", "train.optimizer=sgd", "-S", "train.lr=1e30", "-S", "train.scheduler=none"],
+               project, check=False)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert len(errors) == 1 and "epoch 1, step" in errors[0] and "learning rate 1e+30" in errors[0], errors
+    (new,) = [r for r in runs(project) if r.info.run_id not in known]
+    assert new.info.status == "FAILED"
+    run(["git", "checkout", "--", "params.yaml"], project)
+    assert snapshot(project) == before
+
+
+def test_a_collapsed_model_is_evaluated_and_a_long_parameter_is_kept_whole(project: Path, tmp_path: Path) -> None:
+    # 2,100 hidden layers of one unit: a value of 6,300 characters (MLflow keeps 6,000), and a network that
+    # collapses to one answer for every image.
+    hidden = json.dumps([1] * 2100, separators=(",", ":"))
+    proc = run(["dvc", "exp", "run", "-n", "deep", "-S", f"train.mlp_hidden={hidden}", "-S", "train.model=mlp",
+                "-S", "train.epochs=1"], project)
+    assert "at chance level" in proc.stdout + proc.stderr
+    for name in ("metrics/train.json", "metrics/eval.json"):
+        strict_json(project / name)
+    run_id = json.loads((project / "metrics/train.json").read_text())["mlflow_run_id"]
+    logged = store(project).get_run(run_id)
+    assert logged.info.status == "FINISHED" and logged.data.tags["model.at_chance_level"] == "true"
+    assert "…[cut] (6,300 characters" in logged.data.params["train.mlp_hidden"]  # "[1, 1, …]": 6,300 characters
+    whole = params.read_yaml(Path(store(project).download_artifacts(run_id, "params.yaml", str(tmp_path))).read_text())
+    assert whole["train"]["mlp_hidden"] == [1] * 2100
+
+    # reproduce rebuilds it from the artifact, and leaves no clone behind.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "deep"], project)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = run(["python", "-m", "pipeline", "reproduce", "--run-id", run_id], project, TMPDIR=str(scratch))
+    assert "reproduced" in proc.stdout and list(scratch.iterdir()) == []
+
+
+def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:
+    # A fresh clone whose first run is a --temp experiment: MLflow creates its Default experiment then.
+    root = make_project()
+    run(["dvc", "exp", "run", "--temp"], root)
+    default = store(root).get_experiment("0")
+    assert default.artifact_location == (root / "mlruns" / "0").as_uri()
+    run(["dvc", "exp", "run", "-S", "mlflow.experiment_name=Default"], root)
+    shutil.rmtree(root / ".dvc/tmp/exps", ignore_errors=True)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    uri = json.loads((root / "models/mlflow_run.json").read_text())["model_uri"]
+    assert mlflow.pyfunc.load_model(uri) is not None
+
+    # An experiment whose artifacts already sit inside DVC's scratch space is refused before training.
+    scratch = root / ".dvc/tmp/exps/run/abc/mlruns/7"
+    store(root).create_experiment("scratch", artifact_location=scratch.as_uri())
+    back_to_head(root)
+    before = snapshot(root)
+    proc = run(["dvc", "exp", "run", "-S", "mlflow.experiment_name=scratch"], root, check=False)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "mlflow.experiment_name" in errors[0] and "DVC's temporary folder" in errors[0]
+    run(["git", "checkout", "--", "params.yaml"], root)
+    assert snapshot(root) == before
+    assert not any(r.info.status == "RUNNING" for r in store(root).search_runs(["0", "1", "2"]))
+    assert os.path.isdir(root / "mlruns")
