@@ -16,8 +16,8 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import read_yaml
 from pipeline.core.repo import clean_env, git
+from pipeline.core.yamlio import read_yaml
 
 LOCK = Path("dvc.lock")
 IN_GIT = (paths.PARAMS, LOCK, paths.RUN_FILE, paths.TRAIN_METRICS, paths.TRAIN_PLOT, paths.TRAIN_SAMPLES_PLOT,

@@ -9,9 +9,7 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-MAX_PIXELS = 64 * 1024 * 1024  # 8k × 8k: far beyond any input a 28/32 px classifier needs; refused before decoding
+from pipeline.core.images import SUFFIXES
 
 
 def image_files(inputs: list[Path]) -> list[Path]:
@@ -19,7 +17,7 @@ def image_files(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
             if not found:
                 raise PipelineError(f"{path}: no image files in this folder")
             files += found
@@ -31,33 +29,16 @@ def image_files(inputs: list[Path]) -> list[Path]:
 
 
 def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×W uint8)
-    """An image as the model expects it: converted to its channel count and resized to its size."""
-    import warnings
-
-    import numpy as np
+    """A picture as the model expects it: through the very function the download stage decodes a folder's
+    pictures with (core.images.read: EXIF orientation, colour mode, resize and centre crop as torchvision)."""
     import torch
-    from PIL import Image, UnidentifiedImageError
+
+    from pipeline.core.images import ImageError, read
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # one line, not a warning + traceback
-            img = Image.open(path)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise PipelineError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-    width, height = img.size
-    if width * height > MAX_PIXELS:
-        img.close()
-        raise PipelineError(f"{path}: {width}×{height} pixels is too large (at most {MAX_PIXELS} pixels)")
-    try:
-        with img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise PipelineError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-    tensor = torch.from_numpy(array.copy())
-    return tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
+        return torch.from_numpy(read(path, channels, size))
+    except ImageError as exc:
+        raise PipelineError(f"{path}: not a readable image ({exc})") from None
 
 
 @click.command()
@@ -67,7 +48,7 @@ def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
 def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) -> None:
-    """Classify image files (or every image in the given folders) with the trained model."""
+    """Classify picture files (or every picture in the given folders) with the trained model."""
     files = image_files(list(inputs))
     import torch
 

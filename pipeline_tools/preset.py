@@ -15,8 +15,9 @@ import click
 
 from pipeline.cli import params_option, reports_errors
 from pipeline.core.errors import PipelineError, first_line
-from pipeline.core.params import cli_value, flatten, merge, parse_params, read_yaml
+from pipeline.core.params import cli_value, flatten, merge, parse_params
 from pipeline.core.repo import clean_env
+from pipeline.core.yamlio import read_yaml
 
 
 def overrides(preset: Path) -> dict[str, Any]:

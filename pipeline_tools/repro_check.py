@@ -22,8 +22,9 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import cpu, paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import merge, parse_params, read_yaml
+from pipeline.core.params import merge, parse_params
 from pipeline.core.repo import git
+from pipeline.core.yamlio import read_yaml
 from pipeline_tools import rerun
 
 CONFIG = Path("repro/params-ci.yaml")

@@ -18,8 +18,9 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import flatten, merge, nest, read_yaml, update_yaml
+from pipeline.core.params import flatten, merge, nest
 from pipeline.core.repo import git
+from pipeline.core.yamlio import read_yaml, update_yaml
 from pipeline_tools import rerun
 
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import flatten, update_yaml
+from pipeline.core.params import flatten
 from pipeline.core.repo import clean_env, git
+from pipeline.core.yamlio import update_yaml
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def fit_tiny(model, images, labels, fit_idx, val_idx, cfg, on_epoch=None):  # ->
     from pipeline.core.optim import Optimization
 
     rt = runtime.make_runtime(cfg)
-    data = loop.TrainData.on(rt, images, labels, fit_idx, val_idx)
+    data = loop.TrainData.on(rt, images, labels, fit_idx, (images[val_idx], labels[val_idx]))
     model = rt.place(model)
     opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
     return loop.fit(model, data, opt, cfg, rt, loop.TrainState.start(0), on_epoch or (lambda result, state: None))

@@ -36,8 +36,11 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     assert not (val == other_val).all()
     limited, same_val = splits.split_indices(labels, val_size=100, seed=3, limit=123)
     assert len(limited) == 123 and (val == same_val).all() and set(limited.tolist()) <= set(fit.tolist())
-    with pytest.raises(PipelineError, match="data.val_size must be smaller than the 1000 training images"):
-        splits.split_indices(labels, val_size=1000, seed=0)
+    # A small set keeps four fifths for fitting, whatever val_size asks (a folder of a few hundred pictures).
+    capped_fit, capped_val = splits.split_indices(labels, val_size=1000, seed=0)
+    assert len(capped_val) == 200 and len(capped_fit) == 800
+    with pytest.raises(PipelineError, match="at least two"):
+        splits.split_indices(labels[:1], val_size=5, seed=0)
 
 
 def test_channel_stats_match_a_direct_float_computation() -> None:
@@ -213,3 +216,25 @@ def test_nll_is_cross_entropy_with_the_same_label_smoothing(smoothing: float) ->
     assert nll.item() == pytest.approx(cross_entropy.item(), abs=1e-6)
     plain = LOSSES["cross_entropy"](TrainParams(label_smoothing=0.0))(logits, labels)
     assert (cross_entropy.item() != plain.item()) == (smoothing > 0)  # the parameter is not ignored
+
+
+# The flags of the three CPU families the pipeline runs on, as /proc/cpuinfo spells them.
+FAMILIES = {  # family: (flags, computes bf16 natively)
+    "AVX2 only (AMD EPYC)": ({"avx2", "fma"}, False),
+    "AVX-512 without bf16 (Intel Ice Lake)": ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, False),
+    "AVX-512 with bf16 (Cooper Lake)": ({"avx2", "avx512f", "avx512_bf16"}, True),
+    "AMX (Sapphire Rapids and later)": ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, True),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(family: str) -> None:
+    from pipeline.core import cpu
+
+    flags, expected = FAMILIES[family]
+    native = cpu.native_bf16(flags)
+    assert native == expected
+    assert runtime.uses_bf16(TrainParams(precision="auto"), native) == native
+    assert runtime.uses_bf16(TrainParams(precision="fp32"), native) is False
+    assert runtime.uses_bf16(TrainParams(precision="bf16"), native) is True
+    assert runtime.uses_bf16(TrainParams(precision="auto", portable=True, threads=1), native) is False

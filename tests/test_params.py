@@ -53,7 +53,7 @@ def test_the_edge_reads_parameters_without_torch() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"data": {"dataset": "imagenet"}}, "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, got 'imagenet'"),
+        ({"data": {"dataset": "imagenet"}}, "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, folder, got 'imagenet'"),
         ({"train": {"model": "vit"}}, "train.model must be one of cnn, mlp, resnet, resnet18, got 'vit'"),
         ({"train": {"optimizer": "lion"}}, "train.optimizer must be one of adam, adamw, sgd, adadelta, rmsprop, got 'lion'"),
         ({"train": {"lr": 0}}, "train.lr must be a number > 0, got 0"),

@@ -44,4 +44,4 @@ def test_predict_prints_the_true_labels_first(make_project) -> None:
     assert run(["python", "-m", "pipeline", "predict", "big.jpg"], root).stdout.splitlines()[2].startswith("big.jpg")
     (root / "notes.png").write_text("not an image")
     bad = run(["python", "-m", "pipeline", "predict", "notes.png"], root, check=False)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: notes.png: not a readable image (UnidentifiedImageError)"
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: notes.png: not a readable image (not a picture Pillow can read)"

@@ -88,17 +88,30 @@ def test_uint8_and_float_images_get_the_model_s_answer(served) -> None:
     assert status == 200, answer
     assert np.array(answer["predictions"]).argmax(1).tolist() == local.argmax(1).tolist()
 
+    # Pictures of any size: resized and centre-cropped as the training pictures were (predict's function).
+    from PIL import Image
+
+    from pipeline.core.images import prepare
+
+    bigger = np.stack([np.asarray(Image.fromarray(p[0]).resize((56, 70))) for p in images[:8]])[:, None]
+    status, answer = post(url, bigger)
+    assert status == 200, answer
+    expected = np.stack([prepare(Image.fromarray(p[0]), 1, 28) for p in bigger])
+    with torch.no_grad():
+        np.testing.assert_allclose(np.array(answer["predictions"]), model(torch.from_numpy(expected)).numpy(),
+                                   rtol=1e-4, atol=1e-4)
+
 
 @pytest.mark.parametrize(
     "images, needles",
     [
-        (np.zeros((2, 3, 28, 28), np.uint8), ["shape (N, 1, 28, 28)", "got (2, 3, 28, 28)"]),
-        (np.zeros((2, 1, 32, 32), np.uint8), ["shape (N, 1, 28, 28)", "got (2, 1, 32, 32)"]),
+        (np.zeros((2, 3, 28, 28), np.uint8), ["shape (N, 1, H, W)", "got (2, 3, 28, 28)"]),
+        (np.zeros((2, 1, 0, 32), np.uint8), ["resized to 28×28", "got (2, 1, 0, 32)"]),
         (np.full((1, 1, 28, 28), 2.0), ["float pixels must be in [0, 1]"]),  # 0-255 values sent as floats
         (np.full((1, 1, 28, 28), 300), ["integer pixels must be 0-255"]),
         ([[[1, 2], [3]]], ["rectangular"]),
     ],
-    ids=["three-channels", "wrong-size", "float-0-255", "int-out-of-range", "ragged"],
+    ids=["three-channels", "empty-picture", "float-0-255", "int-out-of-range", "ragged"],
 )
 def test_bad_input_is_a_400_with_one_readable_line(served, images, needles) -> None:
     status, answer = post(served[1], images)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import assert_one_line_error, finished_project, run, runs, snapshot, store
 
-from pipeline.core import params
 from pipeline.core.tracking.store import FOREIGN_TARGETS
+from pipeline.core.yamlio import read_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -47,9 +47,9 @@ def test_params_yaml_is_read_as_dvc_reads_it(tmp_path: Path, value: str) -> None
     path.write_text("x: 0\n")
     apply_overrides(str(path), [f"x={value}"])  # what `dvc exp run -S x=VALUE` does to the file
     text = path.read_text()
-    assert params.read_yaml(text) == parse_yaml(text, str(path))
+    assert read_yaml(text) == parse_yaml(text, str(path))
     by_hand = f"x: {value}\n"  # and as a person may write it
-    assert params.read_yaml(by_hand) == parse_yaml(by_hand, "params.yaml")
+    assert read_yaml(by_hand) == parse_yaml(by_hand, "params.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_a_collapsed_model_is_evaluated_and_a_long_parameter_is_kept_whole(proje
     logged = store(project).get_run(run_id)
     assert logged.info.status == "FINISHED" and logged.data.tags["model.at_chance_level"] == "true"
     assert "…[cut] (6,300 characters" in logged.data.params["train.mlp_hidden"]  # "[1, 1, …]": 6,300 characters
-    whole = params.read_yaml(Path(store(project).download_artifacts(run_id, "params.yaml", str(tmp_path))).read_text())
+    whole = read_yaml(Path(store(project).download_artifacts(run_id, "params.yaml", str(tmp_path))).read_text())
     assert whole["train"]["mlp_hidden"] == [1] * 2100
 
     # reproduce rebuilds it from the artifact, and leaves no clone behind.
@@ -144,7 +144,7 @@ def test_a_collapsed_model_is_evaluated_and_a_long_parameter_is_kept_whole(proje
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     proc = run(["python", "-m", "pipeline", "reproduce", "--run-id", run_id], project, TMPDIR=str(scratch))
-    assert "reproduced" in proc.stdout and list(scratch.iterdir()) == []
+    assert "reproduced" in proc.stdout and not list(scratch.glob("reproduce-*"))  # (torch keeps a cache there)
 
 
 def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:

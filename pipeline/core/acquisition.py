@@ -11,9 +11,11 @@ import hashlib
 import importlib.util
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pipeline.core import atomic, datasets, paths
+from pipeline.core import atomic, datasets, folders, paths
 from pipeline.core.datasets import DatasetSpec
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params
@@ -34,6 +36,16 @@ def acquire(params: Params) -> tuple[DatasetSpec, Path | None, list[str]]:
         if missing:
             notices.append(f"data.mirror {mirror} lacks {', '.join(missing)}; trying the next source")
     return spec, download(spec, paths.RAW, mirror), notices
+
+
+def decode_folder(params: Params, workers: int, progress: Callable[[int, int, float], None]) -> dict[str, Any]:
+    """The `download` stage's work for data.dataset folder: data.folder's pictures decoded (core.folders) into
+    data/raw/folder, replaced on success; returns the report (counts, skips, duplicates, digest)."""
+    data, spec = params.data, datasets.get("folder")
+    layout = folders.carve(folders.scan(paths.project_root() / data.folder), data.test_size)
+    with atomic.directory(paths.RAW) as tmp:
+        return folders.decode(layout, data.channels or spec.channels, data.image_size or spec.image_size,
+                              tmp / spec.folder, workers, progress)
 
 
 def md5sum(path: Path) -> str:

@@ -7,8 +7,9 @@ with NumPy alone: the original idx and CIFAR files are simple enough that import
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ class DatasetSpec:
     class_names: tuple[str, ...]
     # A Python package that ships the original files, and the folder inside it that holds them.
     package_source: tuple[str, str] | None = None
+    from_folder: bool = False  # the user's pictures (data.folder), decoded by the download stage (core.folders)
 
     @property
     def is_archive(self) -> bool:
@@ -93,6 +95,9 @@ DATASETS: dict[str, DatasetSpec] = {
         image_size=32,
         class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
+    # Channels, size and classes are the decoded pictures' (see `describe`); these are the defaults.
+    "folder": DatasetSpec(name="folder", torchvision_name="", folder="folder", channels=3, image_size=64,
+                          class_names=(), from_folder=True),
 }
 
 
@@ -104,9 +109,31 @@ def get(name: str) -> DatasetSpec:
         raise PipelineError(f"data.dataset must be one of {', '.join(DATASETS)}, got {name!r}") from None
 
 
+def describe(name: str, root: Path) -> DatasetSpec:
+    """The spec of dataset `name` as the download stage left it in `root`: for `folder`, the channels,
+    size and classes of the decoded pictures (their report). Raises PipelineError when there is none."""
+    spec = get(name)
+    if not spec.from_folder:
+        return spec
+    report = Path(root) / spec.folder / "report.json"
+    try:
+        found = json.loads(report.read_text())
+        return replace(spec, channels=int(found["channels"]), image_size=int(found["image_size"]),
+                       class_names=tuple(found["classes"]))
+    except FileNotFoundError:
+        raise PipelineError(f"{root}: no decoded pictures there; run the download stage first (dvc repro download)") from None
+    except (ValueError, KeyError, TypeError):
+        raise PipelineError(f"{report}: not a report of decoded pictures; rerun the download stage (dvc repro -f download)") from None
+
+
 def read_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One split as (uint8 images N×C×H×W, int64 labels), checked for shape and label range."""
+    """One split as (uint8 images N×C×H×W, int64 labels), checked for shape and label range. A folder's
+    pictures are a read-only memory map (core.folders.read_split): read them through PagedImages."""
     folder = Path(root) / spec.folder
+    if spec.from_folder:
+        from pipeline.core import folders
+
+        return folders.read_split(folder, "train" if train else "test")
     if not folder.is_dir():
         raise PipelineError(f"{root}: no {spec.folder} data there; run the download stage first (dvc repro download)")
     rerun = "rerun the download stage (dvc repro -f download)"
@@ -125,12 +152,54 @@ def read_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[np.ndarray, 
     return images, labels
 
 
-def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`read_split` as torch tensors (sharing the arrays' memory)."""
+def read_validation(spec: DatasetSpec, root: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A folder's own validation pictures (its val/ subfolder), or None: then validation is carved from
+    the training split."""
+    if spec.from_folder and (Path(root) / spec.folder / "val").is_dir():
+        from pipeline.core import folders
+
+        return folders.read_split(Path(root) / spec.folder, "val")
+    return None
+
+
+def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[Any, torch.Tensor]:
+    """`read_split` with torch tensors: the images as a tensor sharing the arrays' memory, or, for a
+    folder's pictures on disk, PagedImages that gathers tensors by index."""
     import torch
 
     images, labels = read_split(spec, root, train)
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    return (PagedImages(images, as_tensors=True) if spec.from_folder else torch.from_numpy(images)), torch.from_numpy(labels)
+
+
+class PagedImages:
+    """uint8 pictures N×C×H×W in a memory map, read by index (a NumPy array, or a tensor with `as_tensors`):
+    every RELEASE_BYTES read, the pages touched are given back (they stay in the page cache), so a data set
+    larger than memory is trained on with memory bounded by what a few batches touch."""
+
+    RELEASE_BYTES = 256 << 20
+
+    def __init__(self, images: np.ndarray, as_tensors: bool = False) -> None:
+        self.images, self.as_tensors, self._read = images, as_tensors, 0
+        self.shape, self.dtype = images.shape, images.dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: Any) -> Any:
+        from pipeline.core import folders
+
+        if hasattr(index, "cpu"):  # a tensor of indices, maybe on a GPU
+            index = index.cpu().numpy()
+        rows = np.array(self.images[index])  # a copy, never a view of the map
+        self._read += rows.nbytes
+        if self._read >= self.RELEASE_BYTES:
+            folders.drop_pages(self.images)
+            self._read = 0
+        if not self.as_tensors:
+            return rows
+        import torch
+
+        return torch.from_numpy(rows)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -163,6 +232,11 @@ def _read_batches(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
         images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def folder_digest(root: Path) -> str:
+    """The content digest of the decoded folder's pictures (SHA-256 of their paths and bytes, core.folders)."""
+    return str(json.loads((Path(root) / get("folder").folder / "report.json").read_text())["digest"])
 
 
 def digest(images: Any, labels: Any) -> str:

@@ -26,7 +26,11 @@ def test_logits(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     names = list(meta["class_names"])
     if params.evaluate.top_k > len(names):
         raise PipelineError(f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(names)} classes of the model")
-    images, labels = datasets.load_split(datasets.get(meta["dataset"]), paths.RAW, train=False)
+    spec = datasets.describe(meta["dataset"], paths.RAW)
+    if (list(spec.class_names), spec.channels, spec.image_size) != (names, meta["in_channels"], meta["image_size"]):
+        raise PipelineError(f"{paths.RAW}: holds other pictures than {paths.MODEL} was trained on ({len(spec.class_names)} "
+                            f"classes, {spec.image_size} px); rerun the pipeline (dvc repro)")
+    images, labels = datasets.load_split(spec, paths.RAW, train=False)
     logits = models.logits(model, images)  # what the exported MLflow model computes
     finite = torch.isfinite(logits).all(1)
     if not bool(finite.all()):

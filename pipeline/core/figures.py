@@ -93,8 +93,11 @@ def image_grid(
 
 
 def training_samples(images: Any, labels: Any, indices: Any, class_names: Sequence[str], per_class: int = 8) -> bytes:
-    """A PNG grid of the first `per_class` images of each class among `indices`, captioned with the class."""
-    images, labels, indices = np.asarray(images), np.asarray(labels), np.asarray(indices)
+    """A PNG grid of the first `per_class` images of each class among `indices`, captioned with the class.
+    `images` is anything indexed by an index array (an array, a tensor, datasets.PagedImages): only the
+    pictures shown are read."""
+    labels, indices = np.asarray(labels), np.asarray(indices)
     picked = [indices[labels[indices] == c][:per_class] for c in range(len(class_names))]
     captions = [class_names[c] for c, idx in enumerate(picked) for _ in idx]
-    return image_grid(images[np.concatenate(picked)], captions, [False] * len(captions), legend="caption: true class")
+    shown = np.asarray(images[np.concatenate(picked)])
+    return image_grid(shown, captions, [False] * len(captions), legend="caption: true class")

@@ -31,19 +31,22 @@ if TYPE_CHECKING:
 class TrainData:
     """The training split resident on the device: every image once, which of them to fit on, the validation set."""
 
-    images: torch.Tensor  # uint8 N×C×H×W
+    images: Any  # uint8 N×C×H×W: a tensor, or datasets.PagedImages (pictures on disk, gathered per batch)
     labels: torch.Tensor  # int64 N
     fit_idx: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
-    augment: bool = False  # random crop + flip of every training batch
+    augment: str | None = None  # augment.KINDS: how every training batch is augmented
 
     @classmethod
-    def on(cls, rt: Runtime, images: torch.Tensor, labels: torch.Tensor, fit_idx: torch.Tensor,
-           val_idx: torch.Tensor, augment: bool = False) -> TrainData:
-        """Move the split to the runtime's device once: no per-batch host→device copies."""
-        images, labels, val_idx = images.to(rt.device), labels.to(rt.device), val_idx.to(rt.device)
-        return cls(images, labels, fit_idx.to(rt.device), images[val_idx], labels[val_idx], augment)
+    def on(cls, rt: Runtime, images: Any, labels: torch.Tensor, fit_idx: torch.Tensor,
+           val: tuple[torch.Tensor, torch.Tensor], augment: str | None = None) -> TrainData:
+        """Move the split (a tensor) and the validation images and labels to the runtime's device once: no
+        per-batch host→device copies. Pictures on disk stay there; each batch goes to the device."""
+        if isinstance(images, torch.Tensor):
+            images = images.to(rt.device)
+        return cls(images, labels.to(rt.device), fit_idx.to(rt.device), val[0].to(rt.device), val[1].to(rt.device),
+                   augment)
 
     def batches_per_epoch(self, batch_size: int) -> int:
         """Full batches in one epoch (the tail is dropped), at least one."""
@@ -267,7 +270,8 @@ def fit(
             world.reseed(generator)
         batch_iter = batches(data.images, data.labels, shuffled, cfg.batch_size, drop_last=True)
         if data.augment:
-            batch_iter = ((augment.batch(x, generator), y) for x, y in batch_iter)
+            kind = data.augment
+            batch_iter = ((augment.batch(x, generator, kind), y) for x, y in batch_iter)
         with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress) as bar:
             try:
                 train_loss, train_acc = train_one_epoch(trained, batch_iter, opt, rt, bar if progress else None, world)

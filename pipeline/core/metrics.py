@@ -7,6 +7,7 @@ The same values appear under two spellings: `metrics/eval.json` keys (`accuracy`
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,9 +21,10 @@ CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_
 
 
 def mlflow_name(key: str) -> str:
-    """The MLflow metric name of a flattened metrics/eval.json key."""
+    """The MLflow metric name of a flattened metrics/eval.json key. A class name (a folder's, any Unicode) keeps
+    the letters, digits, spaces and `_ - . :` MLflow allows in names; anything else becomes `_`."""
     if key.startswith("per_class_accuracy."):
-        return CLASS_ACCURACY_PREFIX + key.split(".", 1)[1]
+        return CLASS_ACCURACY_PREFIX + re.sub(r"[^\w.\- :]", "_", key.split(".", 1)[1])
     return TEST_PREFIX + key
 
 
@@ -69,8 +71,22 @@ class Report:
         """Every metric under its MLflow name."""
         return {
             **{mlflow_name(k): v for k, v in self.scalars().items()},
-            **{mlflow_name(f"per_class_accuracy.{n}"): a for n, a in self.per_class_accuracy.items()},
+            **_unique({mlflow_name(f"per_class_accuracy.{n}"): a for n, a in self.per_class_accuracy.items()},
+                      self.per_class_accuracy),
         }
+
+
+def _unique(named: dict[str, float], per_class: dict[str, float]) -> dict[str, float]:
+    """`named` with a number appended to names two classes share once cleaned ("a+b" and "a&b": "a_b", "a_b_2")."""
+    if len(named) == len(per_class):
+        return named
+    out: dict[str, float] = {}
+    for cls, value in per_class.items():
+        name, n = mlflow_name(f"per_class_accuracy.{cls}"), 1
+        while (candidate := name if n == 1 else f"{name}_{n}") in out:
+            n += 1
+        out[candidate] = value
+    return out
 
 
 def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top_k: int = 3) -> Report:

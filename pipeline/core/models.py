@@ -192,7 +192,8 @@ def logits(
     model: nn.Module, images: torch.Tensor, device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None, channels_last: bool = True,
 ) -> torch.Tensor:
-    """Float32 logits (N×classes, on the CPU) of `model` for `images` (N×C×H×W, uint8 or floats in [0, 1]),
+    """Float32 logits (N×classes, on the CPU) of `model` for `images` (N×C×H×W, uint8 or floats in [0, 1]; a
+    tensor, or anything sliced into tensors or arrays),
     in order, in batches of INFERENCE_BATCH_SIZE, leaving the model in eval mode: what evaluate reports,
     the served MLflow model answers, predict ranks and validation scores (there on the training device,
     under its autocast dtype and memory format)."""
@@ -204,10 +205,13 @@ def logits(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     device = device or torch.device("cpu")
     cast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    out = []
     with torch.no_grad(), cast:
-        # split() of no images is one empty batch, so N = 0 gives 0×classes too.
-        return torch.cat([model(b.to(device, non_blocking=True).contiguous(memory_format=layout)).float().cpu()
-                          for b in images.split(INFERENCE_BATCH_SIZE)])
+        # Sliced, not split(): `images` may be pictures on disk (datasets.PagedImages), read a batch at a time.
+        for start in range(0, max(len(images), 1), INFERENCE_BATCH_SIZE):
+            batch = torch.as_tensor(images[start : start + INFERENCE_BATCH_SIZE])
+            out.append(model(batch.to(device, non_blocking=True).contiguous(memory_format=layout)).float().cpu())
+    return torch.cat(out)
 
 
 def training_bytes(

@@ -28,27 +28,29 @@ class ChannelStats:
 
 def compute(params: Params) -> ChannelStats:
     """The `normalization-stats` stage's work: statistics of the images train will fit on, into data/stats.json."""
-    spec = datasets.get(params.data.dataset)
+    spec = datasets.describe(params.data.dataset, paths.RAW)
     images, labels = datasets.read_split(spec, paths.RAW, train=True)
-    fit_idx, _ = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
-    result = channel_stats(images, fit_idx)
+    if datasets.read_validation(spec, paths.RAW) is not None:  # the folder's own val/: every training picture fits
+        fit_idx = splits.limited(np.arange(len(labels)), params.seed, params.data.limit)
+    else:
+        fit_idx, _ = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
+    result = channel_stats(datasets.PagedImages(images) if spec.from_folder else images, fit_idx)
     save(paths.STATS, result, spec.name)
     return result
 
 
 def channel_stats(images: Any, indices: Any, chunk: int = 8192) -> ChannelStats:
-    """Statistics of `images[indices]` (uint8, N×C×H×W; arrays or tensors), streamed in chunks.
-
-    A 256-bin histogram per channel is all that is kept, so memory stays at one uint8 chunk and the
-    sums are exact integers: the result does not depend on chunk size or summation order.
-    """
-    images, indices = np.asarray(images), np.asarray(indices)
-    if images.dtype != np.uint8:
-        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    """Statistics of `images[indices]` (uint8, N×C×H×W; arrays, tensors or datasets.PagedImages), streamed in
+    chunks. A 256-bin histogram per channel is all that is kept, so memory stays at one uint8 chunk and the
+    sums are exact integers: the result does not depend on chunk size or summation order. Raises TypeError
+    for images that are not uint8."""
+    indices = np.asarray(indices)
     channels = images.shape[1]
     hist = np.zeros((channels, 256), dtype=np.int64)
     for start in range(0, len(indices), chunk):
-        block = images[indices[start : start + chunk]]
+        block = np.asarray(images[indices[start : start + chunk]])
+        if block.dtype != np.uint8:
+            raise TypeError(f"expected uint8 images, got {block.dtype}")
         for c in range(channels):
             hist[c] += np.bincount(block[:, c].reshape(-1), minlength=256)
     means, stds = [], []

@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.core import datasets, models, optim
 from pipeline.core.errors import PipelineError
 from pipeline.core.validation import build, spec
+from pipeline.core.yamlio import read_yaml, write_yaml
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,9 +31,27 @@ MODEL_NAME_PATTERN = r"[^/:]{1,255}"
 
 @dataclass(frozen=True)
 class DataParams:
-    dataset: str = spec("mnist", "Dataset to train and evaluate on.", choices=tuple(datasets.DATASETS))
+    dataset: str = spec("mnist", "Dataset to train and evaluate on; folder = your own pictures (data.folder).",
+                        choices=tuple(datasets.DATASETS))
+    folder: str = spec(
+        "examples/images",
+        "folder: your pictures, one subfolder per class (or train/ and test/, optionally val/, each so), relative to "
+        "the project root; a DVC dependency of the download stage.",
+    )
+    image_size: int | None = spec(
+        None, "folder: side of the square the pictures are resized and cropped to, in pixels; null = 64 (the "
+        "built-in datasets keep their own).", ge=8, le=1024,
+    )
+    channels: int | None = spec(
+        None, "folder: 1 (grey) or 3 (colour); null = 3 (the built-in datasets keep their own).", ge=1, le=3,
+    )
+    test_size: float = spec(
+        0.2, "folder without test/: the fraction of each class carved off once, at decoding, as the test split.",
+        gt=0, lt=1,
+    )
     val_size: int = spec(
-        5000, "Images carved out of the training split for validation (seeded, stratified).", ge=1
+        5000, "Images carved out of the training split for validation (seeded, stratified), at most a fifth "
+        "of them; a folder's val/ replaces it.", ge=1,
     )
     limit: int | None = spec(
         None, "Cap on the training images used for fitting, for quick runs; null = all.", ge=1
@@ -42,7 +61,8 @@ class DataParams:
         "Local folder with the dataset's original files, used before any download "
         "(relative to the project root); null = none.",
     )
-    augment: bool = spec(False, "Random crop (4 px padding) and horizontal flip of training batches, for CIFAR-10.")
+    augment: bool = spec(False, "Augment training batches: random crop (4 px padding) and flip for CIFAR-10; random "
+                         "resized crop and flip (torchvision's) for a folder's photographs.")
 
 
 @dataclass(frozen=True)
@@ -128,62 +148,9 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
 
-def read_yaml(text: str, source: str = "YAML") -> Any:
-    """YAML text as plain values, read as DVC reads params.yaml (ruamel.yaml's safe loader, YAML 1.2).
-
-    Aliases are refused before anything is built: nested aliases ("billion laughs") expand
-    exponentially, and a parameters file never needs them. Raises PipelineError naming `source`.
-    """
-    from ruamel.yaml import YAML, YAMLError
-    from ruamel.yaml.events import AliasEvent
-
-    yaml = YAML(typ="safe")
-    try:
-        for event in yaml.parse(text):
-            if isinstance(event, AliasEvent):
-                line = event.start_mark.line + 1 if event.start_mark else "?"
-                raise PipelineError(f"{source}: YAML alias *{event.anchor} at line {line}; aliases are not allowed here")
-        return yaml.load(text)
-    except YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise PipelineError(f"{source}: not valid YAML{where}: {problem}") from None
-
-
-def update_yaml(path: Path, override: dict[str, Any]) -> None:
-    """Write the nested values of `override` into the YAML file at `path`, keeping its comments and order
-    (ruamel.yaml's round trip, as `dvc exp run -S` edits params.yaml)."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    doc = yaml.load(path.read_text())
-
-    def apply(node: Any, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(node.get(key), dict):
-                apply(node[key], value)
-            else:
-                node[key] = value
-
-    apply(doc, override)
-    with open(path, "w") as fh:
-        yaml.dump(doc, fh)
-
-
 def dump_yaml(params: Params) -> str:
     """The parameters as the text of a params.yaml file (every key; read back by read_yaml to equal values)."""
-    import io
-
-    from ruamel.yaml import YAML
-
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()}
-    yaml = YAML(typ="safe")
-    yaml.default_flow_style = None  # lists of numbers on one line, as params.yaml writes them
-    yaml.sort_base_mapping_type_on_output = False  # params.yaml's order
-    out = io.StringIO()
-    yaml.dump(nest(plain), out)
-    return out.getvalue()
+    return write_yaml({k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()})
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -222,6 +189,14 @@ def parse_params(raw: Any, source: str = "params") -> Params:
             f"{source}: train.batch_size must be >= train.processes (each process takes part of every batch), "
             f"got {train.batch_size} < {train.processes}"
         )
+    data = params.data
+    if data.channels == 2:
+        raise PipelineError(f"{source}: data.channels must be 1, 3 or null, got 2")
+    builtin = datasets.get(data.dataset)
+    for key, own in (("image_size", builtin.image_size), ("channels", builtin.channels)):
+        if not builtin.from_folder and getattr(data, key) not in (None, own):
+            raise PipelineError(f"{source}: data.{key} applies to data.dataset folder; {data.dataset} has its own "
+                                f"({own}), so leave it null, got {getattr(data, key)}")
     if params.data.val_size < train.processes:
         raise PipelineError(
             f"{source}: data.val_size must be >= train.processes (each process scores part of the validation "

@@ -76,10 +76,15 @@ def make_runtime(cfg: TrainParams, world: World | None = None) -> Runtime:
     threads = cfg.threads or (world.threads() if world is not None else 0)
     if threads:
         torch.set_num_threads(threads)
-    dtype: torch.dtype | None = None
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and not cfg.portable and bf16_native(device)):
-        dtype = torch.bfloat16
+    dtype = torch.bfloat16 if uses_bf16(cfg, bf16_native(device)) else None
     return Runtime(device=device, autocast_dtype=dtype, channels_last=cfg.channels_last)
+
+
+def uses_bf16(cfg: TrainParams, native: bool) -> bool:
+    """Whether training autocasts to bf16: asked for, or `auto` where the device computes bf16 natively
+    (`native`). Emulated bf16 (an AVX-512 CPU without AVX512-BF16/AMX) is slower than fp32, and a
+    portable run is fp32 by definition."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and native and not cfg.portable)
 
 
 def seed_everything(seed: int) -> None:

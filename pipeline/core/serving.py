@@ -4,7 +4,8 @@ A models-from-code file logged with this package as its code: it rebuilds the ne
 as evaluate and predict do. (Not a torch.export program: loading one imports torch._dynamo, about
 4 s of a 10 s server start.)
 
-Input: images N×C×H×W (N×H×W for one channel), pixels either integers 0-255 or floats in [0, 1].
+Input: images N×C×H×W (N×H×W for one channel), pixels either integers 0-255 or floats in [0, 1], of any
+height and width (resized and centre-cropped as the training pictures were).
 JSON keeps that difference only if MLflow does not cast the request to a dtype first, so the
 signature is an untyped tensor and this class checks shape, dtype and range itself: anything else
 is refused with HTTP 400 and one line naming what was expected, never answered with wrong logits.
@@ -46,7 +47,8 @@ class InputError(MlflowException):
 
 
 def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
-    """The request as a uint8 or float32 N×C×H×W tensor, or InputError naming what is wrong."""
+    """The request as a uint8 or float32 N×C×size×size tensor, or InputError naming what is wrong. Pictures of
+    another height and width are resized and centre-cropped as the training pictures were (core.images)."""
     import torch
 
     x = np.asarray(values)
@@ -57,20 +59,36 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
             raise InputError("images must be a rectangular array (every image the same size)") from None
     if x.ndim == 3 and channels == 1:
         x = x[:, None]
-    expected = f"(N, {channels}, {size}, {size})" + (f" or (N, {size}, {size})" if channels == 1 else "")
-    if x.ndim != 4 or x.shape[1:] != (channels, size, size):
-        raise InputError(f"images must have shape {expected}; got {tuple(x.shape)}")
+    expected = f"(N, {channels}, H, W)" + (" or (N, H, W)" if channels == 1 else "")
+    if x.ndim != 4 or x.shape[1] != channels or 0 in x.shape[2:]:
+        raise InputError(f"images must have shape {expected} (resized to {size}×{size}); got {tuple(x.shape)}")
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
             raise InputError(f"integer pixels must be 0-255; got {x.min()} to {x.max()}")
-        return torch.from_numpy(x.astype(np.uint8))
-    if x.dtype.kind == "f":
+        x = x.astype(np.uint8)
+    elif x.dtype.kind == "f":
         if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
             raise InputError(
                 f"float pixels must be in [0, 1] (send 0-255 values as integers); got {np.nanmin(x):g} to {np.nanmax(x):g}"
             )
-        return torch.from_numpy(x.astype(np.float32))
-    raise InputError(f"pixels must be integers 0-255 or floats in [0, 1]; got dtype {x.dtype}")
+        x = x.astype(np.float32)
+    else:
+        raise InputError(f"pixels must be integers 0-255 or floats in [0, 1]; got dtype {x.dtype}")
+    if x.shape[2:] != (size, size):
+        x = _resized(x, channels, size)
+    return torch.from_numpy(x)
+
+
+def _resized(x: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """Pictures N×C×H×W (uint8, or floats in [0, 1], taken to 0-255) through core.images.prepare, as uint8."""
+    from PIL import Image
+
+    from pipeline.core.images import prepare
+
+    if x.dtype != np.uint8:
+        x = np.rint(x * 255).astype(np.uint8)
+    pictures = (Image.fromarray(p[0] if channels == 1 else p.transpose(1, 2, 0)) for p in x)
+    return np.stack([prepare(picture, channels, size) for picture in pictures])
 
 
 class ImageModel(PythonModel):

@@ -14,15 +14,17 @@ from pipeline.core.errors import PipelineError
 def split_indices(labels: Any, val_size: int, seed: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, validation) into `labels` (an int array or tensor), each int64 and sorted ascending.
 
-    Every class gets its share of the validation set (largest-remainder rounding), chosen at random
+    The validation set holds `val_size` images, at most a fifth of them (a small folder of pictures keeps
+    most for fitting). Every class gets its share of it (largest-remainder rounding), chosen at random
     with a generator seeded by `seed` (NumPy's PCG64, the same stream on every platform), so the same
     seed always gives the same split. `limit` then caps the fitting part with a seeded random subset;
-    the validation set does not depend on it.
+    the validation set does not depend on it. Raises PipelineError for fewer than two images.
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
-    if val_size >= n:
-        raise PipelineError(f"data.val_size must be smaller than the {n} training images, got {val_size}")
+    if n < 2:
+        raise PipelineError(f"data: {n} training image(s); fitting and validation need at least two")
+    val_size = max(1, min(val_size, n // 5))
     rng = np.random.Generator(np.random.PCG64(seed))
     counts = np.bincount(labels)
     exact = counts * val_size / n
@@ -37,6 +39,12 @@ def split_indices(labels: Any, val_size: int, seed: int, limit: int | None = Non
     is_val = rank < np.repeat(quota, counts)
     val = np.sort(grouped[is_val])
     fit = grouped[~is_val]
-    if limit is not None and limit < len(fit):
-        fit = fit[rng.permutation(len(fit))[:limit]]
-    return np.sort(fit), val
+    return limited(fit, rng, limit), val
+
+
+def limited(indices: np.ndarray, seed: int | np.random.Generator, limit: int | None) -> np.ndarray:
+    """`indices` sorted, capped at `limit` by a random subset drawn with `seed` (or that generator)."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.Generator(np.random.PCG64(seed))
+    if limit is not None and limit < len(indices):
+        indices = indices[rng.permutation(len(indices))[:limit]]
+    return np.sort(indices)

@@ -10,7 +10,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,11 +31,16 @@ from pipeline.core import (
     splits,
 )
 from pipeline.core.distributed import World
+from pipeline.core.errors import PipelineError
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
 from pipeline.core.params import Params, dump_yaml, flatten
 from pipeline.core.tracking import Tracker
-from pipeline.core.tracking.provenance import PARAMS_ARTIFACT, package_versions, write_run_file
+from pipeline.core.tracking.provenance import (
+    PARAMS_ARTIFACT,
+    package_versions,
+    write_run_file,
+)
 
 
 @dataclass(frozen=True)
@@ -79,26 +86,38 @@ class Inputs:
     options: models.ModelOptions
     shape: tuple[str, int, int, int]  # architecture, channels, image size, classes
     norm: normalization.ChannelStats
-    images: torch.Tensor  # uint8 N×C×H×W, the whole training split
+    images: Any  # uint8 N×C×H×W, the whole training split: a tensor, or datasets.PagedImages (a folder's)
     labels: torch.Tensor  # int64 N
     fit_idx: torch.Tensor
-    val_idx: torch.Tensor
+    val_images: torch.Tensor  # uint8, carved from the training split or a folder's val/
+    val_labels: torch.Tensor
 
 
 def load_inputs(params: Params) -> Inputs:
     """The dataset, statistics and split of a run; refuses a model this machine cannot hold before any
     data is loaded (PipelineError naming the parameter)."""
     cfg = params.train
-    spec = datasets.get(params.data.dataset)
+    spec = datasets.describe(params.data.dataset, paths.RAW)
+    if spec.from_folder:
+        want = (params.data.image_size or datasets.get("folder").image_size, params.data.channels or spec.channels)
+        if want != (spec.image_size, spec.channels):
+            raise PipelineError(f"{paths.RAW}: its pictures are {spec.image_size} px with {spec.channels} channel(s), "
+                                f"not data.image_size {want[0]} with {want[1]}; rerun the download stage (dvc repro)")
     options = models.options_from(cfg)
     shape = (cfg.model, spec.channels, spec.image_size, spec.num_classes)
     blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(cfg.model, "train.batch_size")
     models.check_fits(*shape, options, cfg.batch_size, blame)
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
-    fit_idx, val_idx = map(torch.from_numpy, splits.split_indices(labels, params.data.val_size, params.seed,
-                                                                  params.data.limit))
-    return Inputs(spec, options, shape, norm, images, labels, fit_idx, val_idx)
+    own_val = datasets.read_validation(spec, paths.RAW)
+    if own_val is not None:  # the folder's val/: every training picture is for fitting
+        fit_idx = torch.from_numpy(splits.limited(np.arange(len(labels)), params.seed, params.data.limit))
+        val_images, val_labels = torch.from_numpy(np.array(own_val[0])), torch.from_numpy(own_val[1])
+    else:
+        fit_idx, val_idx = map(torch.from_numpy, splits.split_indices(labels, params.data.val_size, params.seed,
+                                                                      params.data.limit))
+        val_images, val_labels = images[val_idx], labels[val_idx]
+    return Inputs(spec, options, shape, norm, images, labels, fit_idx, val_images, val_labels)
 
 
 def logged_params(params: Params, world: World | None) -> tuple[dict[str, object], dict[str, object]]:
@@ -158,14 +177,15 @@ def train(
     with distributed.session(world, rt.device):
         runtime.seed_everything(params.seed)
         model = models.build(*inputs.shape, inputs.norm.mean, inputs.norm.std, inputs.options)
-        log(f"train: {cfg.model} on {inputs.spec.name}, {len(inputs.fit_idx)} fit / {len(inputs.val_idx)} val images, "
+        log(f"train: {cfg.model} on {inputs.spec.name}, {len(inputs.fit_idx)} fit / {len(inputs.val_labels)} val images, "
             f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
             + (f" in each of {world.size} processes" if world is not None else ""))
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
         resume = find_checkpoint(fingerprint, world, log)
-        data = loop.TrainData.on(rt, inputs.images, inputs.labels, inputs.fit_idx, inputs.val_idx,
-                                 augment=params.data.augment)
+        kind = ("photos" if inputs.spec.from_folder else "crop") if params.data.augment else None
+        data = loop.TrainData.on(rt, inputs.images, inputs.labels, inputs.fit_idx,
+                                 (inputs.val_images, inputs.val_labels), augment=kind)
         model = rt.place(model)
         # Built before the run opens, so that the optimizer's first imports overlap a background
         # tracker opening the store.
@@ -212,9 +232,12 @@ class Run:
         if resume is not None and self.run_id != resume.run_id:  # a new run: give it the curves so far
             for r in resume.state.history:
                 tracker.log_metrics(r.metrics(), step=r.epoch)
-        digest = datasets.digest(inputs.images, inputs.labels) if self.lead else ""
+        digest = ("" if not self.lead else datasets.folder_digest(paths.RAW) if inputs.spec.from_folder
+                  else datasets.digest(inputs.images, inputs.labels))
         tracker.log_dataset(inputs.spec.name, digest, paths.RAW,
-                            {"fit": len(inputs.fit_idx), "validation": len(inputs.val_idx)})
+                            {"fit": len(inputs.fit_idx), "validation": len(inputs.val_labels)})
+        if inputs.spec.from_folder:  # what it learned from: pictures per class and split, the skipped files
+            tracker.log_file(paths.RAW / inputs.spec.folder / "report.json")
         tracker.set_tags({"dataset": inputs.spec.name, "dataset.digest": digest,
                           **({"world_size": str(world.size)} if world is not None else {}), **(tags or {})})
         tracker.log_text(package_versions(), "environment/pip-freeze.txt")

@@ -16,8 +16,9 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params, parse_params, read_yaml
+from pipeline.core.params import Params, parse_params
 from pipeline.core.repo import clean_env, git
+from pipeline.core.yamlio import read_yaml
 from pipeline_team.sweep import space as search_space
 from pipeline_team.sweep import study as studies
 from pipeline_team.sweep import worker

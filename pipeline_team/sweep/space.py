@@ -14,7 +14,8 @@ from typing import Any
 
 from pipeline.core import trial
 from pipeline.core.errors import PipelineError, first_line
-from pipeline.core.params import Params, flatten, read_yaml, with_values
+from pipeline.core.params import Params, flatten, with_values
+from pipeline.core.yamlio import read_yaml
 
 DEFAULT_SPACE = Path("sweeps/space.yaml")
 # Not sweepable: trials must log into the project's MLflow experiment and read its data.

@@ -27,11 +27,16 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.client import MlflowTracker
-from pipeline.core import paths
-from pipeline.core.tracking.store import check_environment, check_reachable, interrupts_as_keyboard, tracking_uri
+from pipeline.core.tracking.store import (
+    check_environment,
+    check_reachable,
+    interrupts_as_keyboard,
+    tracking_uri,
+)
 
 # A waiting command's answer is ("ok", value) or (kind, message) of the first error since the last answer.
 _ERRORS = {"pipeline": PipelineError, "interrupt": KeyboardInterrupt}

@@ -15,8 +15,15 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import origin_tags, param_value
-from pipeline.core.tracking.store import (CLIENT_DEFAULTS, check_environment, check_reachable, interrupts_as_keyboard,
-                                          sqlite_lock, tracking_uri)
+from pipeline.core.tracking.store import (
+    CLIENT_DEFAULTS,
+    check_artifact_location,
+    check_environment,
+    check_reachable,
+    interrupts_as_keyboard,
+    sqlite_lock,
+    tracking_uri,
+)
 
 # MLflow 3 opens an experiment on its GenAI view (traces, prompts) unless told it holds training runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -263,25 +270,6 @@ class MlflowTracker(Tracker):
         version = self._connect().register_model(model_uri, name)
         MlflowClient(self.uri).set_registered_model_alias(name, alias, version.version)
         return str(version.version)
-
-
-def check_artifact_location(name: str, location: str) -> None:
-    """Refuse an experiment whose artifacts would land inside DVC's own folder (.dvc/tmp/exps/… is where a
-    queued or --temp experiment runs, and DVC deletes it): its models and figures would be lost. MLflow
-    cannot move an experiment's artifact location, so another experiment name is the way out."""
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
-
-    parsed = urlparse(location)
-    if parsed.scheme not in ("", "file"):
-        return  # a server's or a bucket's: not in this folder
-    folder = Path(url2pathname(parsed.path)).resolve()
-    dvc_dir = (paths.project_root() / ".dvc").resolve()
-    if folder.is_relative_to(dvc_dir):
-        raise PipelineError(
-            f"mlflow.experiment_name: experiment {name!r} keeps its artifacts in {folder}, inside DVC's temporary "
-            "folder, which DVC deletes; choose another mlflow.experiment_name (dvc exp run -S mlflow.experiment_name=…)"
-        )
 
 
 def _last_system_sample(run_id: str) -> None:

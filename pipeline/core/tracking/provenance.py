@@ -49,7 +49,8 @@ def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
 def changed_params(committed_yaml: str, params: Mapping[str, Any]) -> dict[str, str]:
     """The entries of `params` (dotted keys) whose value differs from those of the params.yaml text
     `committed_yaml` (compared once both are validated, so `lr: 1` and `lr: 1.0` are the same)."""
-    from pipeline.core.params import flatten, parse_params, read_yaml
+    from pipeline.core.params import flatten, parse_params
+    from pipeline.core.yamlio import read_yaml
 
     try:
         committed = {k: param_value(v) for k, v in flatten(parse_params(read_yaml(committed_yaml))).items()}
@@ -121,7 +122,7 @@ def package_versions() -> str:
 
 def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
     """The content hashes DVC recorded for the data, the statistics and the model, as run tags."""
-    from pipeline.core.params import read_yaml
+    from pipeline.core.yamlio import read_yaml
 
     try:
         stages = (read_yaml(lock_file.read_text(), str(lock_file)) or {}).get("stages", {})

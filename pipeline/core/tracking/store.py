@@ -130,3 +130,22 @@ def interrupts_as_keyboard() -> Iterator[None]:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def check_artifact_location(name: str, location: str) -> None:
+    """Refuse an experiment whose artifacts would land inside DVC's own folder (.dvc/tmp/exps/… is where a
+    queued or --temp experiment runs, and DVC deletes it): its models and figures would be lost. MLflow
+    cannot move an experiment's artifact location, so another experiment name is the way out."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return  # a server's or a bucket's: not in this folder
+    folder = Path(url2pathname(parsed.path)).resolve()
+    dvc_dir = (paths.project_root() / ".dvc").resolve()
+    if folder.is_relative_to(dvc_dir):
+        raise PipelineError(
+            f"mlflow.experiment_name: experiment {name!r} keeps its artifacts in {folder}, inside DVC's temporary "
+            "folder, which DVC deletes; choose another mlflow.experiment_name (dvc exp run -S mlflow.experiment_name=…)"
+        )
