@@ -264,14 +264,14 @@ def test_duplicates_across_splits_are_counted_and_a_class_left_empty_stops(tmp_p
         picture.write_bytes(png_header(64, 64))  # every coffee picture of test/ damaged
     with pytest.raises(PipelineError) as exc:
         folders.decode(folders.scan(root), 1, 16, tmp_path / "out", 2, quiet)
-    assert one_line(exc).startswith(f"data.folder {root}: class 'coffee' has no usable picture in test/ "
+    assert one_line(exc).startswith(f"data.folder {root}: class 'coffee' has no usable picture in the test split "
                                     "(2 skipped, first test/coffee/0.png: truncated or damaged (")
     assert (tmp_path / "out" / "val" / "images.u8").exists()  # the previous output stays whole
     for picture in (root / "test" / "coffee").iterdir():
         picture.unlink()
     with pytest.raises(PipelineError) as exc:
         folders.decode(folders.scan(root), 1, 16, tmp_path / "out", 1, quiet)
-    assert one_line(exc).endswith("class 'coffee' has no usable picture in test/ (its folder holds no picture file)")
+    assert one_line(exc).endswith("class 'coffee' has no usable picture in the test split (its folder holds no picture file)")
 
 
 def test_rows_keep_their_order_and_a_killed_worker_stops_decoding(tmp_path: Path) -> None:

@@ -152,12 +152,13 @@ def _ordered(tasks: list[tuple[str, int, int]], workers: int, row: int) -> Itera
 def _check(layout: Layout, rows: dict[str, list[tuple[int, str]]], skipped: list[tuple[str, str]]) -> None:
     """Refuse a class in a split (so also an empty split) that has no usable picture left, with a reason why."""
     for split, found in rows.items():
-        where = "" if split == "all" else f"{split}/"
         for label in sorted(set(range(len(layout.classes))) - {label for label, _ in found}):
-            why = [f"{p}: {r}" for p, r in skipped if p.startswith(f"{where}{layout.classes[label]}/")]
+            name = layout.classes[label]
+            # The class folder is the first part of a relative path, or the second below train/, val/ or test/.
+            why = [f"{p}: {r}" for p, r in skipped if name in Path(p).parts[:2]]
             note = f"{len(why)} skipped, first {why[0]}" if why else "its folder holds no picture file"
-            raise PipelineError(f"data.folder {layout.folder}: class {layout.classes[label]!r} has no usable picture"
-                                f"{f' in {where}' if where else ''} ({note})")
+            raise PipelineError(f"data.folder {layout.folder}: class {name!r} has no usable picture in the {split} "
+                                f"split ({note})")
 
 
 def _duplicates(seen: dict[bytes, list[tuple[str, str]]]) -> dict[str, Any]:

@@ -91,8 +91,13 @@ def resnet(in_channels: int, image_size: int, num_classes: int, opt: ModelOption
     )
 
 
+SMALL_INPUT = 32  # pixels: at most this, resnet18 keeps full resolution through its stem
+
+
 def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
-    """torchvision's ResNet-18 with a 3×3 stride-1 stem and no max-pool, so 28/32 px inputs keep detail."""
+    """torchvision's ResNet-18. Up to SMALL_INPUT px (28/32 px datasets) its stem is a 3×3 stride-1 convolution
+    with no max-pool, so small pictures keep their detail; larger pictures (photographs) keep torchvision's
+    7×7 stride-2 stem and max-pool, a sixteenth of the work. Pretrained weights keep their stem's."""
     from torch import nn
     from torchvision.models import ResNet18_Weights
     from torchvision.models import resnet18 as tv_resnet18
@@ -107,8 +112,10 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOpti
             ) from None
     else:
         net = tv_resnet18(weights=None)
-    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
+    if image_size <= SMALL_INPUT:
+        net.conv1, net.maxpool = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     if opt.freeze_backbone:
         for p in net.parameters():
             p.requires_grad_(False)

@@ -51,14 +51,15 @@ def progress_printer(every: float = 2.0) -> Callable[[int, int, float], None]:
     """A `progress(done, total, seconds)` that shows a count and a rate: redrawn in place on a terminal, a
     line every `every` seconds in a log."""
     last = [0.0]
-    tty = sys.stderr.isatty()
+    tty = sys.stdout.isatty()
 
     def show(done: int, total: int, seconds: float) -> None:
         if done < total and time.monotonic() - last[0] < (0.2 if tty else every):
             return
         last[0] = time.monotonic()
         line = f"decoding pictures: {done:,}/{total:,} ({done / max(seconds, 1e-9):,.0f}/s)"
-        click.echo(f"\r{line}" if tty else line, err=True, nl=not tty or done == total)
+        # stdout: a stage's stderr holds its one error line, if any.
+        click.echo(f"\r{line}" if tty else line, nl=not tty or done == total)
 
     return show
 
