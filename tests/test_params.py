@@ -1,4 +1,4 @@
-"""Parameter validation: every bad value is named in one line; the README documents every key."""
+"""Parameter validation: every bad value is named in one line; docs/parameters.md documents every key."""
 from __future__ import annotations
 
 from pathlib import Path
