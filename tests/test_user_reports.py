@@ -122,25 +122,21 @@ def test_a_nan_loss_stops_the_stage_in_one_line_and_keeps_every_output(project: 
     assert snapshot(project) == before
 
 
-def test_a_collapsed_model_is_evaluated_and_a_long_parameter_is_kept_whole(project: Path, tmp_path: Path) -> None:
-    # 2,100 hidden layers of one unit: a value of 6,300 characters (MLflow keeps 6,000), and a network that
-    # collapses to one answer for every image.
+def test_a_parameter_longer_than_mlflow_keeps_is_stored_whole_and_reproduced(project: Path, tmp_path: Path) -> None:
+    # train.mlp_hidden with 2,100 entries: 6,300 characters as MLflow shows it, which keeps 6,000. (The
+    # network is the default cnn, which does not read it: the value, not a 2,100-layer net, is the point.)
     hidden = json.dumps([1] * 2100, separators=(",", ":"))
-    proc = run(["dvc", "exp", "run", "-n", "deep", "-S", f"train.mlp_hidden={hidden}", "-S", "train.model=mlp",
-                "-S", "train.epochs=1"], project)
-    assert "at chance level" in proc.stdout + proc.stderr
-    for name in ("metrics/train.json", "metrics/eval.json"):
-        strict_json(project / name)
+    run(["dvc", "exp", "run", "-n", "long", "-S", f"train.mlp_hidden={hidden}"], project)
     run_id = json.loads((project / "metrics/train.json").read_text())["mlflow_run_id"]
     logged = store(project).get_run(run_id)
-    assert logged.info.status == "FINISHED" and logged.data.tags["model.at_chance_level"] == "true"
+    assert logged.info.status == "FINISHED"
     assert "…[cut] (6,300 characters" in logged.data.params["train.mlp_hidden"]  # "[1, 1, …]": 6,300 characters
     whole = read_yaml(Path(store(project).download_artifacts(run_id, "params.yaml", str(tmp_path))).read_text())
     assert whole["train"]["mlp_hidden"] == [1] * 2100
 
     # reproduce rebuilds it from the artifact, and leaves no clone behind.
     run(["git", "add", "-A"], project)
-    run(["git", "commit", "-q", "-m", "deep"], project)
+    run(["git", "commit", "-q", "-m", "long"], project)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     proc = run(["python", "-m", "pipeline", "reproduce", "--run-id", run_id], project, TMPDIR=str(scratch))
@@ -152,7 +148,7 @@ def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:
     root = make_project()
     run(["dvc", "exp", "run", "--temp"], root)
     default = store(root).get_experiment("0")
-    assert default.artifact_location == (root / "mlruns" / "0").as_uri()
+    assert Path(default.artifact_location.removeprefix("file://")) == root / "mlruns" / "0"
     run(["dvc", "exp", "run", "-S", "mlflow.experiment_name=Default"], root)
     shutil.rmtree(root / ".dvc/tmp/exps", ignore_errors=True)
     import mlflow

@@ -23,13 +23,13 @@ Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 def _adam(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     from torch.optim import Adam
 
-    return Adam(p, lr=c.lr, weight_decay=c.weight_decay)
+    return Adam(p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay)
 
 
 def _adamw(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     from torch.optim import AdamW
 
-    return AdamW(p, lr=c.lr, weight_decay=c.weight_decay)
+    return AdamW(p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay)
 
 
 def _sgd(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
@@ -70,9 +70,9 @@ def _cosine(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
 def _onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     from torch.optim.lr_scheduler import OneCycleLR
 
-    # Momentum is cycled only where there is some: Adam-style betas, or SGD/RMSprop momentum the user
-    # switched on (adadelta has none, and cycling would turn on momentum that train.momentum: 0 turned off).
-    cycle = "betas" in o.defaults or o.defaults.get("momentum", 0) > 0
+    # Momentum is cycled only where asked and there is some: Adam-style betas, or SGD/RMSprop momentum the
+    # user switched on (adadelta has none, and cycling would turn on momentum that train.momentum: 0 turned off).
+    cycle = c.cycle_momentum and ("betas" in o.defaults or o.defaults.get("momentum", 0) > 0)
     return OneCycleLR(o, max_lr=c.lr, epochs=c.epochs, steps_per_epoch=steps, cycle_momentum=cycle)
 
 

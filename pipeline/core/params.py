@@ -75,8 +75,14 @@ class TrainParams:
     )
     mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20)
     cnn_channels: tuple[int, ...] = spec(
-        (16, 32), "cnn: output channels of each conv block (each halves the size).", ge=1, le=1 << 16
+        (16, 32), "cnn: output channels of each conv block (each halves the size, or so).", ge=1, le=1 << 16
     )
+    cnn_stem: str = spec(
+        "pool", "cnn: the first block; pool = a 3×3 convolution and a 2×2 max-pool, like every block; stride2 = a "
+        "5×5 convolution with stride 2 (a quarter of the work), the later blocks unpadded (LeNet's shape).",
+        choices=models.CNN_STEMS,
+    )
+    cnn_hidden: int = spec(128, "cnn: units of the fully connected layer before the output.", ge=1, le=1 << 16)
     dropout: float = spec(0.1, "Dropout probability: mlp after each hidden layer, cnn before its last layer.", ge=0, lt=1)
     batch_norm: bool = spec(
         False, "cnn: batch normalisation after each convolution (off by default: ~20 % slower on CPU for ~0.1 pt on MNIST)."
@@ -86,6 +92,10 @@ class TrainParams:
     optimizer: str = spec("adam", "Optimizer.", choices=tuple(optim.OPTIMIZERS))
     lr: float = spec(0.008, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
     momentum: float = spec(0.9, "sgd and rmsprop: momentum.", ge=0, lt=1)
+    betas: tuple[float, ...] = spec((0.9, 0.999), "adam and adamw: the two decay rates of the moment estimates.",
+                                    ge=0, lt=1)
+    cycle_momentum: bool = spec(
+        True, "onecycle: cycle the momentum (Adam's first beta) against the rate, 0.95 down to 0.85 and back.")
     nesterov: bool = spec(False, "sgd: Nesterov momentum.")
     weight_decay: float = spec(0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0)
     loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=tuple(optim.LOSSES))
@@ -189,6 +199,8 @@ def parse_params(raw: Any, source: str = "params") -> Params:
             f"{source}: train.batch_size must be >= train.processes (each process takes part of every batch), "
             f"got {train.batch_size} < {train.processes}"
         )
+    if len(train.betas) != 2:
+        raise PipelineError(f"{source}: train.betas must be a list of two numbers >= 0 and < 1, got {list(train.betas)}")
     data = params.data
     if data.channels == 2:
         raise PipelineError(f"{source}: data.channels must be 1, 3 or null, got 2")
