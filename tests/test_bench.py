@@ -24,9 +24,12 @@ def test_quick_benchmark_writes_its_json(make_project, tmp_path: Path) -> None:
         assert 0 < figures["fixed_seconds"] <= figures["seconds"] and figures["help_seconds"] > 0
         assert figures["peak_rss_mb"] > 50
     assert results["stages"]["train"]["fixed_seconds"] < results["stages"]["train"]["seconds"]  # the loop is not fixed cost
+    precision = results["precision"]
+    assert precision["fp32_wall_img_per_s"] > 0 and precision["bf16_wall_img_per_s"] > 0 and precision["bf16_over_fp32"] > 0
     assert results["throughput"]["baseline_img_per_s"] > 0 and results["throughput"]["ours_img_per_s"] > 0
-    assert results["throughput"]["ratio"] > 0 and results["normalization_stats"]["ratio"] > 0
-    share = results["mlflow_share"]
-    assert share["tracked_seconds"] > 0 and share["untracked_seconds"] > 0 and "mlflow_percent" in share
-    assert "time_to_99" not in results and "preset" not in results  # full mode only
-    assert "stage train (s)" in proc.stderr and "MLflow's share" in proc.stderr  # the table for people
+    tracking = results["tracking"]
+    for stage in ("train", "evaluate"):
+        assert all(tracking[f"{stage}_{kind}_seconds"] > 0 for kind in ("process", "inprocess", "none"))
+    assert results["internals"]["log_model_without_swap_seconds"] > 0
+    assert "default_dvc_repro" not in results and "preset" not in results and "folders" not in results  # full only
+    assert "stage `train`" in proc.stderr and "auto picks bf16 only where native" in proc.stderr  # the table
