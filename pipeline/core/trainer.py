@@ -18,6 +18,7 @@ from torch import nn
 
 from pipeline.core import (
     atomic,
+    augment,
     checkpoints,
     cpu,
     datasets,
@@ -183,7 +184,7 @@ def train(
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
         resume = find_checkpoint(fingerprint, world, log)
-        kind = ("photos" if inputs.spec.from_folder else "crop") if params.data.augment else None
+        kind = augment.kind_for(inputs.spec.channels, inputs.spec.from_folder) if params.data.augment else None
         data = loop.TrainData.on(rt, inputs.images, inputs.labels, inputs.fit_idx,
                                  (inputs.val_images, inputs.val_labels), augment=kind)
         model = rt.place(model)
