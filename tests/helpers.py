@@ -16,9 +16,10 @@ from pipeline.core.repo import clean_env
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = yaml.safe_load((REPO / "params.yaml").read_text())["mlflow"]["experiment_name"]
 
-# The learning rate params.yaml ships with, as MLflow shows it; experiments in the tests change it to 0.01.
+# The learning rate params.yaml ships with, as MLflow shows it; experiments in the tests change it to OTHER_LR.
 DEFAULT_LR = str(yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"])
-assert DEFAULT_LR != "0.01"
+OTHER_LR = "0.005"
+assert DEFAULT_LR != OTHER_LR
 
 # One epoch on a small subset: the real code paths in seconds.
 TINY_PARAMS = {"data": {"limit": 2000, "val_size": 500}, "train": {"epochs": 1, "batch_size": 64}}

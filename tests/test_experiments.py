@@ -8,7 +8,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DEFAULT_LR, REPO, chromium, create_project, model_uri, run, runs
+from helpers import (
+    DEFAULT_LR,
+    OTHER_LR,
+    REPO,
+    chromium,
+    create_project,
+    model_uri,
+    run,
+    runs,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -17,28 +26,28 @@ ARTIFACTS = REPO / "test-artifacts"  # screenshots a person can look at (git-ign
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A baseline run committed, then experiment `lr-high` with train.lr=0.01."""
+    """A baseline run committed, then experiment `lr-low` with train.lr=0.005."""
     root = create_project(tmp_path_factory.mktemp("experiments") / "project")
     run(["dvc", "repro"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "baseline results"], root)
-    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], root)
+    run(["dvc", "exp", "run", "-n", "lr-low", "-S", f"train.lr={OTHER_LR}"], root)
     return root
 
 
 def test_exp_run_is_a_second_tagged_run(project: Path) -> None:
     by_lr = {r.data.params["train.lr"]: r for r in runs(project)}
-    assert set(by_lr) == {DEFAULT_LR, "0.01"}
-    high = by_lr["0.01"]
-    assert high.data.tags["dvc.exp_name"] == "lr-high" and high.info.status == "FINISHED"
+    assert set(by_lr) == {DEFAULT_LR, OTHER_LR}
+    high = by_lr[OTHER_LR]
+    assert high.data.tags["dvc.exp_name"] == "lr-low" and high.info.status == "FINISHED"
     baseline = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert high.data.tags["dvc.baseline_rev"] == baseline == high.data.tags["git.commit"]
-    assert high.data.tags["git.dirty"] == "false" and high.data.tags["params.changed"] == "train.lr=0.01"
+    assert high.data.tags["git.dirty"] == "false" and high.data.tags["params.changed"] == f"train.lr={OTHER_LR}"
     assert "test_accuracy" in high.data.metrics
     assert high.inputs.dataset_inputs[0].dataset.name == "mnist"
     assert high.inputs.dataset_inputs[0].dataset.digest == high.data.tags["dataset.digest"][:36]
     shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
-    assert "lr-high" in shown and "best_val_accuracy" in shown and high.info.run_id in shown
+    assert "lr-low" in shown and "best_val_accuracy" in shown and high.info.run_id in shown
 
 
 def test_plots_and_diffs_across_experiments(project: Path) -> None:
@@ -48,20 +57,20 @@ def test_plots_and_diffs_across_experiments(project: Path) -> None:
     assert all(p[0]["type"] == "vega" for k, p in plots.items() if not k.endswith(".png"))
     run(["dvc", "plots", "show"], project)
     assert (project / "dvc_plots" / "index.html").is_file()
-    html = run(["dvc", "plots", "diff", "HEAD", "lr-high", "-o", "diff_plots"], project)
+    html = run(["dvc", "plots", "diff", "HEAD", "lr-low", "-o", "diff_plots"], project)
     assert (project / "diff_plots" / "index.html").is_file(), html.stdout
-    metrics = run(["dvc", "metrics", "diff", "HEAD", "lr-high"], project).stdout
+    metrics = run(["dvc", "metrics", "diff", "HEAD", "lr-low"], project).stdout
     assert "accuracy" in metrics
-    params = run(["dvc", "params", "diff", "HEAD", "lr-high"], project).stdout
-    assert "train.lr" in params and DEFAULT_LR in params and "0.01" in params
+    params = run(["dvc", "params", "diff", "HEAD", "lr-low"], project).stdout
+    assert "train.lr" in params and DEFAULT_LR in params and OTHER_LR in params
 
 
 def test_report_is_markdown_of_what_changed_against_the_baseline(project: Path) -> None:
-    # After `dvc exp run`, the workspace holds experiment lr-high; HEAD holds the baseline results.
+    # After `dvc exp run`, the workspace holds experiment lr-low; HEAD holds the baseline results.
     run(["python", "-m", "pipeline", "report", "--baseline", "HEAD", "-o", "report.md"], project)
     text = (project / "report.md").read_text()
     assert text.startswith("# Experiment report: workspace against `HEAD`")
-    assert f"| train.lr | {DEFAULT_LR} | 0.01 |" in text
+    assert f"| train.lr | {DEFAULT_LR} | {OTHER_LR} |" in text
     baseline = json.loads(run(["git", "show", "HEAD:metrics/eval.json"], project).stdout)
     now = json.loads((project / "metrics/eval.json").read_text())
     row = f"| metrics/eval.json | accuracy | {baseline['accuracy']:.4f} | {now['accuracy']:.4f} |"
@@ -80,10 +89,10 @@ def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[") and url.endswith("&workflowType=machine_learning")
     assert runs_url.startswith("all runs: http://127.0.0.1:5000/#/experiments/")
     text = "\n".join(table)
-    assert "train.lr" in text and DEFAULT_LR in text and "0.01" in text
+    assert "train.lr" in text and DEFAULT_LR in text and OTHER_LR in text
     assert "test_class_accuracy/9" in text and "seed" not in text  # only what differs
-    named = run(["python", "-m", "pipeline", "compare", "--exp", "lr-high"], project).stdout
-    assert "lr-high" in named
+    named = run(["python", "-m", "pipeline", "compare", "--exp", "lr-low"], project).stdout
+    assert "lr-low" in named
     missing = run(["python", "-m", "pipeline", "compare", "--exp", "nope"], project, check=False)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -119,7 +128,7 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         page.get_by_text("data.dataset", exact=True).wait_for(state="detached", timeout=30_000)
         diff_only = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "compare-diff-only.png"), full_page=True)
-    for needle in [*names, "train.lr", DEFAULT_LR, "0.01", "test_class_accuracy/0", "test_accuracy"]:
+    for needle in [*names, "train.lr", DEFAULT_LR, OTHER_LR, "test_class_accuracy/0", "test_accuracy"]:
         assert needle in body, needle
     assert (ARTIFACTS / "compare-view.png").stat().st_size > 10_000
     assert all(name in overview for name in names) and "Token Usage" not in overview

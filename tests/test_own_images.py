@@ -8,7 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, assert_unchanged, create_project, run, runs, snapshot, store
+from helpers import (
+    assert_one_line_error,
+    assert_unchanged,
+    create_project,
+    run,
+    runs,
+    snapshot,
+    store,
+)
 from photos import held_out, make_photo_folder
 from PIL import Image
 

@@ -21,6 +21,7 @@ import pytest
 from helpers import (
     DEFAULT_LR,
     EXPERIMENT,
+    OTHER_LR,
     REPO,
     assert_one_line_error,
     create_project,
@@ -196,12 +197,12 @@ def test_a_fresh_clone_pulls_everything_and_reproduces_nothing(team_stack, clone
 def test_experiments_are_shared_between_clones(team_stack, clones) -> None:
     a, b = clones.a, clones.b
     assert (b / ".git").exists(), "needs the clone of the previous test"
-    run(["dvc", "exp", "run", "-n", EXP_NAME, "-S", "train.lr=0.01", "-S", f"mlflow.register_model={REGISTERED}"],
+    run(["dvc", "exp", "run", "-n", EXP_NAME, "-S", f"train.lr={OTHER_LR}", "-S", f"mlflow.register_model={REGISTERED}"],
         a, **team_stack.env)
     run_id = json.loads((a / "metrics/train.json").read_text())["mlflow_run_id"]
     status, body = api(team_stack, f"runs/get?run_id={run_id}")
     assert status == 200
-    assert {p["key"]: p["value"] for p in body["run"]["data"]["params"]}["train.lr"] == "0.01"
+    assert {p["key"]: p["value"] for p in body["run"]["data"]["params"]}["train.lr"] == OTHER_LR
     assert {t["key"]: t["value"] for t in body["run"]["data"]["tags"]}["dvc.exp_name"] == EXP_NAME
     status, body = api(team_stack, f"registered-models/alias?name={REGISTERED}&alias=candidate")
     assert status == 200 and body["model_version"]["run_id"] == run_id
