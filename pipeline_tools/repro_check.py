@@ -1,12 +1,13 @@
-"""`python -m pipeline repro-check`: does this commit reproduce, here and on the other CPU family?
+"""`python -m pipeline repro-check`: does this commit reproduce, on this machine and against other CPU families?
 
 Clones the current commit twice and runs the pipeline in each on the small CI configuration
-(`repro/params-ci.yaml`). The contract it checks:
+(`repro/params-ci.yaml`). The contract it checks (docs/reproducibility.md says why it is this one):
 - the two runs on this machine give byte-identical models and identical metrics;
-- where the configuration is portable (`train.portable: true`), the model's sha256 equals every hash
-  recorded in `repro/model-hashes.json`, whichever CPU family recorded it (the portable promise);
-- the metrics are within `--tolerance` of `repro/reference.json` (for configurations that are not
-  portable, the only cross-machine promise).
+- within a CPU family: the model's sha256 equals the one recorded for this family's flags in
+  `repro/model-hashes.json` (when one is recorded);
+- across families: the metrics are within `--tolerance` of `repro/reference.json`. Models of other
+  families are shown, not required equal: the same portable run gave one model on Intel Ice Lake and
+  Sapphire Rapids alike and another on an AMD EPYC (whose MKL takes other code paths), with equal metrics.
 It prints the CPU flags it ran on and, on failure, what differed.
 """
 from __future__ import annotations
@@ -52,18 +53,20 @@ def report(
     return rows, off_reference
 
 
-def hash_check(model_sha256: str, recorded: dict[str, str], here: str) -> tuple[list[str], list[str]]:
-    """(a line per recorded CPU family, the families whose recorded hash this model does not match)."""
-    lines, mismatched = [], []
+def hash_check(model_sha256: str, recorded: dict[str, str], here: str) -> tuple[list[str], bool]:
+    """(a line per recorded CPU family, whether this family's recorded hash differs from this model's). Other
+    families' hashes are shown for what they are: exact equality is promised within a family only."""
+    lines = []
     for flags, digest in sorted(recorded.items()):
         same = digest == model_sha256
-        where = "this CPU family" if flags == here else "another CPU family"
-        lines.append(f"  recorded on [{flags}] ({where}): {digest[:16]}… {'same' if same else 'DIFFERENT'}")
-        if not same:
-            mismatched.append(flags)
+        if flags == here:
+            lines.append(f"  recorded on [{flags}] (this CPU family): {digest[:16]}… {'same' if same else 'DIFFERENT'}")
+        else:
+            lines.append(f"  recorded on [{flags}] (another family): {digest[:16]}… "
+                         f"{'same' if same else 'other bytes (equal only within a family; metrics are compared)'}")
     if here not in recorded:
         lines.append(f"  nothing recorded on [{here}] yet: record {model_sha256[:16]}… with --record-hash")
-    return lines, mismatched
+    return lines, here in recorded and recorded[here] != model_sha256
 
 
 @click.command()
@@ -81,27 +84,10 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
     if git("status", "--porcelain", "--untracked-files=no", cwd=root):
         raise PipelineError("the work tree has uncommitted changes; commit or stash them: only a commit can be checked")
     commit = git("rev-parse", "HEAD", cwd=root)
-    override = read_yaml((root / CONFIG).read_text(), str(CONFIG)) if (root / CONFIG).is_file() else {}
-    base = read_yaml((root / paths.PARAMS).read_text(), str(paths.PARAMS))
-    portable = parse_params(merge(base, override), source=str(CONFIG)).train.portable
-    click.echo(f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}")
-    tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))
-    outcomes = []
-    for i in (1, 2):
-        clone = rerun.clone(root, commit, tmp / f"run{i}")
-        rerun.write_params(clone, override)
-        click.echo(f"run {i}: dvc repro in {clone} ...")
-        outcomes.append(rerun.run_pipeline(clone, tmp / f"run{i}.log", click.echo))
-    first, second = outcomes
-
+    first, second = two_runs(root, commit, here, keep)
     reference = json.loads((root / REFERENCE).read_text()) if (root / REFERENCE).is_file() else {}
     rows, off_reference = report(first, second, reference, tolerance)
     click.echo(rerun.table(rows, ["metric / file", "run 1", "run 2", "reference", "|run1 - ref|", "status"]))
-
-    if keep:
-        click.echo(f"kept the clones in {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
     diff = first.differences(second)
     if diff:
         click.echo(f"NOT REPRODUCIBLE: two runs of commit {commit[:12]} differ:", err=True)
@@ -121,20 +107,37 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
         return
     if not reference:
         raise PipelineError(f"{REFERENCE}: missing; create it with --update-reference and commit it")
-    failed = False
-    if portable:
-        lines, mismatched = hash_check(model, recorded, here)
-        click.echo(f"model hash {model[:16]}… against {HASHES}:\n" + "\n".join(lines))
-        if mismatched:
-            click.echo(f"NOT PORTABLE: the model differs from the one recorded on [{'], ['.join(mismatched)}]", err=True)
-            failed = True
+    lines, differs = hash_check(model, recorded, here)
+    click.echo(f"model hash {model[:16]}… against {HASHES}:\n" + "\n".join(lines))
+    if differs:
+        click.echo(f"NOT REPRODUCED IN THIS FAMILY: the model differs from the one recorded on [{here}]", err=True)
     if off_reference:
         click.echo(f"OFF REFERENCE (tolerance {tolerance}): {', '.join(off_reference)}", err=True)
-        failed = True
-    if failed:
+    if differs or off_reference:
         sys.exit(1)
-    click.echo(f"matches {REFERENCE} within {tolerance}" + (" and every recorded model hash" if portable else ""))
+    click.echo(f"matches {REFERENCE} within {tolerance}" + (f" and the hash recorded on [{here}]" if here in recorded else ""))
 
+
+def two_runs(root: Path, commit: str, here: str, keep: bool) -> tuple[rerun.Outcome, rerun.Outcome]:
+    """The CI configuration run twice, each in a clean clone of `commit` (removed unless `keep`)."""
+    override = read_yaml((root / CONFIG).read_text(), str(CONFIG)) if (root / CONFIG).is_file() else {}
+    base = read_yaml((root / paths.PARAMS).read_text(), str(paths.PARAMS))
+    portable = parse_params(merge(base, override), source=str(CONFIG)).train.portable
+    click.echo(f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}")
+    tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))
+    outcomes = []
+    try:
+        for i in (1, 2):
+            clone = rerun.clone(root, commit, tmp / f"run{i}")
+            rerun.write_params(clone, override)
+            click.echo(f"run {i}: dvc repro in {clone} ...")
+            outcomes.append(rerun.run_pipeline(clone, tmp / f"run{i}.log", click.echo))
+    finally:
+        if keep:
+            click.echo(f"kept the clones in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return outcomes[0], outcomes[1]
 
 if __name__ == "__main__":
     main()

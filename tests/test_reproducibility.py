@@ -44,12 +44,16 @@ def test_two_clean_runs_are_identical(make_project) -> None:
 def test_recorded_hashes_are_compared_per_family() -> None:
     from pipeline_tools.repro_check import hash_check
 
-    lines, bad = hash_check("a" * 64, {"avx2": "a" * 64, "avx2 avx512_bf16 avx512f": "b" * 64}, here="avx2")
-    assert bad == ["avx2 avx512_bf16 avx512f"]
+    # Exact within a family; another family's model is shown, not required equal (its metrics are compared).
+    recorded = {"avx2": "a" * 64, "avx2 avx512_bf16 avx512f": "b" * 64}
+    lines, differs = hash_check("a" * 64, recorded, here="avx2")
+    assert differs is False
     assert lines == ["  recorded on [avx2] (this CPU family): aaaaaaaaaaaaaaaa… same",
-                     "  recorded on [avx2 avx512_bf16 avx512f] (another CPU family): bbbbbbbbbbbbbbbb… DIFFERENT"]
-    lines, bad = hash_check("a" * 64, {}, here="avx2")
-    assert bad == [] and "nothing recorded on [avx2] yet" in lines[0]
+                     "  recorded on [avx2 avx512_bf16 avx512f] (another family): bbbbbbbbbbbbbbbb… other bytes "
+                     "(equal only within a family; metrics are compared)"]
+    assert hash_check("c" * 64, recorded, here="avx2")[1] is True
+    lines, differs = hash_check("a" * 64, {}, here="avx2")
+    assert differs is False and "nothing recorded on [avx2] yet" in lines[0]
 
 
 def test_reference_comparison_uses_the_tolerance() -> None:
