@@ -159,10 +159,10 @@ def test_changed_params_compare_validated_values() -> None:
     from pipeline.core.params import Params, flatten
     from pipeline.core.tracking.provenance import changed_params
 
-    committed = "train:\n  lr: 1\n  cnn_channels: [16, 32]\n"
+    committed = "train:\n  lr: 1\n  cnn_channels: [24, 32]\n"
     current = flatten(Params())
     assert changed_params(committed, {**current, "train.lr": 1.0}) == {}  # 1 and 1.0 are one value
-    assert changed_params(committed, {**current, "train.lr": 0.01, "seed": 7}) == {"train.lr": "0.01", "seed": "7"}
+    assert changed_params(committed, {**current, "train.lr": 0.005, "seed": 7}) == {"train.lr": "0.005", "seed": "7"}
     assert changed_params("not: [valid", {"seed": 1}) == {"seed": "1"}  # nothing to compare with: all changed
 
 

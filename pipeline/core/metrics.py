@@ -7,6 +7,7 @@ The same values appear under two spellings: `metrics/eval.json` keys (`accuracy`
 """
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,9 +23,12 @@ CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_
 
 def mlflow_name(key: str) -> str:
     """The MLflow metric name of a flattened metrics/eval.json key. A class name (a folder's, any Unicode) keeps
-    the letters, digits, spaces and `_ - . :` MLflow allows in names; anything else becomes `_`."""
+    the letters, digits, spaces and `_ - . : /` MLflow allows in names; anything else becomes `_`."""
     if key.startswith("per_class_accuracy."):
-        return CLASS_ACCURACY_PREFIX + re.sub(r"[^\w.\- :]", "_", key.split(".", 1)[1])
+        cleaned = re.sub(r"[^\w.\- :/]", "_", key.split(".", 1)[1])
+        # A slash is kept (Fashion-MNIST's "T-shirt/top") where it leaves a plain path, as MLflow requires.
+        name = CLASS_ACCURACY_PREFIX + cleaned
+        return name if posixpath.normpath(name) == name else CLASS_ACCURACY_PREFIX + cleaned.replace("/", "_")
     return TEST_PREFIX + key
 
 
