@@ -4,6 +4,7 @@ run as the stage commands themselves and through `dvc repro` / `dvc exp run` (wh
 have deleted the outputs before the command ran)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,7 +155,9 @@ def test_bad_parameter_through_dvc_deletes_nothing(project: Path, command: list[
     original = params.read_bytes()
     try:
         if command == ["dvc", "repro"]:
-            params.write_text(original.decode().replace("lr: 0.008", "lr: -1"))
+            edited, count = re.subn(r"(?m)^(  lr:) \S+$", r"\1 -1", original.decode())
+            assert count == 1, "params.yaml has no train.lr line to edit"
+            params.write_text(edited)
         before = snapshot(project)
         proc = run(command, project, check=False)
         output = proc.stdout + proc.stderr

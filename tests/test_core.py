@@ -36,9 +36,11 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     assert not (val == other_val).all()
     limited, same_val = splits.split_indices(labels, val_size=100, seed=3, limit=123)
     assert len(limited) == 123 and (val == same_val).all() and set(limited.tolist()) <= set(fit.tolist())
-    # A small set keeps four fifths for fitting, whatever val_size asks (a folder of a few hundred pictures).
-    capped_fit, capped_val = splits.split_indices(labels, val_size=1000, seed=0)
+    # A small folder keeps four fifths for fitting, whatever val_size asks; a built-in set must leave some.
+    capped_fit, capped_val = splits.split_indices(labels, val_size=1000, seed=0, folder=True)
     assert len(capped_val) == 200 and len(capped_fit) == 800
+    with pytest.raises(PipelineError, match="data.val_size must be smaller than the 1000 training images"):
+        splits.split_indices(labels, val_size=1000, seed=0)
     with pytest.raises(PipelineError, match="at least two"):
         splits.split_indices(labels[:1], val_size=5, seed=0)
 

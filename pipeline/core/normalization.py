@@ -33,7 +33,8 @@ def compute(params: Params) -> ChannelStats:
     if datasets.read_validation(spec, paths.RAW) is not None:  # the folder's own val/: every training picture fits
         fit_idx = splits.limited(np.arange(len(labels)), params.seed, params.data.limit)
     else:
-        fit_idx, _ = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit)
+        fit_idx, _ = splits.split_indices(labels, params.data.val_size, params.seed, params.data.limit,
+                                         spec.from_folder)
     result = channel_stats(datasets.PagedImages(images) if spec.from_folder else images, fit_idx)
     save(paths.STATS, result, spec.name)
     return result

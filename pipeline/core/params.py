@@ -50,8 +50,8 @@ class DataParams:
         gt=0, lt=1,
     )
     val_size: int = spec(
-        5000, "Images carved out of the training split for validation (seeded, stratified), at most a fifth "
-        "of them; a folder's val/ replaces it.", ge=1,
+        5000, "Images carved out of the training split for validation (seeded, stratified), fewer than it "
+        "holds; for a folder at most a fifth of its pictures, and its val/ replaces it.", ge=1,
     )
     limit: int | None = spec(
         None, "Cap on the training images used for fitting, for quick runs; null = all.", ge=1

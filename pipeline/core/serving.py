@@ -57,11 +57,12 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
             x = np.array(x.tolist())
         except ValueError:
             raise InputError("images must be a rectangular array (every image the same size)") from None
+    received = tuple(x.shape)  # as the client sent it (JSON carries no length for an empty row)
     if x.ndim == 3 and channels == 1:
         x = x[:, None]
     expected = f"(N, {channels}, H, W)" + (" or (N, H, W)" if channels == 1 else "")
     if x.ndim != 4 or x.shape[1] != channels or 0 in x.shape[2:]:
-        raise InputError(f"images must have shape {expected} (resized to {size}×{size}); got {tuple(x.shape)}")
+        raise InputError(f"images must have shape {expected} (resized to {size}×{size}); got {received}")
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
             raise InputError(f"integer pixels must be 0-255; got {x.min()} to {x.max()}")

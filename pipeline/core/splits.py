@@ -11,20 +11,25 @@ import numpy as np
 from pipeline.core.errors import PipelineError
 
 
-def split_indices(labels: Any, val_size: int, seed: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(labels: Any, val_size: int, seed: int, limit: int | None = None,
+                  folder: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, validation) into `labels` (an int array or tensor), each int64 and sorted ascending.
 
-    The validation set holds `val_size` images, at most a fifth of them (a small folder of pictures keeps
-    most for fitting). Every class gets its share of it (largest-remainder rounding), chosen at random
+    The validation set holds `val_size` images; for a `folder` of pictures, at most a fifth of them (so the
+    default suits a folder of a few hundred pictures). Every class gets its share of it (largest-remainder rounding), chosen at random
     with a generator seeded by `seed` (NumPy's PCG64, the same stream on every platform), so the same
     seed always gives the same split. `limit` then caps the fitting part with a seeded random subset;
-    the validation set does not depend on it. Raises PipelineError for fewer than two images.
+    the validation set does not depend on it. Raises PipelineError for fewer than two images, or for a
+    `val_size` of a built-in data set that leaves nothing to fit.
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     if n < 2:
         raise PipelineError(f"data: {n} training image(s); fitting and validation need at least two")
-    val_size = max(1, min(val_size, n // 5))
+    if folder:
+        val_size = max(1, min(val_size, n // 5))
+    elif val_size >= n:
+        raise PipelineError(f"data.val_size must be smaller than the {n} training images, got {val_size}")
     rng = np.random.Generator(np.random.PCG64(seed))
     counts = np.bincount(labels)
     exact = counts * val_size / n

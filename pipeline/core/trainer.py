@@ -116,7 +116,7 @@ def load_inputs(params: Params) -> Inputs:
         val_images, val_labels = torch.from_numpy(np.array(own_val[0])), torch.from_numpy(own_val[1])
     else:
         fit_idx, val_idx = map(torch.from_numpy, splits.split_indices(labels, params.data.val_size, params.seed,
-                                                                      params.data.limit))
+                                                                      params.data.limit, spec.from_folder))
         val_images, val_labels = images[val_idx], labels[val_idx]
     return Inputs(spec, options, shape, norm, images, labels, fit_idx, val_images, val_labels)
 
