@@ -134,13 +134,15 @@ def test_a_parameter_longer_than_mlflow_keeps_is_stored_whole_and_reproduced(pro
     whole = read_yaml(Path(store(project).download_artifacts(run_id, "params.yaml", str(tmp_path))).read_text())
     assert whole["train"]["mlp_hidden"] == [1] * 2100
 
-    # reproduce rebuilds it from the artifact, and leaves no clone behind.
+    # reproduce rebuilds it from the artifact in a clean clone of its commit, compares every test metric,
+    # and leaves no clone behind (the one test of `reproduce` end to end).
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "long"], project)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     proc = run(["python", "-m", "pipeline", "reproduce", "--run-id", run_id], project, TMPDIR=str(scratch))
-    assert "reproduced" in proc.stdout and not list(scratch.glob("reproduce-*"))  # (torch keeps a cache there)
+    assert f"reproduced: all 17 test metrics of run {run_id} match" in proc.stdout
+    assert not list(scratch.glob("reproduce-*"))  # (torch keeps a cache there)
 
 
 def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:
