@@ -1,6 +1,8 @@
 """The core on small tensors: split, statistics, models, metrics, atomic writes."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,17 @@ def test_model_file_round_trip_is_byte_stable(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(PipelineError, match="junk.pt: not a model written by the train stage"):
         models.load(tmp_path / "junk.pt")
+    # A file whose options describe a far larger network than the weights it holds (hostile, or edited):
+    # refused from the counts, before a weight is allocated.
+    tampered = torch.load(tmp_path / "a.pt", weights_only=True)
+    tampered["options"]["cnn_hidden"] = 10**9  # 1.6 TB of head weights
+    torch.save(tampered, tmp_path / "tampered.pt")
+    with pytest.raises(PipelineError, match=r"tampered.pt: describes a larger network than the [\d,]+ weights"):
+        models.load(tmp_path / "tampered.pt")
+    # Loading imports no torch._dynamo (it costs evaluate and predict about 1.5 s).
+    code = f"import sys; from pipeline.core import models; models.load({str(tmp_path / 'a.pt')!r}); " \
+           "assert 'torch._dynamo' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
 def test_report_on_known_predictions() -> None:

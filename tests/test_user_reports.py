@@ -146,18 +146,18 @@ def test_a_parameter_longer_than_mlflow_keeps_is_stored_whole_and_reproduced(pro
 
 
 def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:
-    # A fresh clone whose first run is a --temp experiment: MLflow creates its Default experiment then.
+    # A fresh clone whose first run is a --temp experiment logging into MLflow's Default experiment, which
+    # MLflow creates then, from DVC's temporary copy: its artifacts must land in the project, not the copy.
     root = make_project()
-    run(["dvc", "exp", "run", "--temp"], root)
+    run(["dvc", "exp", "run", "--temp", "-S", "mlflow.experiment_name=Default"], root)
     default = store(root).get_experiment("0")
     assert Path(default.artifact_location.removeprefix("file://")) == root / "mlruns" / "0"
-    run(["dvc", "exp", "run", "-S", "mlflow.experiment_name=Default"], root)
-    shutil.rmtree(root / ".dvc/tmp/exps", ignore_errors=True)
+    shutil.rmtree(root / ".dvc/tmp/exps", ignore_errors=True)  # as DVC does after the experiment
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    uri = json.loads((root / "models/mlflow_run.json").read_text())["model_uri"]
-    assert mlflow.pyfunc.load_model(uri) is not None
+    (logged,) = mlflow.search_logged_models(experiment_ids=["0"], output_format="list")
+    assert mlflow.pyfunc.load_model(f"models:/{logged.model_id}") is not None
 
     # An experiment whose artifacts already sit inside DVC's scratch space is refused before training.
     scratch = root / ".dvc/tmp/exps/run/abc/mlruns/7"

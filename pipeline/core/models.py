@@ -201,9 +201,15 @@ def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
         stored = {**OPTIONS_BEFORE, **stored}  # a model saved before these options existed had their old values
         options = ModelOptions(**{**stored, "pretrained": False})  # weights come from the file
         shape = (ckpt["architecture"], ckpt["in_channels"], ckpt["image_size"], len(ckpt["class_names"]))
-        check_fits(*shape, options, batch_size=1, blame=str(path))  # a foreign file must not allocate terabytes
+        # A foreign file must not allocate terabytes: the network it describes may hold no more weights than
+        # the file brought (counted on the meta device, without a forward pass, which imports torch._dynamo).
+        held = sum(t.numel() for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor))
+        if weight_count(*shape, options) > held:
+            raise PipelineError(f"{path}: describes a larger network than the {held:,} weights it holds")
         model = build(*shape, ckpt["mean"], ckpt["std"], options)
         model.load_state_dict(ckpt.pop("state_dict"))
+    except PipelineError:
+        raise
     except Exception as exc:  # truncated, foreign or hostile: torch's unpickler and load_state_dict fail many ways
         raise PipelineError(f"{path}: not a model written by the train stage ({first_line(exc)})") from None
     return model.eval(), ckpt
@@ -240,6 +246,23 @@ def logits(
     return torch.cat(out)
 
 
+def meta_network(
+    architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions
+) -> nn.Module:
+    """The network on the meta device: every shape, no memory. Raises PipelineError for an unknown name."""
+    import torch
+
+    if architecture not in ARCHITECTURES:
+        raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    with torch.device("meta"):
+        return ARCHITECTURES[architecture](in_channels, image_size, num_classes, replace(options, pretrained=False))
+
+
+def weight_count(architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions) -> int:
+    """Trainable and frozen parameters of the network, counted on the meta device."""
+    return sum(p.numel() for p in meta_network(architecture, in_channels, image_size, num_classes, options).parameters())
+
+
 def training_bytes(
     architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions, batch_size: int
 ) -> int:
@@ -248,10 +271,7 @@ def training_bytes(
     meta device."""
     import torch
 
-    if architecture not in ARCHITECTURES:
-        raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
-    with torch.device("meta"):
-        net = ARCHITECTURES[architecture](in_channels, image_size, num_classes, replace(options, pretrained=False))
+    net = meta_network(architecture, in_channels, image_size, num_classes, options)
     weights = sum(p.numel() for p in net.parameters())
     # Every layer's output for one image, by a forward pass on the meta device (shapes only, nothing computed).
     outputs: list[int] = []
