@@ -51,7 +51,8 @@ def test_channel_stats_match_a_direct_float_computation() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8, generator=g)
     idx = torch.arange(0, 300, 2)
-    result = normalization.channel_stats(images, idx, chunk=7)
+    result = normalization.channel_stats(images, idx, chunk_pixels=7 * 8 * 8)  # chunks of 7 images
+    assert normalization.channel_stats(images, idx) == result  # one chunk: the same, exactly
     direct = images[idx].double() / 255
     assert result.mean == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-12)
     assert result.std == pytest.approx(direct.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-12)

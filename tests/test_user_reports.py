@@ -163,6 +163,7 @@ def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:
     scratch = root / ".dvc/tmp/exps/run/abc/mlruns/7"
     store(root).create_experiment("scratch", artifact_location=scratch.as_uri())
     back_to_head(root)
+    run(["dvc", "repro", "normalization-stats"], root)  # the workspace's own data (the first run was --temp)
     before = snapshot(root)
     proc = run(["dvc", "exp", "run", "-S", "mlflow.experiment_name=scratch"], root, check=False)
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]

@@ -40,13 +40,15 @@ def compute(params: Params) -> ChannelStats:
     return result
 
 
-def channel_stats(images: Any, indices: Any, chunk: int = 8192) -> ChannelStats:
+def channel_stats(images: Any, indices: Any, chunk_pixels: int = 1 << 24) -> ChannelStats:
     """Statistics of `images[indices]` (uint8, N×C×H×W; arrays, tensors or datasets.PagedImages), streamed in
-    chunks. A 256-bin histogram per channel is all that is kept, so memory stays at one uint8 chunk and the
-    sums are exact integers: the result does not depend on chunk size or summation order. Raises TypeError
-    for images that are not uint8."""
+    chunks of about `chunk_pixels` pixels per channel. A 256-bin histogram per channel is all that is kept, so
+    memory stays at one uint8 chunk (and np.bincount's int64 copy of one channel of it) and the sums are exact
+    integers: the result does not depend on chunk size or summation order. Raises TypeError for images that
+    are not uint8."""
     indices = np.asarray(indices)
     channels = images.shape[1]
+    chunk = max(1, chunk_pixels // int(np.prod(images.shape[2:])))
     hist = np.zeros((channels, 256), dtype=np.int64)
     for start in range(0, len(indices), chunk):
         block = np.asarray(images[indices[start : start + chunk]])
