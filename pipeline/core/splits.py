@@ -16,9 +16,9 @@ def split_indices(labels: Any, val_size: int, seed: int, limit: int | None = Non
     """Indices (fit, validation) into `labels` (an int array or tensor), each int64 and sorted ascending.
 
     The validation set holds `val_size` images; for a `folder` of pictures, at most a fifth of them (so the
-    default suits a folder of a few hundred pictures). Every class gets its share of it (largest-remainder rounding), chosen at random
-    with a generator seeded by `seed` (NumPy's PCG64, the same stream on every platform), so the same
-    seed always gives the same split. `limit` then caps the fitting part with a seeded random subset;
+    default suits a folder of a few hundred pictures). Every class gets its share of it (largest-remainder
+    rounding), chosen at random with a generator seeded by `seed` (NumPy's PCG64, the same stream on every
+    platform), so the same seed always gives the same split. `limit` then caps the fitting part with a seeded random subset;
     the validation set does not depend on it. Raises PipelineError for fewer than two images, or for a
     `val_size` of a built-in data set that leaves nothing to fit.
     """
