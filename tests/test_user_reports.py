@@ -162,7 +162,6 @@ def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:
     # An experiment whose artifacts already sit inside DVC's scratch space is refused before training.
     scratch = root / ".dvc/tmp/exps/run/abc/mlruns/7"
     store(root).create_experiment("scratch", artifact_location=scratch.as_uri())
-    back_to_head(root)
     run(["dvc", "repro", "normalization-stats"], root)  # the workspace's own data (the first run was --temp)
     before = snapshot(root)
     proc = run(["dvc", "exp", "run", "-S", "mlflow.experiment_name=scratch"], root, check=False)
