@@ -285,11 +285,21 @@ def test_rows_keep_their_order_and_a_killed_worker_stops_decoding(tmp_path: Path
     killed: list[int] = []
 
     def kill_a_worker(done: int, total: int, seconds: float) -> None:
-        # The workers are the forkserver's children (it is ours): kill one as the OOM killer would.
-        workers = [p for p in psutil.Process().children(recursive=True) if p.ppid() != os.getpid()]
-        if workers and not killed:
-            os.kill(workers[0].pid, signal.SIGKILL)
-            killed.append(workers[0].pid)
+        # The workers are the forkserver's children (it is ours): kill one as the OOM killer would. Any of
+        # these processes may exit between listing and signalling it (a finished helper): skip it, try the next.
+        for child in psutil.Process().children():
+            try:
+                workers = child.children()
+            except psutil.NoSuchProcess:
+                continue
+            for worker in workers:
+                if killed:
+                    return
+                try:
+                    os.kill(worker.pid, signal.SIGKILL)
+                    killed.append(worker.pid)
+                except ProcessLookupError:
+                    continue
     with pytest.raises(PipelineError, match="a process decoding the pictures died"):
         folders.decode(folders.scan(tmp_path / "d"), 1, 28, tmp_path / "out2", 2, kill_a_worker)
     assert killed and not (tmp_path / "out2").exists()  # instead of waiting forever
