@@ -149,7 +149,7 @@ def test_bad_search_space_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_two_workers_share_a_study_on_the_default_sqlite(project: Path) -> None:
-    # One trial per worker here (the suite's time); the PostgreSQL test below runs the full four.
+    # One trial per worker (the suite's time); a worker running trial after trial is the pruning test's.
     out = sweep(project, "--study", "lite", "--trials", "1", "--workers", "2", "--space", "sweeps/test-space.yaml").stdout
     url = f"sqlite:///{project / 'optuna.db'}"
     assert_trials(project, out, url, "lite", runs(project), count=2)
@@ -162,20 +162,26 @@ def test_two_workers_share_a_study_on_the_default_sqlite(project: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_pruned_trial_ends_cleanly_and_is_marked(project: Path) -> None:
-    out = sweep(project, "--study", "pruned", "--trials", "1", "--space", "sweeps/pruning.yaml").stdout
-    assert "pruned after epoch 1" in out and "no trial completed" in out
-    [trial] = study_trials(f"sqlite:///{project / 'optuna.db'}", "pruned")
-    assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [1]
-    shown = exp_show(project)["pruned-0"]
-    assert shown["train"]["pruned"] is True and shown["train"]["epochs_run"] == 1 and shown["params"]["train"]["epochs"] == 2
-    [mlflow_run] = [r for r in runs(project) if r.data.tags.get("optuna.study") == "pruned"]
-    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.tags["optuna.pruned"] == "true"
-    assert "test_accuracy" in mlflow_run.data.metrics  # the experiment is complete: evaluated like any other
+def test_pruned_trials_end_cleanly_and_are_marked(project: Path) -> None:
+    # One worker, two trials (pruned ones are short): the worker goes on to the next trial after the first.
+    out = sweep(project, "--study", "pruned", "--trials", "2", "--space", "sweeps/pruning.yaml").stdout
+    assert out.count("pruned after epoch 1") == 2 and "no trial completed" in out
+    trials = study_trials(f"sqlite:///{project / 'optuna.db'}", "pruned")
+    assert sorted(t.number for t in trials) == [0, 1]
+    assert all(t.state.name == "PRUNED" and list(t.intermediate_values) == [1] for t in trials)
+    shown = exp_show(project)
+    for name in ("pruned-0", "pruned-1"):
+        train = shown[name]["train"]
+        assert train["pruned"] is True and train["epochs_run"] == 1 and shown[name]["params"]["train"]["epochs"] == 2
+    mlflow_runs = [r for r in runs(project) if r.data.tags.get("optuna.study") == "pruned"]
+    assert sorted(r.data.tags["optuna.trial"] for r in mlflow_runs) == ["0", "1"]
+    for mlflow_run in mlflow_runs:
+        assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.tags["optuna.pruned"] == "true"
+        assert "test_accuracy" in mlflow_run.data.metrics  # the experiment is complete: evaluated like any other
 
 
 @pytest.mark.e2e
-def test_four_trials_two_workers_on_the_team_postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_two_workers_on_the_team_postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     # `team_stack` (tests/conftest.py on the team branch) runs PostgreSQL 15 and an MLflow server; skip without it.
     try:
         stack = request.getfixturevalue("team_stack")
@@ -187,7 +193,7 @@ def test_four_trials_two_workers_on_the_team_postgresql(request: pytest.FixtureR
     root = sweep_project(tmp_path / "project")
     env = dict(stack.env)
     assert env["PIPELINE_SWEEP_STORAGE"] == stack.optuna_storage  # the team's Optuna database, from `stack env`
-    out = sweep(root, "--study", "team", "--trials", "2", "--workers", "2", "--space", "sweeps/test-space.yaml",
+    out = sweep(root, "--study", "team", "--trials", "1", "--workers", "2", "--space", "sweeps/test-space.yaml",
                 **env).stdout
     assert not (root / "optuna.db").exists() and not (root / "mlflow.db").exists()
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -202,4 +208,4 @@ def test_four_trials_two_workers_on_the_team_postgresql(request: pytest.FixtureR
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    assert_trials(root, out, stack.optuna_storage, "team", team_runs, count=4)
+    assert_trials(root, out, stack.optuna_storage, "team", team_runs, count=2)
