@@ -41,7 +41,7 @@ def reports_errors(func: F) -> F:
             sys.exit(130)
         finally:
             # The command's work is done; what is left is the interpreter's exit, whose last garbage
-            # collection walks every object torch's imports made (~1 s after training). Frozen, it skips them.
+            # collection walks every object torch's imports made (long after training). Frozen, it skips them.
             gc.freeze()
 
     return wrapper  # type: ignore[return-value]

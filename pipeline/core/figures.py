@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def _pyplot() -> Any:
-    """matplotlib.pyplot on the headless backend, imported when a chart is drawn (~0.7 s the train stage,
-    which only draws image grids, need not pay)."""
+    """matplotlib.pyplot on the headless backend, imported when a chart is drawn (an import the train
+    stage, which only draws image grids, need not pay)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,7 +28,7 @@ from pipeline.core.images import SUFFIXES, ImageError, read
 
 LAYOUT = "expected one subfolder per class, or train/ and test/ (optionally val/) each holding one subfolder per class"
 # fork copies a caller's torch (OpenMP, CUDA) or MLflow threads' locks, which a child can hang on; spawn re-imports the
-# caller's script per worker (6.5 s if it imports torch); forkserver: 0.8 s for the first pool with torch, 30 ms after.
+# caller's script per worker (seconds when it imports torch); forkserver pays that once, for its first pool.
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import torch
 
 # torch is imported where the model is loaded or run, not at the top: MLflow also runs this file when
-# it stores the model (tracking.log_model), in a process that has no other use for torch's 3 s import.
+# it stores the model (tracking.log_model), in a process that has no other use for torch's import of seconds.
 
 
 class InputError(MlflowException):

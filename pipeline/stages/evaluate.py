@@ -24,8 +24,8 @@ def main(params_file: Path) -> None:
 
         cpu.pin()  # before torch loads
     # Inference shares the two cores with the tracking process, which imports mlflow meanwhile: OpenMP
-    # threads spinning at every barrier take the core it needs and then wait for it (10,000 MNIST images:
-    # 2.8 s, 0.9 s with passive waiting; alone both take 0.6 s). Read when torch loads; a user's setting wins.
+    # threads spinning at every barrier take the core it needs and then wait for it, several times slower
+    # than passive waiting. Read when torch loads; a user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pipeline.core.tracking import background
 

@@ -34,7 +34,7 @@ def main(params_file: Path) -> None:
     if world is None and distributed.wanted(params.train):
         distributed.launch(params.train, ["-m", "pipeline.stages.train", "--params", str(params_file)])
         return
-    # Imported once the parameters are valid: a typo is reported at once, not after ~4 s of imports.
+    # Imported once the parameters are valid: a typo is reported at once, not after seconds of imports.
     from pipeline.core import tracking
     from pipeline.core.tracking import background
 

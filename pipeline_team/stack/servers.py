@@ -67,7 +67,7 @@ def start_mlflow(stack: Stack) -> subprocess.Popen:
         f"database_uri = {stack.pg_url}/mlflow_auth\n"
         f"admin_username = {MLFLOW_ADMIN}\nadmin_password = {stack.config.mlflow_password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        # Checking a password hash costs ~0.7 s of CPU on a busy 2-core machine, on every request (a run
+        # Checking a password hash costs most of a CPU-second on a busy 2-core machine, on every request (a run
         # makes hundreds); cached per worker for a minute. With one worker nothing goes stale.
         "auth_cache_ttl_seconds = 60\n"
     ))
@@ -85,7 +85,7 @@ def start_mlflow(stack: Stack) -> subprocess.Popen:
         # A dead S3 store answers a client's upload with an error in seconds, not after botocore's retries.
         "AWS_RETRY_MODE": "standard",
         "AWS_MAX_ATTEMPTS": "2",
-        # Without this, the server starts ~7 job-consumer processes (~2.4 GB) the pipeline never uses.
+        # Without this, the server starts job-consumer processes (gigabytes) the pipeline never uses.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     cmd = [_tool("mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",

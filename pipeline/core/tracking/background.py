@@ -1,6 +1,6 @@
 """The MLflow tracker in a process of its own, so that MLflow's cost overlaps the stage's own work.
 
-Importing mlflow (2-3 s), opening the store, drawing figures and storing artifacts happen in a
+Importing mlflow (seconds), opening the store, drawing figures and storing artifacts happen in a
 child process while the stage imports torch, loads data, trains and evaluates; on two cores that
 takes them off the critical path instead of adding them before and after it.
 
@@ -208,7 +208,7 @@ def serve(uri: str | None, prepare: list[str], commands: BinaryIO, answers: Bina
             kind, name, args, kwargs, wait = pickle.load(commands)
         except EOFError:
             # The stage is done, or was killed: a run it left open stays as a kill leaves it. Every
-            # record is committed by now; os._exit skips MLflow's exit handlers (~1 s, nothing to save).
+            # record is committed by now; os._exit skips MLflow's exit handlers (nothing to save).
             answers.flush()
             os._exit(0)
         result = None

@@ -113,8 +113,8 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def open_store(self) -> None:
-        """Import mlflow and open an existing store (on SQLite: the engine and its schema check, about
-        1 s), so that the first run starts without that wait. A SQLite file that does not exist yet is
+        """Import mlflow and open an existing store (on SQLite: the engine and its schema check, the
+        longest part), so that the first run starts without that wait. A SQLite file that does not exist yet is
         left to the first run: a stage that stops on bad input creates nothing."""
         from mlflow.tracking import MlflowClient
 
