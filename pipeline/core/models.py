@@ -1,7 +1,5 @@
-"""The architecture registry (train.model), the model every run trains and ships, and model.pt I/O.
-
-torch is imported inside the functions that use it: the parameter check at every stage's edge reads
-this registry's names (`ARCHITECTURES`) without paying for torch.
+"""The architectures train.model names (one function each; core.registry lists the names), the model every
+run trains and ships, and model.pt I/O. torch is imported inside the functions that use it.
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import atomic
+from pipeline.core import atomic, registry
 from pipeline.core.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
@@ -40,7 +38,6 @@ class ModelOptions:
     freeze_backbone: bool
 
 
-CNN_STEMS = ("pool", "stride2")  # train.cnn_stem: see cnn
 # What a model.pt saved before `cnn_stem` and `cnn_hidden` existed was built with.
 OPTIONS_BEFORE = {"cnn_stem": "pool", "cnn_hidden": 128}
 
@@ -141,7 +138,7 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOpti
     return net
 
 
-ARCHITECTURES = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "resnet18": resnet18}
+ARCHITECTURES = registry.implementations(globals(), registry.ARCHITECTURES)
 
 
 def build(

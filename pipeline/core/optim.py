@@ -1,13 +1,14 @@
-"""Optimizer, learning-rate schedule and loss: the registries train.optimizer, train.scheduler and train.loss name.
-
-Each registry's keys are the names params.yaml accepts (core.params reads them from here), so torch is
-imported inside the factories: the parameter check at every stage's edge must not pay for it.
+"""Optimizer, learning-rate schedule and loss: one function per name train.optimizer, train.scheduler and
+train.loss accept (core.registry lists the names). torch is imported inside them: a stage that only checks
+its parameters does not pay for it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from pipeline.core import registry
 
 if TYPE_CHECKING:
     import torch
@@ -20,54 +21,59 @@ if TYPE_CHECKING:
 Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
-def _adam(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+def adam(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     from torch.optim import Adam
 
     return Adam(p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay)
 
 
-def _adamw(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+def adamw(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     from torch.optim import AdamW
 
     return AdamW(p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay)
 
 
-def _sgd(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+def sgd(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     from torch.optim import SGD
 
     return SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
 
 
-def _adadelta(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+def adadelta(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     from torch.optim import Adadelta
 
     return Adadelta(p, lr=c.lr, weight_decay=c.weight_decay)
 
 
-def _rmsprop(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+def rmsprop(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     from torch.optim import RMSprop
 
     return RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], TrainParams], Optimizer]] = {
-    "adam": _adam, "adamw": _adamw, "sgd": _sgd, "adadelta": _adadelta, "rmsprop": _rmsprop,
-}
+OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], TrainParams], Optimizer]] = registry.implementations(
+    globals(), registry.OPTIMIZERS
+)
 
 
-def _step(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+def none(o: Optimizer, c: TrainParams, steps: int) -> None:
+    """No schedule: a constant rate."""
+    return None
+
+
+def step(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     from torch.optim.lr_scheduler import StepLR
 
     return StepLR(o, step_size=c.step_size, gamma=c.gamma)
 
 
-def _cosine(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+def cosine(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     from torch.optim.lr_scheduler import CosineAnnealingLR
 
     return CosineAnnealingLR(o, T_max=c.epochs)
 
 
-def _onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+def onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     from torch.optim.lr_scheduler import OneCycleLR
 
     # Momentum is cycled only where asked and there is some: Adam-style betas, or SGD/RMSprop momentum the
@@ -77,19 +83,18 @@ def _onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
 
 
 # (optimizer, train params, batches per epoch) -> schedule; None = a constant rate.
-SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None]] = {
-    "none": lambda o, c, steps: None, "step": _step, "cosine": _cosine, "onecycle": _onecycle,
-}
-PER_BATCH_SCHEDULERS = frozenset({"onecycle"})  # the others step once per epoch
+SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None]] = registry.implementations(
+    globals(), registry.SCHEDULERS
+)
 
 
-def _cross_entropy(c: TrainParams) -> Loss:
+def cross_entropy(c: TrainParams) -> Loss:
     import torch.nn.functional as F
 
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
 
 
-def _nll(c: TrainParams) -> Loss:
+def nll(c: TrainParams) -> Loss:
     """The tutorials' NLL on log-softmax outputs: the same maths as cross_entropy, smoothing included
     (1 - s on the class, s spread evenly over all classes, as cross_entropy's label_smoothing does)."""
     import torch.nn.functional as F
@@ -104,7 +109,7 @@ def _nll(c: TrainParams) -> Loss:
     return loss
 
 
-LOSSES: dict[str, Callable[[TrainParams], Loss]] = {"cross_entropy": _cross_entropy, "nll": _nll}
+LOSSES: dict[str, Callable[[TrainParams], Loss]] = registry.implementations(globals(), registry.LOSSES)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class Optimization:
         (core.params refuses those first)."""
         optimizer = OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
         scheduler = SCHEDULERS[cfg.scheduler](optimizer, cfg, steps_per_epoch)
-        return cls(optimizer, scheduler, cfg.scheduler in PER_BATCH_SCHEDULERS, LOSSES[cfg.loss](cfg), cfg.grad_clip)
+        return cls(optimizer, scheduler, cfg.scheduler in registry.PER_BATCH_SCHEDULERS, LOSSES[cfg.loss](cfg), cfg.grad_clip)
 
     def after_batch(self) -> None:
         """Advance a per-batch schedule."""

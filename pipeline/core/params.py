@@ -4,7 +4,7 @@
 (`dvc.utils.serialize.parse_yaml`, YAML 1.2): what `dvc exp run -S seed=4:2` records is what the
 stages see (`'4:2'`, refused as a seed), not PyYAML's YAML 1.1 reading (sexagesimal 242, `off` as
 false). Each field carries its default (the only place it is written down), its allowed values (for
-names: the keys of the registry that implements them) and a one-line help text; the parameter
+names: core.registry's) and a one-line help text; the parameter
 reference in docs/ is generated from the same fields (`python -m pipeline params-reference`).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import datasets, models, optim
+from pipeline.core import datasets, registry
 from pipeline.core.errors import PipelineError
 from pipeline.core.validation import build, spec
 from pipeline.core.yamlio import read_yaml, write_yaml
@@ -72,7 +72,7 @@ class TrainParams:
         "cnn",
         "Architecture: cnn (conv blocks), mlp, resnet (small residual net for 28/32 px), "
         "resnet18 (torchvision's, adapted to small inputs).",
-        choices=tuple(models.ARCHITECTURES),
+        choices=registry.ARCHITECTURES,
     )
     mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20)
     cnn_channels: tuple[int, ...] = spec(
@@ -81,7 +81,7 @@ class TrainParams:
     cnn_stem: str = spec(
         "stride2", "cnn: the first block; pool = a 3×3 convolution and a 2×2 max-pool, like every block; stride2 = a "
         "5×5 convolution with stride 2 (a quarter of the work), the later blocks unpadded (LeNet's shape).",
-        choices=models.CNN_STEMS,
+        choices=registry.CNN_STEMS,
     )
     cnn_hidden: int = spec(256, "cnn: units of the fully connected layer before the output.", ge=1, le=1 << 16)
     dropout: float = spec(0.0, "Dropout probability: mlp after each hidden layer, cnn before its last layer.", ge=0, lt=1)
@@ -90,7 +90,7 @@ class TrainParams:
     )
     pretrained: bool = spec(False, "resnet18: start from torchvision's ImageNet weights (needs the network).")
     freeze_backbone: bool = spec(False, "resnet18: train only the final classifier layer.")
-    optimizer: str = spec("adam", "Optimizer.", choices=tuple(optim.OPTIMIZERS))
+    optimizer: str = spec("adam", "Optimizer.", choices=registry.OPTIMIZERS)
     lr: float = spec(0.01, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
     momentum: float = spec(0.9, "sgd and rmsprop: momentum.", ge=0, lt=1)
     betas: tuple[float, ...] = spec((0.7, 0.9), "adam and adamw: the two decay rates of the moment estimates.",
@@ -99,7 +99,7 @@ class TrainParams:
         False, "onecycle: cycle the momentum (Adam's first beta) against the rate, 0.95 down to 0.85 and back.")
     nesterov: bool = spec(False, "sgd: Nesterov momentum.")
     weight_decay: float = spec(0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0)
-    loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=tuple(optim.LOSSES))
+    loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=registry.LOSSES)
     label_smoothing: float = spec(0.1, "Label smoothing (either loss).", ge=0, lt=1)
     batch_size: int = spec(256, "Training batch size.", ge=1)
     epochs: int = spec(2, "Maximum number of epochs.", ge=1)
@@ -109,7 +109,7 @@ class TrainParams:
     min_delta: float = spec(0.0, "Smallest rise in validation accuracy that counts as better.", ge=0)
     grad_clip: float | None = spec(None, "Clip the gradient norm to this value; null = no clipping.", gt=0)
     scheduler: str = spec(
-        "onecycle", "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.", choices=tuple(optim.SCHEDULERS)
+        "onecycle", "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.", choices=registry.SCHEDULERS
     )
     step_size: int = spec(1, "step: epochs between learning-rate decays.", ge=1)
     gamma: float = spec(0.7, "step: factor applied at each decay.", gt=0, lt=1)
