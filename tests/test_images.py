@@ -303,6 +303,14 @@ def test_rows_keep_their_order_and_a_killed_worker_stops_decoding(tmp_path: Path
     with pytest.raises(PipelineError, match="a process decoding the pictures died"):
         folders.decode(folders.scan(tmp_path / "d"), 1, 28, tmp_path / "out2", 2, kill_a_worker)
     assert killed and not (tmp_path / "out2").exists()  # instead of waiting forever
+    # Large rows too (about 2 MB per chunk): a worker killed while its results travel must not hang the stage
+    # either (ProcessPoolExecutor waits forever on half a message in its pipe, so results go through files).
+    for i in range(96):
+        save(Image.new("RGB", (160, 160), (i, 2 * i, 3 * i)), tmp_path / "big" / ("a", "b")[i % 2] / f"{i:03d}.png")
+    killed.clear()
+    with pytest.raises(PipelineError, match="a process decoding the pictures died"):
+        folders.decode(folders.scan(tmp_path / "big"), 3, 160, tmp_path / "out3", 2, kill_a_worker)
+    assert killed and not (tmp_path / "out3").exists()
 
 
 def test_the_module_does_not_import_torch() -> None:

@@ -13,6 +13,7 @@ import json
 import mmap
 import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
@@ -127,22 +128,39 @@ def _work(task: tuple[str, int, int]) -> tuple[bytes, str, bytes] | str:
         return first_line(exc)
 
 
-def _ordered(tasks: list[tuple[str, int, int]], workers: int, row: int) -> Iterator[tuple[bytes, str, bytes] | str]:
+def _work_chunk(job: tuple[Path, list[tuple[str, int, int]]]) -> str:
+    """In a worker: `_work` over a chunk of tasks, pickled into the file `job[0]`; returns that file's name. The
+    results travel through a file because a worker killed while it writes a large result into the pool's pipe
+    leaves half a message there, on which ProcessPoolExecutor waits forever; a name is written whole."""
+    target, tasks = job
+    with open(target, "wb") as fh:
+        pickle.dump([_work(task) for task in tasks], fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return target.name
+
+
+def _ordered(tasks: list[tuple[str, int, int]], workers: int, row: int,
+             scratch: Path) -> Iterator[tuple[bytes, str, bytes] | str]:
     """`_work` over `tasks` in order, in `workers` processes (not multiprocessing.Pool, whose imap waits forever on a
-    killed worker). map, like imap, queues all at once, so results could pile up: here at most two windows of 4
-    chunks per worker are queued, a chunk holding at most 4 MiB of `row`-byte pictures."""
+    killed worker), each chunk's results passed through a file in `scratch` and deleted once read. map queues all
+    it is given at once, so here at most two windows of 4 chunks per worker are queued, a chunk holding at most
+    4 MiB of `row`-byte pictures."""
     workers = max(1, min(workers, len(tasks)))
     ctx = multiprocessing.get_context(START_METHOD)
     if START_METHOD == "forkserver":
         ctx.set_forkserver_preload(["pipeline.core.images", __name__])  # imported once by the server, not by each worker
     chunk = max(1, min(32, len(tasks) // (workers * 8), (4 << 20) // row))
-    windows = (tasks[i : i + chunk * workers * 4] for i in range(0, len(tasks), chunk * workers * 4))
+    jobs = ((scratch / f"{i}.pickle", tasks[i : i + chunk]) for i in range(0, len(tasks), chunk))
+    windows = iter(lambda: list(itertools.islice(jobs, workers * 4)), [])
     pool = ProcessPoolExecutor(workers, mp_context=ctx)
     try:
-        queued = [pool.map(_work, w, chunksize=chunk) for w in itertools.islice(windows, 2)]
+        queued = [pool.map(_work_chunk, w) for w in itertools.islice(windows, 2)]
         while queued:
-            yield from queued.pop(0)
-            queued.extend(pool.map(_work, w, chunksize=chunk) for w in itertools.islice(windows, 1))
+            for name in queued.pop(0):
+                with open(scratch / name, "rb") as fh:
+                    results = pickle.load(fh)
+                os.unlink(scratch / name)
+                yield from results
+            queued.extend(pool.map(_work_chunk, w) for w in itertools.islice(windows, 1))
     except BrokenExecutor:  # BrokenProcessPool
         raise PipelineError("a process decoding the pictures died (killed, out of memory?); try fewer workers") from None
     finally:  # also when the caller stops early: drop what is queued rather than decode it
@@ -187,7 +205,9 @@ def decode(layout: Layout, channels: int, size: int, out: Path, workers: int,
     used: list[tuple[str, str]] = []
     start = time.monotonic()
     with atomic.directory(out) as tmp, contextlib.ExitStack() as stack:
-        results = stack.enter_context(contextlib.closing(_ordered(tasks, workers, channels * size * size)))
+        (tmp / ".chunks").mkdir()
+        results = stack.enter_context(contextlib.closing(_ordered(tasks, workers, channels * size * size,
+                                                                  tmp / ".chunks")))
         for split in layout.splits:
             (tmp / split).mkdir()
         files = {split: stack.enter_context(open(tmp / split / "images.u8", "wb")) for split in layout.splits}
@@ -201,6 +221,7 @@ def decode(layout: Layout, channels: int, size: int, out: Path, workers: int,
                 used.append((rel, result[1]))
                 seen.setdefault(result[2], []).append((split, rel))
             progress(done, len(entries), time.monotonic() - start)
+        (tmp / ".chunks").rmdir()  # every chunk's file was read and deleted
         _check(layout, rows, skipped)
         for split, found in rows.items():
             np.save(tmp / split / "labels.npy", np.array([label for label, _ in found], dtype=np.int64))
