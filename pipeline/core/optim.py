@@ -22,30 +22,35 @@ Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def adam(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+    """torch.optim.Adam with train.lr, train.betas and train.weight_decay (L2)."""
     from torch.optim import Adam
 
     return Adam(p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay)
 
 
 def adamw(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+    """torch.optim.AdamW with train.lr, train.betas and train.weight_decay (decoupled)."""
     from torch.optim import AdamW
 
     return AdamW(p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay)
 
 
 def sgd(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+    """torch.optim.SGD with train.lr, train.momentum, train.nesterov (only with momentum) and train.weight_decay."""
     from torch.optim import SGD
 
     return SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
 
 
 def adadelta(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+    """torch.optim.Adadelta with train.lr and train.weight_decay."""
     from torch.optim import Adadelta
 
     return Adadelta(p, lr=c.lr, weight_decay=c.weight_decay)
 
 
 def rmsprop(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
+    """torch.optim.RMSprop with train.lr, train.momentum and train.weight_decay."""
     from torch.optim import RMSprop
 
     return RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
@@ -62,18 +67,21 @@ def none(o: Optimizer, c: TrainParams, steps: int) -> None:
 
 
 def step(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+    """torch's StepLR: the rate times train.gamma every train.step_size epochs."""
     from torch.optim.lr_scheduler import StepLR
 
     return StepLR(o, step_size=c.step_size, gamma=c.gamma)
 
 
 def cosine(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+    """torch's CosineAnnealingLR over train.epochs."""
     from torch.optim.lr_scheduler import CosineAnnealingLR
 
     return CosineAnnealingLR(o, T_max=c.epochs)
 
 
 def onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+    """torch's OneCycleLR up to train.lr and down over train.epochs × `steps` batches (Smith & Topin, 2017)."""
     from torch.optim.lr_scheduler import OneCycleLR
 
     # Momentum is cycled only where asked and there is some: Adam-style betas, or SGD/RMSprop momentum the
@@ -89,6 +97,7 @@ SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None
 
 
 def cross_entropy(c: TrainParams) -> Loss:
+    """Cross-entropy on logits (N×classes float) and int64 labels (N), with train.label_smoothing."""
     import torch.nn.functional as F
 
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
