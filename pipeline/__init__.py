@@ -1,1 +1,2 @@
-"""Image-classification pipeline: `stages/` (the DVC stage commands), `core/` (the work), `tools/` (other commands)."""
+"""Image-classification pipeline: `stages/` (the DVC stage commands), `core/` (the work), `tools/`
+(other commands)."""

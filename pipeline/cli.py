@@ -1,4 +1,5 @@
 """Click glue shared by the stage and tool commands: the --params option and one-line errors."""
+
 from __future__ import annotations
 
 import functools
@@ -18,7 +19,11 @@ F = TypeVar("F", bound=Callable[..., object])
 EXIT_USER_ERROR = 2  # the same code Click uses for usage errors
 
 params_option = click.option(
-    "--params", "params_file", type=click.Path(path_type=Path), default=paths.PARAMS, show_default=True,
+    "--params",
+    "params_file",
+    type=click.Path(path_type=Path),
+    default=paths.PARAMS,
+    show_default=True,
     help="The parameters file.",
 )
 
@@ -41,7 +46,8 @@ def reports_errors(func: F) -> F:
             sys.exit(130)
         finally:
             # The command's work is done; what is left is the interpreter's exit, whose last garbage
-            # collection walks every object torch's imports made (long after training). Frozen, it skips them.
+            # collection walks every object torch's imports made (long after training). Frozen, it
+            # skips them.
             gc.freeze()
 
     return wrapper  # type: ignore[return-value]

@@ -1,1 +1,2 @@
-"""Commands that are not stages: clients of the pipeline's results (predict, compare, report, repro-check, …)."""
+"""Commands that are not stages: clients of the pipeline's results (predict, compare, report,
+repro-check, …)."""

@@ -6,6 +6,7 @@ and cannot restore it. This restores the git-tracked results and parameters, tak
 output from the local cache only where the cache holds the committed copy, and otherwise leaves the
 file alone and says how to get the committed one.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -20,9 +21,20 @@ from pipeline.core.repo import clean_env, git
 from pipeline.core.yamlio import read_yaml
 
 LOCK = Path("dvc.lock")
-IN_GIT = (paths.PARAMS, LOCK, paths.RUN_FILE, paths.TRAIN_METRICS, paths.TRAIN_PLOT, paths.TRAIN_SAMPLES_PLOT,
-          paths.EVAL_METRICS, paths.CONFUSION_PLOT, paths.PER_CLASS_PLOT, paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT,
-          paths.TEST_SAMPLES_PLOT)
+IN_GIT = (
+    paths.PARAMS,
+    LOCK,
+    paths.RUN_FILE,
+    paths.TRAIN_METRICS,
+    paths.TRAIN_PLOT,
+    paths.TRAIN_SAMPLES_PLOT,
+    paths.EVAL_METRICS,
+    paths.CONFUSION_PLOT,
+    paths.PER_CLASS_PLOT,
+    paths.ROC_PLOT,
+    paths.PRECISION_RECALL_PLOT,
+    paths.TEST_SAMPLES_PLOT,
+)
 IN_CACHE = (paths.RAW, paths.STATS, paths.MODEL)
 
 
@@ -38,33 +50,60 @@ def cached_outputs(lock_text: str) -> dict[str, str]:
 
 
 def in_cache(cache: Path, md5: str) -> bool:
-    """Whether DVC's cache (3.x layout) holds the object `md5` (a folder's .dir listing counts for the folder)."""
+    """Whether DVC's cache (3.x layout) holds the object `md5` (a folder's .dir listing counts for
+    the folder)."""
     return (cache / "files" / "md5" / md5[:2] / md5[2:]).is_file()
 
 
 @click.command()
-@click.option("--rev", default="HEAD", show_default=True, help="The commit whose results to return to.")
+@click.option(
+    "--rev", default="HEAD", show_default=True, help="The commit whose results to return to."
+)
 @reports_errors
 def main(rev: str) -> None:
-    """Restore params.yaml, dvc.lock and the results of REV; the model and data only from the local cache."""
+    """Restore params.yaml, dvc.lock and the results of REV; the model and data only from the local
+    cache."""
     root = Path(git("rev-parse", "--show-toplevel"))
-    committed = [p.as_posix() for p in IN_GIT if git("ls-tree", "--name-only", rev, "--", p.as_posix(), cwd=root)]
+    committed = [
+        p.as_posix()
+        for p in IN_GIT
+        if git("ls-tree", "--name-only", rev, "--", p.as_posix(), cwd=root)
+    ]
     if not committed:
         raise PipelineError(f"--rev {rev}: no committed results there")
     git("checkout", rev, "--", *committed, cwd=root)
     click.echo(f"restored from {rev}: {', '.join(committed)}")
-    cache = Path(subprocess.run(["dvc", "cache", "dir"], cwd=root, env=clean_env(), capture_output=True, text=True,
-                                check=False).stdout.strip() or root / ".dvc" / "cache")
+    cache = Path(
+        subprocess.run(
+            ["dvc", "cache", "dir"],
+            cwd=root,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        or root / ".dvc" / "cache"
+    )
     restorable, missing = [], []
     for path, md5 in cached_outputs(git("show", f"{rev}:{LOCK.as_posix()}", cwd=root)).items():
         (restorable if in_cache(cache, md5) else missing).append(path)
     if restorable:
-        proc = subprocess.run(["dvc", "checkout", *restorable], cwd=root, env=clean_env(), capture_output=True, text=True)
+        proc = subprocess.run(
+            ["dvc", "checkout", *restorable],
+            cwd=root,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise PipelineError(f"dvc checkout {' '.join(restorable)}: {proc.stderr.strip().splitlines()[-1:]}")
+            raise PipelineError(
+                f"dvc checkout {' '.join(restorable)}: {proc.stderr.strip().splitlines()[-1:]}"
+            )
         click.echo(f"restored from the DVC cache: {', '.join(restorable)}")
     for path in missing:
         click.echo(
-            f"{path}: the committed copy is in no cache on this machine; the file here is left as it is. "
-            "`dvc repro` recreates it (or `dvc pull`, once a remote holds it); `dvc status` shows what differs."
+            f"{path}: the committed copy is in no cache on this machine; the file here is left as "
+            "it is. "
+            "`dvc repro` recreates it (or `dvc pull`, once a remote holds it); `dvc status` shows "
+            "what differs."
         )

@@ -7,6 +7,7 @@ too); those files, and only those, are its code deps. This command computes them
 comments and order (ruamel.yaml's round trip, the library DVC writes dvc.yaml with).
 `tests/test_layout.py` calls `drift` and names this command when dvc.yaml is out of date.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,7 +23,8 @@ DVC_YAML = Path("dvc.yaml")
 
 
 def module_file(root: Path, name: str) -> Path | None:
-    """The file of a dotted module name inside the project at `root`, or None for a module from elsewhere."""
+    """The file of a dotted module name inside the project at `root`, or None for a module from
+    elsewhere."""
     base = root / name.replace(".", "/")
     if base.with_suffix(".py").is_file():
         return base.with_suffix(".py")
@@ -47,21 +49,23 @@ def _run_nodes(tree: ast.AST) -> list[ast.AST]:
 
 
 def imported_names(path: Path) -> set[str]:
-    """Every absolute module name `path` imports when it runs, at the top or inside a function (imports
-    under `if TYPE_CHECKING:` only serve annotations and are left out)."""
+    """Every absolute module name `path` imports when it runs, at the top or inside a function
+    (imports under `if TYPE_CHECKING:` only serve annotations and are left out)."""
     names: set[str] = set()
     for node in _run_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+            names.update(
+                f"{node.module}.{alias.name}" for alias in node.names
+            )  # `from pkg import module`
     return names
 
 
 def import_closure(root: Path, module: str) -> list[str]:
-    """The project files (relative POSIX paths, sorted) that `python -m module` imports, transitively,
-    including the packages' __init__ files Python runs on the way."""
+    """The project files (relative POSIX paths, sorted) that `python -m module` imports,
+    transitively, including the packages' __init__ files Python runs on the way."""
     seen: set[Path] = set()
     todo = [module]
     while todo:
@@ -102,10 +106,15 @@ def drift(root: Path) -> list[str]:
     _, doc = _load(root)
     lines = []
     for name, stage in doc["stages"].items():
-        have, want = list(stage.get("deps", [])), expected_deps(root, list(stage.get("deps", [])), stage["cmd"])
+        have, want = (
+            list(stage.get("deps", [])),
+            expected_deps(root, list(stage.get("deps", [])), stage["cmd"]),
+        )
         if have != want:
             missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-            lines.append(f"stage {name}: missing {missing or 'nothing'}, needless {extra or 'nothing'}")
+            lines.append(
+                f"stage {name}: missing {missing or 'nothing'}, needless {extra or 'nothing'}"
+            )
     return lines
 
 
@@ -138,7 +147,11 @@ def main(check: bool) -> None:
             click.echo(line)
         raise SystemExit(1 if lines else 0)
     changed = write(root)
-    click.echo(f"{DVC_YAML}: code deps rewritten for {', '.join(changed)}" if changed else f"{DVC_YAML}: up to date")
+    click.echo(
+        f"{DVC_YAML}: code deps rewritten for {', '.join(changed)}"
+        if changed
+        else f"{DVC_YAML}: up to date"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`python -m pipeline plots-template`: the page `dvc plots show` fills, with Vega bundled in, so plots draw offline.
+"""`python -m pipeline plots-template`: the page `dvc plots show` fills, with Vega bundled in, so
+plots draw offline.
 
 DVC's default page loads vega, vega-lite and vega-embed from a CDN, so without the network four of
 the six plots stay blank without a word. The set-up command (`make setup`) runs this once: it takes
@@ -7,6 +8,7 @@ the three libraries' published builds from the npm registry (`npm pack`, pinned 
 clone's own settings): a clone set up without it (`pip install -r requirements.txt`) keeps DVC's
 default page, which draws with the network.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -20,8 +22,13 @@ from pipeline.cli import reports_errors
 from pipeline.core import atomic
 from pipeline.core.errors import PipelineError
 
-# The versions DVC's own page uses are older; these are the newest of the same majors (Vega-Lite 5 specs).
-PACKAGES = {"vega@5.33.1": "vega.min.js", "vega-lite@5.23.0": "vega-lite.min.js", "vega-embed@6.29.0": "vega-embed.min.js"}
+# The versions DVC's own page uses are older; these are the newest of the same majors (Vega-Lite 5
+# specs).
+PACKAGES = {
+    "vega@5.33.1": "vega.min.js",
+    "vega-lite@5.23.0": "vega-lite.min.js",
+    "vega-embed@6.29.0": "vega-embed.min.js",
+}
 TEMPLATE = Path(".dvc/plots-offline.html")
 
 PAGE = """<!DOCTYPE html>
@@ -35,7 +42,8 @@ PAGE = """<!DOCTYPE html>
   <script>
     // SVG rather than canvas: the marks are elements a test (or a person's inspector) can count.
     const embedWithCanvas = vegaEmbed;
-    window.vegaEmbed = (el, spec, opts) => embedWithCanvas(el, spec, Object.assign({{renderer: "svg"}}, opts));
+    window.vegaEmbed = (el, spec, opts) =>
+      embedWithCanvas(el, spec, Object.assign({{renderer: "svg"}}, opts));
   </script>
   <style>table {{ border-spacing: 15px; }}</style>
 </head>
@@ -56,7 +64,9 @@ def build(tarballs: dict[str, Path]) -> str:
                 raise PipelineError(f"{tarballs[package]}: no build/{build_file} in the package")
             code = member.read().decode("utf-8").replace("</script", "<\\/script")
         scripts.append(f"<script>/* {package} */\n{code}\n</script>")
-    page = PAGE.format(refresh_tag="{refresh_tag}", versions=", ".join(PACKAGES), libraries="\n  ".join(scripts))
+    page = PAGE.format(
+        refresh_tag="{refresh_tag}", versions=", ".join(PACKAGES), libraries="\n  ".join(scripts)
+    )
     return page
 
 
@@ -66,17 +76,35 @@ def build(tarballs: dict[str, Path]) -> str:
 def main(out: Path) -> None:
     """Fetch the pinned Vega builds with npm and write DVC's offline plots page."""
     with tempfile.TemporaryDirectory(prefix="vega-") as tmp:
-        proc = subprocess.run(["npm", "pack", "--silent", "--pack-destination", tmp, *PACKAGES],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["npm", "pack", "--silent", "--pack-destination", tmp, *PACKAGES],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise PipelineError(f"npm pack {' '.join(PACKAGES)}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
-        tarballs = {package: Path(tmp) / (package.replace("@", "-") + ".tgz") for package in PACKAGES}
+            raise PipelineError(
+                f"npm pack {' '.join(PACKAGES)}: "
+                f"{(proc.stderr.strip().splitlines() or ['failed'])[-1]}"
+            )
+        tarballs = {
+            package: Path(tmp) / (package.replace("@", "-") + ".tgz") for package in PACKAGES
+        }
         atomic.write_text(out, build(tarballs))
     # The path is relative to .dvc/, where DVC looks for templates.
-    proc = subprocess.run(["dvc", "config", "--local", "plots.html_template", out.name], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["dvc", "config", "--local", "plots.html_template", out.name],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        raise PipelineError(f"dvc config --local plots.html_template: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
-    click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB: {', '.join(PACKAGES)}), named in .dvc/config.local")
+        raise PipelineError(
+            "dvc config --local plots.html_template: "
+            f"{(proc.stderr.strip().splitlines() or ['failed'])[-1]}"
+        )
+    click.echo(
+        f"wrote {out} ({out.stat().st_size // 1024} KiB: {', '.join(PACKAGES)}), named in "
+        ".dvc/config.local"
+    )
 
 
 if __name__ == "__main__":

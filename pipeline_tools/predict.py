@@ -1,4 +1,6 @@
-"""`python -m pipeline predict PATH…`: top-k classes with probabilities for image files or folders."""
+"""`python -m pipeline predict PATH…`: top-k classes with probabilities for image files or
+folders."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +31,9 @@ def image_files(inputs: list[Path]) -> list[Path]:
 
 
 def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×W uint8)
-    """A picture as the model expects it: through the very function the download stage decodes a folder's
-    pictures with (core.images.read: EXIF orientation, colour mode, resize and centre crop as torchvision)."""
+    """A picture as the model expects it: through the very function the download stage decodes a
+    folder's pictures with (core.images.read: EXIF orientation, colour mode, resize and centre crop
+    as torchvision)."""
     import torch
 
     from pipeline.core.images import ImageError, read
@@ -43,8 +46,16 @@ def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_file", type=click.Path(path_type=Path), default=paths.MODEL, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image.")
+@click.option(
+    "--model", "model_file", type=click.Path(path_type=Path), default=paths.MODEL, show_default=True
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Classes shown per image.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
 def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) -> None:
@@ -60,7 +71,13 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
     probs = torch.softmax(models.logits(model, batch), dim=1)
     top = probs.topk(min(top_k, len(names)), dim=1)
     results = [
-        {"path": str(f), "predictions": [{"class": names[i], "probability": float(p)} for p, i in zip(ps.tolist(), idx.tolist())]}
+        {
+            "path": str(f),
+            "predictions": [
+                {"class": names[i], "probability": float(p)}
+                for p, i in zip(ps.tolist(), idx.tolist())
+            ],
+        }
         for f, ps, idx in zip(files, top.values, top.indices)
     ]
     if as_json:
@@ -68,7 +85,9 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
         return
     run_file = model_file.parent / paths.RUN_FILE.name
     run = json.loads(run_file.read_text()).get("run_id", "?") if run_file.is_file() else "unknown"
-    click.echo(f"# {model_file}: {meta['architecture']} trained on {meta['dataset']}, MLflow run {run}")
+    click.echo(
+        f"# {model_file}: {meta['architecture']} trained on {meta['dataset']}, MLflow run {run}"
+    )
     width = max(len(r["path"]) for r in [*results, {"path": "image"}])
     ranks = "  ".join(f"class {i + 1} (probability)" for i in range(len(results[0]["predictions"])))
     click.echo(f"{'image':<{width}}  {ranks}")

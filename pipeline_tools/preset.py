@@ -1,9 +1,11 @@
-"""`python -m pipeline preset FILE`: run a parameter preset (a partial params file) as a DVC experiment.
+"""`python -m pipeline preset FILE`: run a parameter preset (a partial params file) as a DVC
+experiment.
 
 `dvc exp run` takes changed parameters only as `-S key=value`; a preset keeps a tested combination
 in a file (presets/accurate.yaml) and this runs `dvc exp run -n <file name> -S …` with its values,
 after checking them merged into params.yaml exactly as the stages will.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -29,18 +31,22 @@ def overrides(preset: Path) -> dict[str, Any]:
     except Exception as exc:  # YAML syntax, undecodable bytes
         raise PipelineError(f"{preset}: not a YAML file ({first_line(exc)})") from None
     if not isinstance(raw, dict) or not raw:
-        raise PipelineError(f"{preset}: a preset is a mapping of params.yaml sections to the values it changes")
+        raise PipelineError(
+            f"{preset}: a preset is a mapping of params.yaml sections to the values it changes"
+        )
     return raw
 
 
 def check(params_file: Path, raw: dict[str, Any], source: str) -> dict[str, Any]:
-    """The preset's values as {dotted.key: value}; PipelineError, naming the preset and the key, unless
-    params.yaml with them merged in is valid."""
+    """The preset's values as {dotted.key: value}; PipelineError, naming the preset and the key,
+    unless params.yaml with them merged in is valid."""
     base = read_yaml(params_file.read_text(), str(params_file))
     values = flatten(raw)
     unknown = [k for k in values if k not in flatten(parse_params(base, str(params_file)))]
     if unknown:
-        raise PipelineError(f"{source}: {', '.join(unknown)} is not a parameter (see README, Parameters)")
+        raise PipelineError(
+            f"{source}: {', '.join(unknown)} is not a parameter (see README, Parameters)"
+        )
     parse_params(merge(base, raw), source)
     return values
 
@@ -48,12 +54,21 @@ def check(params_file: Path, raw: dict[str, Any], source: str) -> dict[str, Any]
 @click.command()
 @click.argument("preset", type=click.Path(path_type=Path, dir_okay=False))
 @params_option
-@click.option("--dry-run", is_flag=True, help="Print the `dvc exp run` command instead of running it.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the `dvc exp run` command instead of running it."
+)
 @reports_errors
 def main(preset: Path, params_file: Path, dry_run: bool) -> None:
     """Run PRESET (e.g. presets/accurate.yaml) as `dvc exp run -n <its name> -S key=value …`."""
     values = check(params_file, overrides(preset), str(preset))
-    cmd = ["dvc", "exp", "run", "-n", preset.stem, *[a for k, v in values.items() for a in ("-S", f"{k}={cli_value(v)}")]]
+    cmd = [
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        preset.stem,
+        *[a for k, v in values.items() for a in ("-S", f"{k}={cli_value(v)}")],
+    ]
     click.echo(shlex.join(cmd))
     if not dry_run:
         raise SystemExit(subprocess.run(cmd, env=clean_env()).returncode)

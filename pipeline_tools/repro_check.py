@@ -1,4 +1,5 @@
-"""`python -m pipeline repro-check`: does this commit reproduce, on this machine and against other CPU families?
+"""`python -m pipeline repro-check`: does this commit reproduce, on this machine and against other
+CPU families?
 
 Clones the current commit twice and runs the pipeline in each on the small CI configuration
 (`repro/params-ci.yaml`). The contract it checks (docs/reproducibility.md says why it is this one):
@@ -7,9 +8,11 @@ Clones the current commit twice and runs the pipeline in each on the small CI co
   `repro/model-hashes.json` (when one is recorded);
 - across families: the metrics are within `--tolerance` of `repro/reference.json`. Models of other
   families are shown, not required equal: the same portable run gave one model on Intel Ice Lake and
-  Sapphire Rapids alike and another on an AMD EPYC (whose MKL takes other code paths), with equal metrics.
+  Sapphire Rapids alike and another on an AMD EPYC (whose MKL takes other code paths), with equal
+  metrics.
 It prints the CPU flags it ran on and, on failure, what differed.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +31,7 @@ from pipeline.core.repo import git
 from pipeline.core.yamlio import read_yaml
 from pipeline_tools import rerun
 
+OTHER_BYTES = "other bytes (equal only within a family; metrics are compared)"
 CONFIG = Path("repro/params-ci.yaml")
 REFERENCE = Path("repro/reference.json")
 HASHES = Path("repro/model-hashes.json")  # {CPU flags: sha256 of models/model.pt}
@@ -36,7 +40,8 @@ HASHES = Path("repro/model-hashes.json")  # {CPU flags: sha256 of models/model.p
 def report(
     first: rerun.Outcome, second: rerun.Outcome, reference: dict[str, float], tolerance: float
 ) -> tuple[list[list[str]], list[str]]:
-    """Table rows (metrics, then file hashes) and the metrics further than `tolerance` from the reference."""
+    """Table rows (metrics, then file hashes) and the metrics further than `tolerance` from the
+    reference."""
     rows, off_reference = [], []
     for key in sorted(first.metrics):
         ref = reference.get(key)
@@ -44,50 +49,92 @@ def report(
         ok = delta is not None and delta <= tolerance
         if ref is not None and not ok:
             off_reference.append(key)
-        rows.append([key, f"{first.metrics[key]:.6f}", f"{second.metrics.get(key, float('nan')):.6f}",
-                     f"{ref:.6f}" if ref is not None else "-", f"{delta:.6f}" if delta is not None else "-",
-                     "ok" if ok else ("no reference" if ref is None else "OFF")])
+        rows.append(
+            [
+                key,
+                f"{first.metrics[key]:.6f}",
+                f"{second.metrics.get(key, float('nan')):.6f}",
+                f"{ref:.6f}" if ref is not None else "-",
+                f"{delta:.6f}" if delta is not None else "-",
+                "ok" if ok else ("no reference" if ref is None else "OFF"),
+            ]
+        )
     for path, digest in first.hashes.items():
         same = digest == second.hashes.get(path)
-        rows.append([path, digest[:12], second.hashes.get(path, "missing")[:12], "", "", "same" if same else "DIFFERENT"])
+        rows.append(
+            [
+                path,
+                digest[:12],
+                second.hashes.get(path, "missing")[:12],
+                "",
+                "",
+                "same" if same else "DIFFERENT",
+            ]
+        )
     return rows, off_reference
 
 
 def hash_check(model_sha256: str, recorded: dict[str, str], here: str) -> tuple[list[str], bool]:
-    """(a line per recorded CPU family, whether this family's recorded hash differs from this model's). Other
-    families' hashes are shown for what they are: exact equality is promised within a family only."""
+    """(a line per recorded CPU family, whether this family's recorded hash differs from this
+    model's). Other families' hashes are shown for what they are: exact equality is promised within
+    a family only."""
     lines = []
     for flags, digest in sorted(recorded.items()):
         same = digest == model_sha256
         if flags == here:
-            lines.append(f"  recorded on [{flags}] (this CPU family): {digest[:16]}… {'same' if same else 'DIFFERENT'}")
+            lines.append(
+                f"  recorded on [{flags}] (this CPU family): {digest[:16]}… "
+                f"{'same' if same else 'DIFFERENT'}"
+            )
         else:
-            lines.append(f"  recorded on [{flags}] (another family): {digest[:16]}… "
-                         f"{'same' if same else 'other bytes (equal only within a family; metrics are compared)'}")
+            lines.append(
+                f"  recorded on [{flags}] (another family): {digest[:16]}… "
+                f"{'same' if same else OTHER_BYTES}"
+            )
     if here not in recorded:
-        lines.append(f"  nothing recorded on [{here}] yet: record {model_sha256[:16]}… with --record-hash")
+        lines.append(
+            f"  nothing recorded on [{here}] yet: record {model_sha256[:16]}… with --record-hash"
+        )
     return lines, here in recorded and recorded[here] != model_sha256
 
 
 @click.command()
-@click.option("--tolerance", type=click.FloatRange(min=0), default=0.002, show_default=True,
-              help="Largest absolute difference from the reference accepted for any metric.")
-@click.option("--update-reference", is_flag=True,
-              help="Write this run's metrics as the reference and its model hash as the only recorded one.")
-@click.option("--record-hash", is_flag=True, help="Add this CPU family's model hash to the recorded ones.")
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=0.002,
+    show_default=True,
+    help="Largest absolute difference from the reference accepted for any metric.",
+)
+@click.option(
+    "--update-reference",
+    is_flag=True,
+    help="Write this run's metrics as the reference and its model hash as the only recorded one.",
+)
+@click.option(
+    "--record-hash", is_flag=True, help="Add this CPU family's model hash to the recorded ones."
+)
 @click.option("--keep", is_flag=True, help="Keep the temporary clones (their paths are printed).")
 @reports_errors
 def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool) -> None:
-    """Run the pipeline twice from clean clones of HEAD; compare hashes, metrics and the reference."""
+    """Run the pipeline twice from clean clones of HEAD; compare hashes, metrics and the
+    reference."""
     here = cpu.flags()
     root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
     if git("status", "--porcelain", "--untracked-files=no", cwd=root):
-        raise PipelineError("the work tree has uncommitted changes; commit or stash them: only a commit can be checked")
+        raise PipelineError(
+            "the work tree has uncommitted changes; commit or stash them: only a commit can be "
+            "checked"
+        )
     commit = git("rev-parse", "HEAD", cwd=root)
     first, second = two_runs(root, commit, here, keep)
     reference = json.loads((root / REFERENCE).read_text()) if (root / REFERENCE).is_file() else {}
     rows, off_reference = report(first, second, reference, tolerance)
-    click.echo(rerun.table(rows, ["metric / file", "run 1", "run 2", "reference", "|run1 - ref|", "status"]))
+    click.echo(
+        rerun.table(
+            rows, ["metric / file", "run 1", "run 2", "reference", "|run1 - ref|", "status"]
+        )
+    )
     diff = first.differences(second)
     if diff:
         click.echo(f"NOT REPRODUCIBLE: two runs of commit {commit[:12]} differ:", err=True)
@@ -99,31 +146,45 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
     recorded = json.loads((root / HASHES).read_text()) if (root / HASHES).is_file() else {}
     if update_reference or record_hash:
         if update_reference:
-            (root / REFERENCE).write_text(json.dumps(first.metrics, indent=2, sort_keys=True) + "\n")
+            (root / REFERENCE).write_text(
+                json.dumps(first.metrics, indent=2, sort_keys=True) + "\n"
+            )
             click.echo(f"wrote {REFERENCE}")
         recorded = {here: model} if update_reference else {**recorded, here: model}
         (root / HASHES).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
         click.echo(f"wrote {HASHES}: {model[:16]}… for [{here}]")
         return
     if not reference:
-        raise PipelineError(f"{REFERENCE}: missing; create it with --update-reference and commit it")
+        raise PipelineError(
+            f"{REFERENCE}: missing; create it with --update-reference and commit it"
+        )
     lines, differs = hash_check(model, recorded, here)
     click.echo(f"model hash {model[:16]}… against {HASHES}:\n" + "\n".join(lines))
     if differs:
-        click.echo(f"NOT REPRODUCED IN THIS FAMILY: the model differs from the one recorded on [{here}]", err=True)
+        click.echo(
+            f"NOT REPRODUCED IN THIS FAMILY: the model differs from the one recorded on [{here}]",
+            err=True,
+        )
     if off_reference:
         click.echo(f"OFF REFERENCE (tolerance {tolerance}): {', '.join(off_reference)}", err=True)
     if differs or off_reference:
         sys.exit(1)
-    click.echo(f"matches {REFERENCE} within {tolerance}" + (f" and the hash recorded on [{here}]" if here in recorded else ""))
+    click.echo(
+        f"matches {REFERENCE} within {tolerance}"
+        + (f" and the hash recorded on [{here}]" if here in recorded else "")
+    )
 
 
 def two_runs(root: Path, commit: str, here: str, keep: bool) -> tuple[rerun.Outcome, rerun.Outcome]:
     """The CI configuration run twice, each in a clean clone of `commit` (removed unless `keep`)."""
-    override = read_yaml((root / CONFIG).read_text(), str(CONFIG)) if (root / CONFIG).is_file() else {}
+    override = (
+        read_yaml((root / CONFIG).read_text(), str(CONFIG)) if (root / CONFIG).is_file() else {}
+    )
     base = read_yaml((root / paths.PARAMS).read_text(), str(paths.PARAMS))
     portable = parse_params(merge(base, override), source=str(CONFIG)).train.portable
-    click.echo(f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}")
+    click.echo(
+        f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))
     outcomes = []
     try:
@@ -138,6 +199,7 @@ def two_runs(root: Path, commit: str, here: str, keep: bool) -> tuple[rerun.Outc
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return outcomes[0], outcomes[1]
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
-"""Re-running the pipeline from scratch in a clean clone: the engine of the repro-check and reproduce tools."""
+"""Re-running the pipeline from scratch in a clean clone: the engine of the repro-check and
+reproduce tools."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +28,11 @@ class Outcome:
 
     def differences(self, other: Outcome) -> list[str]:
         """Readable lines for every hash or metric that differs."""
-        lines = [f"{path}: sha256 {self.hashes[path][:16]}… vs {other.hashes.get(path, 'missing')[:16]}…"
-                 for path in self.hashes if self.hashes[path] != other.hashes.get(path)]
+        lines = [
+            f"{path}: sha256 {self.hashes[path][:16]}… vs {other.hashes.get(path, 'missing')[:16]}…"
+            for path in self.hashes
+            if self.hashes[path] != other.hashes.get(path)
+        ]
         for key in sorted(set(self.metrics) | set(other.metrics)):
             a, b = self.metrics.get(key), other.metrics.get(key)
             if a != b:
@@ -36,7 +41,8 @@ class Outcome:
 
 
 def clone(source: Path, commit: str, dest: Path) -> Path:
-    """A fresh clone of `source` at `commit` (outputs, caches and stores are not in git, so none come along)."""
+    """A fresh clone of `source` at `commit` (outputs, caches and stores are not in git, so none
+    come along)."""
     git("clone", "-q", "--no-hardlinks", str(source), str(dest), cwd=source)
     git("-c", "advice.detachedHead=false", "checkout", "-q", commit, cwd=dest)
     return dest
@@ -51,17 +57,26 @@ def write_params(root: Path, override: dict[str, Any]) -> None:
 PROGRESS = ("Running stage", "epoch ", "best val_accuracy", "test accuracy")
 
 
-def run_pipeline(root: Path, log: Path, progress: Callable[[str], None] = lambda line: None) -> Outcome:
+def run_pipeline(
+    root: Path, log: Path, progress: Callable[[str], None] = lambda line: None
+) -> Outcome:
     """`dvc repro` in `root` with its own MLflow store; the outputs that must be reproducible.
 
-    Everything DVC prints goes to `log`; the stage and epoch lines also go to `progress` as they come,
-    with the seconds since the start.
+    Everything DVC prints goes to `log`; the stage and epoch lines also go to `progress` as they
+    come, with the seconds since the start.
     """
     start = time.monotonic()
     with open(log, "w") as fh:
         # Unbuffered: the stages print each epoch as it ends, not all at exit.
-        proc = subprocess.Popen(["dvc", "repro"], cwd=root, env=clean_env(PYTHONUNBUFFERED="1"), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+        proc = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=root,
+            env=clean_env(PYTHONUNBUFFERED="1"),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            bufsize=1,
+        )
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -81,7 +96,10 @@ def run_pipeline(root: Path, log: Path, progress: Callable[[str], None] = lambda
 
 def collect(root: Path) -> Outcome:
     """Hashes of model and statistics, and every numeric metric (the MLflow run id excluded)."""
-    hashes = {p.as_posix(): hashlib.sha256((root / p).read_bytes()).hexdigest() for p in (paths.MODEL, paths.STATS)}
+    hashes = {
+        p.as_posix(): hashlib.sha256((root / p).read_bytes()).hexdigest()
+        for p in (paths.MODEL, paths.STATS)
+    }
     metrics: dict[str, float] = {}
     for name in (paths.TRAIN_METRICS, paths.EVAL_METRICS):
         data = json.loads((root / name).read_text())

@@ -1,4 +1,6 @@
-"""Helpers shared by the tests: a throwaway copy of this project as its own git + DVC repository, commands, stores."""
+"""Helpers shared by the tests: a throwaway copy of this project as its own git + DVC repository,
+commands, stores."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,7 +18,8 @@ from pipeline.core.repo import clean_env
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = yaml.safe_load((REPO / "params.yaml").read_text())["mlflow"]["experiment_name"]
 
-# The learning rate params.yaml ships with, as MLflow shows it; experiments in the tests change it to OTHER_LR.
+# The learning rate params.yaml ships with, as MLflow shows it; experiments in the tests change it
+# to OTHER_LR.
 DEFAULT_LR = str(yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"])
 OTHER_LR = "0.005"
 assert DEFAULT_LR != OTHER_LR
@@ -25,11 +28,18 @@ assert DEFAULT_LR != OTHER_LR
 TINY_PARAMS = {"data": {"limit": 2000, "val_size": 500}, "train": {"epochs": 1, "batch_size": 64}}
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run a command, failing the test with its output when `check` and it fails."""
-    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=900
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        pytest.fail(
+            f"{' '.join(cmd)} exited "
+            f"{proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -38,14 +48,29 @@ GENERATED = (".dvc/plots-offline.html",)
 
 
 def project_files() -> list[str]:
-    """The files of this project as a fresh clone has them after set-up: tracked, new and not ignored,
-    and the generated ones."""
+    """The files of this project as a fresh clone has them after set-up: tracked, new and not
+    ignored, and the generated ones."""
     out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\n")
     # Pipeline outputs are never part of a fresh clone, whatever the working tree holds.
-    outputs = ("data/", "models/", "metrics/", "plots/", "mlruns/", "test-artifacts/", "dvc.lock", ".venv")
-    return [f for f in [*out, *GENERATED] if f and not f.startswith(outputs) and (REPO / f).is_file()]
+    outputs = (
+        "data/",
+        "models/",
+        "metrics/",
+        "plots/",
+        "mlruns/",
+        "test-artifacts/",
+        "dvc.lock",
+        ".venv",
+    )
+    return [
+        f for f in [*out, *GENERATED] if f and not f.startswith(outputs) and (REPO / f).is_file()
+    ]
 
 
 def create_project(root: Path, params: dict | None = None) -> Path:
@@ -55,8 +80,12 @@ def create_project(root: Path, params: dict | None = None) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest)
     current = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(current, merge(TINY_PARAMS, params or {})), sort_keys=False))
-    if (root / ".dvc/plots-offline.html").exists():  # what `make setup` names in the clone's own config
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(merge(current, merge(TINY_PARAMS, params or {})), sort_keys=False)
+    )
+    if (
+        root / ".dvc/plots-offline.html"
+    ).exists():  # what `make setup` names in the clone's own config
         (root / ".dvc/config.local").write_text("[plots]\n    html_template = plots-offline.html\n")
     run(["git", "init", "-q", "-b", "main"], root)
     run(["git", "config", "user.email", "tests@example.invalid"], root)
@@ -83,7 +112,8 @@ def store(root: Path):  # -> MlflowClient
 
 
 def model_uri(run) -> str:  # run: mlflow.entities.Run
-    """The URI of the model a run logged (`models:/ID`: MLflow 3 keys models by id, not by run path)."""
+    """The URI of the model a run logged (`models:/ID`: MLflow 3 keys models by id, not by run
+    path)."""
     (output,) = run.outputs.model_outputs
     return f"models:/{output.model_id}"
 
@@ -107,8 +137,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 
 
 def fit_tiny(model, images, labels, fit_idx, val_idx, cfg, on_epoch=None):  # -> loop.TrainState
-    """The loop on in-memory tensors exactly as core.trainer drives it (data on the device, the model
-    placed, the optimization built once), for unit tests of models and the loop."""
+    """The loop on in-memory tensors exactly as core.trainer drives it (data on the device, the
+    model placed, the optimization built once), for unit tests of models and the loop."""
     from pipeline.core import loop, runtime
     from pipeline.core.optim import Optimization
 
@@ -116,15 +146,25 @@ def fit_tiny(model, images, labels, fit_idx, val_idx, cfg, on_epoch=None):  # ->
     data = loop.TrainData.on(rt, images, labels, fit_idx, (images[val_idx], labels[val_idx]))
     model = rt.place(model)
     opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
-    return loop.fit(model, data, opt, cfg, rt, loop.TrainState.start(0), on_epoch or (lambda result, state: None))
+    return loop.fit(
+        model,
+        data,
+        opt,
+        cfg,
+        rt,
+        loop.TrainState.start(0),
+        on_epoch or (lambda result, state: None),
+    )
 
 
-# Not the project's outputs: git's and DVC's own state, and the MLflow store (a failed run may be recorded).
+# Not the project's outputs: git's and DVC's own state, and the MLflow store (a failed run may be
+# recorded).
 NOT_OUTPUTS = (".git/", ".dvc/", "mlflow.db", "mlruns/", "checkpoints/")
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file of the project (code, parameters, data, every output), by relative path."""
+    """sha256 of every file of the project (code, parameters, data, every output), by relative
+    path."""
     import hashlib
 
     files = {}
@@ -153,13 +193,22 @@ def finished_project(root: Path) -> Path:
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root, in a machine whose network is closed: no sandbox, no GPU, none of Chromium's own traffic.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @contextmanager
 def chromium() -> Iterator:  # -> playwright Browser
-    """Debian's headless Chromium driven by Playwright (skipped where it is not installed, unless CI)."""
+    """Debian's headless Chromium driven by Playwright (skipped where it is not installed, unless
+    CI)."""
     import os
 
     if not CHROMIUM.exists():

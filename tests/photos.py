@@ -1,9 +1,12 @@
-"""Small ImageFolders of real photographs (crops of scikit-image's sample photos) for tests that need real pictures.
+"""Small ImageFolders of real photographs (crops of scikit-image's sample photos) for tests that
+need real pictures.
 
-Each class is one photograph: random crops of different sizes and aspect ratios, saved in the formats and modes
-users' folders hold (RGB JPEG, grey PNG, RGBA PNG, palette GIF, TIFF), so a classifier can learn the classes
-and the decoding stage meets every path it has. Everything is made from a seed: the same call, the same bytes.
+Each class is one photograph: random crops of different sizes and aspect ratios, saved in the
+formats and modes users' folders hold (RGB JPEG, grey PNG, RGBA PNG, palette GIF, TIFF), so a
+classifier can learn the classes and the decoding stage meets every path it has. Everything is made
+from a seed: the same call, the same bytes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,13 +28,16 @@ def photo(name: str) -> Image.Image:
 
 
 def _crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A random crop (40–100 % of the width, aspect ratio 0.6–1.6), scaled so its longer side is 48–200 px."""
+    """A random crop (40–100 % of the width, aspect ratio 0.6–1.6), scaled so its longer side is
+    48–200 px."""
     w = int(img.width * rng.uniform(0.4, 1.0))
     h = min(img.height, max(8, int(w * rng.uniform(0.6, 1.6))))
     left, top = int(rng.integers(0, img.width - w + 1)), int(rng.integers(0, img.height - h + 1))
     crop = img.crop((left, top, left + w, top + h))
     scale = rng.uniform(48, 200) / max(w, h)
-    return crop.resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.Resampling.BILINEAR)
+    return crop.resize(
+        (max(8, round(w * scale)), max(8, round(h * scale))), Image.Resampling.BILINEAR
+    )
 
 
 def _rgba(img: Image.Image) -> Image.Image:
@@ -49,13 +55,19 @@ SAVERS: list[tuple[str, Callable[[Image.Image, Path], None]]] = [
     (".jpg", lambda img, path: img.save(path, "JPEG", quality=90)),
     (".png", lambda img, path: img.convert("L").save(path, "PNG")),
     (".png", lambda img, path: _rgba(img).save(path, "PNG")),
-    (".gif", lambda img, path: img.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(path, "GIF")),
+    (
+        ".gif",
+        lambda img, path: img.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(
+            path, "GIF"
+        ),
+    ),
     (".tiff", lambda img, path: img.save(path, "TIFF")),
 ]
 
 
 def make_photo_folder(root: Path, per_class: int = 60, seed: int = 0) -> Path:
-    """Write an ImageFolder at `root` (root/<class>/<n><suffix>, `per_class` pictures per class); returns `root`."""
+    """Write an ImageFolder at `root` (root/<class>/<n><suffix>, `per_class` pictures per class);
+    returns `root`."""
     rng = np.random.default_rng(seed)
     for name in PHOTOS:
         folder = Path(root) / name
@@ -68,8 +80,8 @@ def make_photo_folder(root: Path, per_class: int = 60, seed: int = 0) -> Path:
 
 
 def held_out(root: Path, per_class: int = 3, seed: int = 1) -> list[tuple[Path, str]]:
-    """A few extra pictures, never in a `make_photo_folder` folder (crops of the mirrored photographs), written
-    to `root` as RGB PNG; returns (path, class name) for each."""
+    """A few extra pictures, never in a `make_photo_folder` folder (crops of the mirrored
+    photographs), written to `root` as RGB PNG; returns (path, class name) for each."""
     rng = np.random.default_rng(seed)
     Path(root).mkdir(parents=True, exist_ok=True)
     out = []

@@ -1,4 +1,6 @@
-"""The background tracker against a real SQLite store: what it records, and its errors, as MlflowTracker's."""
+"""The background tracker against a real SQLite store: what it records, and its errors, as
+MlflowTracker's."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,13 +17,17 @@ from pipeline.core.tracking.client import MlflowTracker
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, MlflowClient]:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".dvc").mkdir()  # a project root: the default store's artifacts go beside its database
+    (
+        tmp_path / ".dvc"
+    ).mkdir()  # a project root: the default store's artifacts go beside its database
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return uri, MlflowClient(uri)
 
 
-def test_queued_records_all_land_in_the_run(store: tuple[str, MlflowClient], tmp_path: Path) -> None:
+def test_queued_records_all_land_in_the_run(
+    store: tuple[str, MlflowClient], tmp_path: Path
+) -> None:
     uri, client = store
     (tmp_path / "notes.txt").write_text("hello")
     tracker = BackgroundTracker(uri, prepare=("matplotlib.pyplot",))
@@ -31,14 +37,20 @@ def test_queued_records_all_land_in_the_run(store: tuple[str, MlflowClient], tmp
                 tracker.log_metrics({"val_accuracy": epoch / 10}, step=epoch)
             tracker.set_tags({"dataset": "mnist"})
             tracker.log_file(tmp_path / "notes.txt")
-            tracker.log_figure("confusion.png", figures.confusion_matrix, [[3, 1], [0, 4]], ["a", "b"])
+            tracker.log_figure(
+                "confusion.png", figures.confusion_matrix, [[3, 1], [0, 4]], ["a", "b"]
+            )
             tracker.flush()
     finally:
         tracker.close()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "run-a"
     assert run.data.params == {"train.lr": "0.01"} and run.data.tags["dataset"] == "mnist"
-    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_accuracy")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_accuracy")] == [
+        (1, 0.1),
+        (2, 0.2),
+        (3, 0.3),
+    ]
     assert {a.path for a in client.list_artifacts(run_id)} >= {"notes.txt", "confusion.png"}
     assert tracker._child.returncode == 0
 
@@ -47,16 +59,18 @@ def test_queued_records_all_land_in_the_run(store: tuple[str, MlflowClient], tmp
 def test_runs_shorter_than_a_system_metrics_report_still_have_one(
     store: tuple[str, MlflowClient], monkeypatch: pytest.MonkeyPatch, kind: type
 ) -> None:
-    # MLflow reports after every 1000th sample here, so both runs (train, then evaluate reopening it) end
-    # before any report: what they hold is the sample taken as each ends (a default-sized test run on
-    # a fast CPU is shorter than the 2 s interval).
+    # MLflow reports after every 1000th sample here, so both runs (train, then evaluate reopening
+    # it) end before any report: what they hold is the sample taken as each ends (a default-sized
+    # test run on a fast CPU is shorter than the 2 s interval).
     uri, client = store
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1000")
     tracker = kind(uri)
     try:
         with tracker.train_run("exp", "short", {}) as run_id:
             pass
-        with tracker.evaluate_run({"run_id": run_id, "experiment_name": "exp", "run_name": "short"}, {}):
+        with tracker.evaluate_run(
+            {"run_id": run_id, "experiment_name": "exp", "run_name": "short"}, {}
+        ):
             pass
     finally:
         tracker.close()
@@ -65,14 +79,18 @@ def test_runs_shorter_than_a_system_metrics_report_still_have_one(
     assert "system/cpu_utilization_percentage" in client.get_run(run_id).data.metrics
 
 
-def test_a_failed_record_is_raised_as_one_line_and_fails_the_run(store: tuple[str, MlflowClient]) -> None:
+def test_a_failed_record_is_raised_as_one_line_and_fails_the_run(
+    store: tuple[str, MlflowClient],
+) -> None:
     uri, client = store
     tracker = BackgroundTracker(uri)
     try:
         with pytest.raises(PipelineError) as caught:
             with tracker.train_run("exp", "run-b", {}) as run_id:
                 tracker.log_metrics({"bad name?!": 1.0})  # MLflow refuses the name, in the child
-                tracker.log_metrics({"never_logged": 1.0})  # skipped: the error stops the run as in-process
+                tracker.log_metrics(
+                    {"never_logged": 1.0}
+                )  # skipped: the error stops the run as in-process
                 tracker.flush()
     finally:
         tracker.close()
@@ -99,9 +117,10 @@ def test_a_dead_tracking_process_is_one_line(store: tuple[str, MlflowClient]) ->
     tracker = BackgroundTracker(uri)
     tracker._child.kill()
     tracker._child.wait()
-    with pytest.raises(PipelineError, match=r"the tracking process ended unexpectedly \(exit code -9\)"):
-        with tracker.train_run("exp", "run-d", {}):
-            pass
+    with pytest.raises(
+        PipelineError, match=r"the tracking process ended unexpectedly \(exit code -9\)"
+    ), tracker.train_run("exp", "run-d", {}):
+        pass
     tracker.close()
 
 

@@ -1,7 +1,8 @@
-"""The catalogue of bad parameters and parameter files, against a finished project: each one stops with one
-line naming the key or file, exit code 2, no traceback, and every file of the project byte-identical —
-run as the stage commands themselves and through `dvc repro` / `dvc exp run` (where DVC would otherwise
-have deleted the outputs before the command ran)."""
+"""The catalogue of bad parameters and parameter files, against a finished project: each one stops
+with one line naming the key or file, exit code 2, no traceback, and every file of the project
+byte-identical — run as the stage commands themselves and through `dvc repro` / `dvc exp run` (where
+DVC would otherwise have deleted the outputs before the command ran)."""
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,8 @@ def key_case(name: str, key: str, value: object, stage: str = "train") -> Case:
 
 
 BOMB = "".join(
-    f"{chr(97 + i)}: &{chr(97 + i)} [{','.join([f'*{chr(96 + i)}'] * 9) if i else ','.join(['lol'] * 9)}]\n"
+    f"{chr(97 + i)}: &{chr(97 + i)} "
+    f"[{','.join([f'*{chr(96 + i)}'] * 9) if i else ','.join(['lol'] * 9)}]\n"
     for i in range(9)
 ).encode()
 
@@ -73,9 +75,16 @@ CASES = [
     key_case("negative-threads", "train.threads", -1),
     key_case("zero-processes", "train.processes", 0),
     key_case("fractional-processes", "train.processes", 1.5),
-    Case("more-processes-than-batch", ("train.batch_size", "train.processes"), params={"train": {"processes": 8, "batch_size": 4}}),
-    Case("more-processes-than-validation-images", ("data.val_size", "train.processes"),
-         params={"data": {"val_size": 1}, "train": {"processes": 2}}),
+    Case(
+        "more-processes-than-batch",
+        ("train.batch_size", "train.processes"),
+        params={"train": {"processes": 8, "batch_size": 4}},
+    ),
+    Case(
+        "more-processes-than-validation-images",
+        ("data.val_size", "train.processes"),
+        params={"data": {"val_size": 1}, "train": {"processes": 2}},
+    ),
     key_case("zero-patience", "train.patience", 0),
     key_case("zero-grad-clip", "train.grad_clip", 0),
     key_case("gamma-one", "train.gamma", 1),
@@ -105,9 +114,13 @@ CASES = [
     Case("empty-file", ("params.yaml: empty",), text=b"# nothing here\n"),
     Case("yaml-syntax-error", ("not valid YAML at line",), text=b"train: {lr: 0.1\n"),
     Case("alias-bomb", ("aliases are not allowed",), text=BOMB),
-    Case("python-tag", ("not valid YAML",), text=b"seed: !!python/object/apply:os.system ['true']\n"),
+    Case(
+        "python-tag", ("not valid YAML",), text=b"seed: !!python/object/apply:os.system ['true']\n"
+    ),
     Case("not-utf8", ("not UTF-8",), text=b"seed: 42\ndata: {dataset: \xff\xfe}\n"),
-    Case("oversized-file", ("larger than 1024 KiB",), text=b"# " + b"x" * (1 << 20) + b"\nseed: 1\n"),
+    Case(
+        "oversized-file", ("larger than 1024 KiB",), text=b"# " + b"x" * (1 << 20) + b"\nseed: 1\n"
+    ),
 ]
 
 
@@ -128,7 +141,9 @@ def test_bad_parameter_through_the_stage_command(project: Path, case: Case) -> N
         if case.text is not None:
             params.write_bytes(case.text)
         else:
-            params.write_text(yaml.safe_dump(merge(yaml.safe_load(original), case.params), sort_keys=False))
+            params.write_text(
+                yaml.safe_dump(merge(yaml.safe_load(original), case.params), sort_keys=False)
+            )
         before = snapshot(project)
         proc = run(["python", "-m", f"pipeline.stages.{case.stage}"], project, check=False)
         assert_one_line_error(proc, "params.yaml", *case.needles)
@@ -150,7 +165,9 @@ def test_bad_parameter_through_the_stage_command(project: Path, case: Case) -> N
     ],
     ids=lambda v: "-".join(v) if isinstance(v, list) else v,
 )
-def test_bad_parameter_through_dvc_deletes_nothing(project: Path, command: list[str], key: str) -> None:
+def test_bad_parameter_through_dvc_deletes_nothing(
+    project: Path, command: list[str], key: str
+) -> None:
     params = project / "params.yaml"
     original = params.read_bytes()
     try:
@@ -162,10 +179,13 @@ def test_bad_parameter_through_dvc_deletes_nothing(project: Path, command: list[
         proc = run(command, project, check=False)
         output = proc.stdout + proc.stderr
         assert proc.returncode != 0 and "Traceback" not in output
-        errors = [line for line in output.splitlines() if "error: " in line]  # ours; DVC's say "ERROR: "
+        errors = [
+            line for line in output.splitlines() if "error: " in line
+        ]  # ours; DVC's say "ERROR: "
         assert len(errors) == 1 and key in errors[0], output
         after = snapshot(project)
-        # DVC writes `-S` values into params.yaml before running the stages; everything else is as it was.
+        # DVC writes `-S` values into params.yaml before running the stages; everything else is as
+        # it was.
         before.pop("params.yaml"), after.pop("params.yaml")
         assert_unchanged(before, after)
         changed = run(["git", "status", "--porcelain"], project).stdout.split()

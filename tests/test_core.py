@@ -1,4 +1,5 @@
 """The core on small tensors: split, statistics, models, metrics, atomic writes."""
+
 from __future__ import annotations
 
 import subprocess
@@ -26,7 +27,9 @@ OPTIONS = models.options_from(TrainParams())  # the defaults, from the one place
 
 
 def test_split_is_stratified_disjoint_and_seeded() -> None:
-    labels = torch.arange(10).repeat_interleave(torch.tensor([100, 200, 50, 150, 100, 100, 100, 100, 50, 50]))
+    labels = torch.arange(10).repeat_interleave(
+        torch.tensor([100, 200, 50, 150, 100, 100, 100, 100, 50, 50])
+    )
     fit, val = splits.split_indices(labels, val_size=100, seed=3)
     assert len(val) == 100 and len(fit) == len(labels) - 100
     assert not set(fit.tolist()) & set(val.tolist())
@@ -37,11 +40,18 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     _, other_val = splits.split_indices(labels, val_size=100, seed=4)
     assert not (val == other_val).all()
     limited, same_val = splits.split_indices(labels, val_size=100, seed=3, limit=123)
-    assert len(limited) == 123 and (val == same_val).all() and set(limited.tolist()) <= set(fit.tolist())
-    # A small folder keeps four fifths for fitting, whatever val_size asks; a built-in set must leave some.
+    assert (
+        len(limited) == 123
+        and (val == same_val).all()
+        and set(limited.tolist()) <= set(fit.tolist())
+    )
+    # A small folder keeps four fifths for fitting, whatever val_size asks; a built-in set must
+    # leave some.
     capped_fit, capped_val = splits.split_indices(labels, val_size=1000, seed=0, folder=True)
     assert len(capped_val) == 200 and len(capped_fit) == 800
-    with pytest.raises(PipelineError, match="data.val_size must be smaller than the 1000 training images"):
+    with pytest.raises(
+        PipelineError, match="data.val_size must be smaller than the 1000 training images"
+    ):
         splits.split_indices(labels, val_size=1000, seed=0)
     with pytest.raises(PipelineError, match="at least two"):
         splits.split_indices(labels[:1], val_size=5, seed=0)
@@ -55,7 +65,9 @@ def test_channel_stats_match_a_direct_float_computation() -> None:
     assert normalization.channel_stats(images, idx) == result  # one chunk: the same, exactly
     direct = images[idx].double() / 255
     assert result.mean == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-12)
-    assert result.std == pytest.approx(direct.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-12)
+    assert result.std == pytest.approx(
+        direct.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-12
+    )
     assert result.count == 150
 
 
@@ -74,8 +86,16 @@ def test_models_take_uint8_and_float_images(arch: str) -> None:
 def test_model_file_round_trip_is_byte_stable(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = models.build("cnn", 1, 28, 10, [0.5], [0.25], OPTIONS)
-    meta = {"architecture": "cnn", "options": models.options_dict(OPTIONS), "dataset": "mnist", "in_channels": 1, "image_size": 28,
-            "class_names": [str(i) for i in range(10)], "mean": [0.5], "std": [0.25]}
+    meta = {
+        "architecture": "cnn",
+        "options": models.options_dict(OPTIONS),
+        "dataset": "mnist",
+        "in_channels": 1,
+        "image_size": 28,
+        "class_names": [str(i) for i in range(10)],
+        "mean": [0.5],
+        "std": [0.25],
+    }
     models.save(tmp_path / "a.pt", model, meta)
     models.save(tmp_path / "b.pt", model, meta)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
@@ -86,16 +106,20 @@ def test_model_file_round_trip_is_byte_stable(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(PipelineError, match="junk.pt: not a model written by the train stage"):
         models.load(tmp_path / "junk.pt")
-    # A file whose options describe a far larger network than the weights it holds (hostile, or edited):
-    # refused from the counts, before a weight is allocated.
+    # A file whose options describe a far larger network than the weights it holds (hostile, or
+    # edited): refused from the counts, before a weight is allocated.
     tampered = torch.load(tmp_path / "a.pt", weights_only=True)
     tampered["options"]["cnn_hidden"] = 10**9  # 1.6 TB of head weights
     torch.save(tampered, tmp_path / "tampered.pt")
-    with pytest.raises(PipelineError, match=r"tampered.pt: describes a larger network than the [\d,]+ weights"):
+    with pytest.raises(
+        PipelineError, match=r"tampered.pt: describes a larger network than the [\d,]+ weights"
+    ):
         models.load(tmp_path / "tampered.pt")
     # Loading imports no torch._dynamo (it costs evaluate and predict about 1.5 s).
-    code = f"import sys; from pipeline.core import models; models.load({str(tmp_path / 'a.pt')!r}); " \
-           "assert 'torch._dynamo' not in sys.modules"
+    code = (
+        f"import sys; from pipeline.core import models; models.load({str(tmp_path / 'a.pt')!r}); "
+        "assert 'torch._dynamo' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
@@ -118,8 +142,16 @@ def test_fit_learns_and_early_stopping_restores_the_best_epoch() -> None:
     images = torch.zeros(512, 1, 8, 8, dtype=torch.uint8)
     images[labels == 1, :, :4] = 255  # class 1 = bright top half: trivially learnable
     # Validation accuracy reaches 1.0 in epoch 1 and can only plateau after it.
-    cfg = TrainParams(model="mlp", epochs=10, batch_size=32, lr=0.01, patience=2, precision="fp32", device="cpu",
-                      scheduler="none")
+    cfg = TrainParams(
+        model="mlp",
+        epochs=10,
+        batch_size=32,
+        lr=0.01,
+        patience=2,
+        precision="fp32",
+        device="cpu",
+        scheduler="none",
+    )
     model = models.build("mlp", 1, 8, 2, [0.25], [0.43], OPTIONS)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -128,18 +160,21 @@ def test_fit_learns_and_early_stopping_restores_the_best_epoch() -> None:
 
     state = fit_tiny(model, images, labels, torch.arange(400), torch.arange(400, 512), cfg, keep)
     assert state.best.val_accuracy == 1.0
-    assert state.best_epoch == 1 and state.epoch == 3 and len(state.history) == 3  # 1 + patience, then stop
-    assert not all(torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])  # it kept training...
+    assert (
+        state.best_epoch == 1 and state.epoch == 3 and len(state.history) == 3
+    )  # 1 + patience, then stop
+    assert not all(
+        torch.equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1]
+    )  # it kept training...
     for key, value in model.state_dict().items():  # ...but ends with epoch 1's weights
         assert torch.equal(value, snapshots[1][key]), key
 
 
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with atomic.directory(target) as tmp:
-            (tmp / "half").write_text("x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic.directory(target) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     with atomic.directory(target) as tmp:
         (tmp / "whole").write_text("x")
@@ -151,21 +186,37 @@ def test_checkpoint_round_trip_and_refusal(tmp_path: Path) -> None:
     model = models.build("mlp", 1, 8, 2, [0.5], [0.25], OPTIONS)
     result = loop.EpochResult(1, 0.5, 0.8, 0.4, 0.9, 1e-3, 2.0)
     state = loop.TrainState(
-        generator=torch.Generator().manual_seed(3).get_state(), torch_rng=torch.get_rng_state(), epoch=1,
-        model=model.state_dict(), optimizer={"state": {}, "param_groups": []}, scheduler=None, history=(result,),
-        best_acc=0.9, best_epoch=1, best_state={k: v.clone() for k, v in model.state_dict().items()},
+        generator=torch.Generator().manual_seed(3).get_state(),
+        torch_rng=torch.get_rng_state(),
+        epoch=1,
+        model=model.state_dict(),
+        optimizer={"state": {}, "param_groups": []},
+        scheduler=None,
+        history=(result,),
+        best_acc=0.9,
+        best_epoch=1,
+        best_state={k: v.clone() for k, v in model.state_dict().items()},
     )
     path = tmp_path / "ckpt" / "train.pt"
     checkpoints.save(state, "fp-a", "run-1", path)
     loaded, notice = checkpoints.load("fp-a", path)
     assert loaded is not None and loaded.run_id == "run-1" and notice is None
-    assert loaded.state.history == (result,) and loaded.state.best == result and loaded.state.epoch == 1
+    assert (
+        loaded.state.history == (result,)
+        and loaded.state.best == result
+        and loaded.state.epoch == 1
+    )
     assert torch.equal(loaded.state.generator, state.generator)
     assert all(torch.equal(loaded.state.model[k], v) for k, v in state.model.items())
-    assert checkpoints.load("fp-b", path) == (None, f"ignoring {path}: it belongs to a run with other parameters or statistics")
+    assert checkpoints.load("fp-b", path) == (
+        None,
+        f"ignoring {path}: it belongs to a run with other parameters or statistics",
+    )
     path.write_bytes(b"truncated")
     none, notice = checkpoints.load("fp-a", path)
-    assert none is None and notice.startswith(f"ignoring {path}: not a checkpoint of this pipeline (")
+    assert none is None and notice.startswith(
+        f"ignoring {path}: not a checkpoint of this pipeline ("
+    )
     checkpoints.remove(path)
     assert checkpoints.load("fp-a", path) == (None, None)
     assert not path.exists()
@@ -178,23 +229,36 @@ def test_changed_params_compare_validated_values() -> None:
     committed = "train:\n  lr: 1\n  cnn_channels: [24, 32]\n"
     current = flatten(Params())
     assert changed_params(committed, {**current, "train.lr": 1.0}) == {}  # 1 and 1.0 are one value
-    assert changed_params(committed, {**current, "train.lr": 0.005, "seed": 7}) == {"train.lr": "0.005", "seed": "7"}
-    assert changed_params("not: [valid", {"seed": 1}) == {"seed": "1"}  # nothing to compare with: all changed
+    assert changed_params(committed, {**current, "train.lr": 0.005, "seed": 7}) == {
+        "train.lr": "0.005",
+        "seed": "7",
+    }
+    assert changed_params("not: [valid", {"seed": 1}) == {
+        "seed": "1"
+    }  # nothing to compare with: all changed
 
 
 def test_early_stopping_is_decided_by_the_state() -> None:
     cfg = TrainParams(epochs=10, patience=2)
     state = loop.TrainState.start(0)
     assert not state.finished(cfg)
-    assert loop.TrainState(generator=state.generator, epoch=3, best_epoch=1).finished(cfg)  # 2 epochs without better
+    assert loop.TrainState(generator=state.generator, epoch=3, best_epoch=1).finished(
+        cfg
+    )  # 2 epochs without better
     assert not loop.TrainState(generator=state.generator, epoch=2, best_epoch=1).finished(cfg)
-    assert loop.TrainState(generator=state.generator, epoch=10, best_epoch=10).finished(cfg)  # out of epochs
-    assert not loop.TrainState(generator=state.generator, epoch=9, best_epoch=1).finished(TrainParams(epochs=10, patience=None))
+    assert loop.TrainState(generator=state.generator, epoch=10, best_epoch=10).finished(
+        cfg
+    )  # out of epochs
+    assert not loop.TrainState(generator=state.generator, epoch=9, best_epoch=1).finished(
+        TrainParams(epochs=10, patience=None)
+    )
 
 
 def test_seeding_turns_on_deterministic_algorithms() -> None:
     torch.use_deterministic_algorithms(False)
-    runtime.seed_everything(0)  # sets the flag without torch's public setter (see loop.seed_everything)
+    runtime.seed_everything(
+        0
+    )  # sets the flag without torch's public setter (see loop.seed_everything)
     assert torch.are_deterministic_algorithms_enabled()
 
 
@@ -202,8 +266,14 @@ DEGENERATE = {
     # The smallest input that crashed the hand-written curves: every score tied.
     "constant": (torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])),
     "one class always": (torch.tensor([[0.0, 9.0, 0.0]] * 6), torch.tensor([0, 1, 2, 0, 1, 2])),
-    "diverged but finite": (torch.tensor([[3e38, -3e38, 0.0], [1e30, 1e30, -1e30]] * 3), torch.tensor([0, 1, 2] * 2)),
-    "a class never seen": (torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1, 0])),
+    "diverged but finite": (
+        torch.tensor([[3e38, -3e38, 0.0], [1e30, 1e30, -1e30]] * 3),
+        torch.tensor([0, 1, 2] * 2),
+    ),
+    "a class never seen": (
+        torch.randn(5, 3, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([0, 1, 0, 1, 0]),
+    ),
 }
 
 
@@ -228,7 +298,10 @@ def test_nll_is_cross_entropy_with_the_same_label_smoothing(smoothing: float) ->
     torch.manual_seed(0)
     logits, labels = torch.randn(64, 10), torch.randint(0, 10, (64,))
     cfg = TrainParams(label_smoothing=smoothing)
-    nll, cross_entropy = LOSSES["nll"](cfg)(logits, labels), LOSSES["cross_entropy"](cfg)(logits, labels)
+    nll, cross_entropy = (
+        LOSSES["nll"](cfg)(logits, labels),
+        LOSSES["cross_entropy"](cfg)(logits, labels),
+    )
     assert nll.item() == pytest.approx(cross_entropy.item(), abs=1e-6)
     plain = LOSSES["cross_entropy"](TrainParams(label_smoothing=0.0))(logits, labels)
     assert (cross_entropy.item() != plain.item()) == (smoothing > 0)  # the parameter is not ignored
@@ -237,9 +310,15 @@ def test_nll_is_cross_entropy_with_the_same_label_smoothing(smoothing: float) ->
 # The flags of the three CPU families the pipeline runs on, as /proc/cpuinfo spells them.
 FAMILIES = {  # family: (flags, computes bf16 natively)
     "AVX2 only (AMD EPYC)": ({"avx2", "fma"}, False),
-    "AVX-512 without bf16 (Intel Ice Lake)": ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, False),
+    "AVX-512 without bf16 (Intel Ice Lake)": (
+        {"avx2", "avx512f", "avx512bw", "avx512_vnni"},
+        False,
+    ),
     "AVX-512 with bf16 (Cooper Lake)": ({"avx2", "avx512f", "avx512_bf16"}, True),
-    "AMX (Sapphire Rapids and later)": ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, True),
+    "AMX (Sapphire Rapids and later)": (
+        {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"},
+        True,
+    ),
 }
 
 
@@ -253,4 +332,6 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(family: 
     assert runtime.uses_bf16(TrainParams(precision="auto"), native) == native
     assert runtime.uses_bf16(TrainParams(precision="fp32"), native) is False
     assert runtime.uses_bf16(TrainParams(precision="bf16"), native) is True
-    assert runtime.uses_bf16(TrainParams(precision="auto", portable=True, threads=1), native) is False
+    assert (
+        runtime.uses_bf16(TrainParams(precision="auto", portable=True, threads=1), native) is False
+    )

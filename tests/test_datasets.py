@@ -1,9 +1,11 @@
-"""Every dataset through the real stage code, from tiny synthetic files in each dataset's real format.
+"""Every dataset through the real stage code, from tiny synthetic files in each dataset's real
+format.
 
 The files are written in the original on-disk formats (idx .gz for the MNIST family, CIFAR's pickled
 batches in a .tar.gz) and their MD5s are put into torchvision's tables, so download, MD5 checks,
 extraction and loading all run for real.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,15 +53,28 @@ def write_idx_files(folder: Path, seed: int = 0) -> None:
 
 
 def write_cifar_archive(folder: Path, seed: int = 0) -> dict[str, str]:
-    """cifar-10-python.tar.gz with five train batches, a test batch and the meta file; returns member MD5s."""
+    """cifar-10-python.tar.gz with five train batches, a test batch and the meta file; returns
+    member MD5s."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     members: dict[str, bytes] = {}
     for i in range(1, 6):
         n = N_TRAIN // 5
-        members[f"data_batch_{i}"] = pickle.dumps({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": labels_for(n).tolist()})
-    members["test_batch"] = pickle.dumps({"data": rng.integers(0, 256, (N_TEST, 3072), dtype=np.uint8), "labels": labels_for(N_TEST).tolist()})
-    members["batches.meta"] = pickle.dumps({"label_names": list(datasets.DATASETS["cifar10"].class_names)})
+        members[f"data_batch_{i}"] = pickle.dumps(
+            {
+                "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                "labels": labels_for(n).tolist(),
+            }
+        )
+    members["test_batch"] = pickle.dumps(
+        {
+            "data": rng.integers(0, 256, (N_TEST, 3072), dtype=np.uint8),
+            "labels": labels_for(N_TEST).tolist(),
+        }
+    )
+    members["batches.meta"] = pickle.dumps(
+        {"label_names": list(datasets.DATASETS["cifar10"].class_names)}
+    )
     with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
@@ -76,7 +91,9 @@ def make_mirror(name: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     if name == "cifar10":
         md5s = write_cifar_archive(folder)
         monkeypatch.setattr(tv, "tgz_md5", md5sum(folder / tv.filename))
-        monkeypatch.setattr(tv, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
+        monkeypatch.setattr(
+            tv, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)]
+        )
         monkeypatch.setattr(tv, "test_list", [["test_batch", md5s["test_batch"]]])
         monkeypatch.setattr(tv, "meta", {**tv.meta, "md5": md5s["batches.meta"]})
     else:
@@ -85,21 +102,34 @@ def make_mirror(name: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def invoke(command, project: Path) -> str:
-    result = CliRunner().invoke(command, ["--params", str(project / "params.yaml")], catch_exceptions=False)
+    result = CliRunner().invoke(
+        command, ["--params", str(project / "params.yaml")], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "kmnist", "cifar10"])
-def test_dataset_through_all_four_stages(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dataset_through_all_four_stages(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = datasets.DATASETS[name]
     make_mirror(name, tmp_path / "mirror", monkeypatch)
     project = tmp_path / "project"
     (project / ".dvc").mkdir(parents=True)
-    (project / "params.yaml").write_text(yaml.safe_dump({
-        "data": {"dataset": name, "mirror": str(tmp_path / "mirror"), "val_size": 20, "augment": name == "cifar10"},
-        "train": {"epochs": 1, "batch_size": 16, "precision": "fp32"},
-    }))
+    (project / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "dataset": name,
+                    "mirror": str(tmp_path / "mirror"),
+                    "val_size": 20,
+                    "augment": name == "cifar10",
+                },
+                "train": {"epochs": 1, "batch_size": 16, "precision": "fp32"},
+            }
+        )
+    )
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
@@ -116,7 +146,9 @@ def test_dataset_through_all_four_stages(name: str, tmp_path: Path, monkeypatch:
     assert list(evaluation["per_class_accuracy"]) == list(spec.class_names)
     assert {"top3_accuracy", "macro_precision", "macro_recall", "roc_auc"} <= set(evaluation)
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("image-classification").experiment_id])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("image-classification").experiment_id]
+    )
     assert run.data.params["data.dataset"] == name
     assert {f"test_class_accuracy/{c}" for c in spec.class_names} <= set(run.data.metrics)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
@@ -139,13 +171,17 @@ def test_tar_member_escaping_the_target_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", list(models.ARCHITECTURES))
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
-def test_every_model_has_the_right_output_shape_and_trains_one_epoch(arch: str, channels: int, size: int) -> None:
+def test_every_model_has_the_right_output_shape_and_trains_one_epoch(
+    arch: str, channels: int, size: int
+) -> None:
     torch.manual_seed(0)
     model = models.build(arch, channels, size, 10, [0.5] * channels, [0.25] * channels, OPTIONS)
     x = torch.randint(0, 256, (64, channels, size, size), dtype=torch.uint8)
     y = torch.arange(64) % 10
     assert model.eval()(x[:3]).shape == (3, 10)
-    cfg = TrainParams(model=arch, epochs=1, batch_size=16, precision="fp32", device="cpu", patience=None)
+    cfg = TrainParams(
+        model=arch, epochs=1, batch_size=16, precision="fp32", device="cpu", patience=None
+    )
     state = fit_tiny(model, x, y, torch.arange(48), torch.arange(48, 64), cfg)
     assert len(state.history) == 1 and np.isfinite(state.history[0].train_loss)
 
@@ -157,10 +193,22 @@ def test_freeze_backbone_trains_only_the_classifier() -> None:
     assert trainable == {"net.fc.weight", "net.fc.bias"}
 
 
-def test_pretrained_weights_offline_fail_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrained_weights_offline_fail_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # and no way to download them
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    with pytest.raises(PipelineError, match="train.pretrained: could not get the ImageNet weights") as err:
-        models.build("resnet18", 3, 32, 10, [0.5] * 3, [0.25] * 3, dataclasses.replace(OPTIONS, pretrained=True))
+    with pytest.raises(
+        PipelineError, match="train.pretrained: could not get the ImageNet weights"
+    ) as err:
+        models.build(
+            "resnet18",
+            3,
+            32,
+            10,
+            [0.5] * 3,
+            [0.25] * 3,
+            dataclasses.replace(OPTIONS, pretrained=True),
+        )
     assert "\n" not in str(err.value)

@@ -1,5 +1,7 @@
-"""train.processes > 1: the train stage launches itself under torchrun's launcher; one MLflow run, rank 0's outputs,
-deterministic weights, resumable, the same accuracy as one process, one-line errors."""
+"""train.processes > 1: the train stage launches itself under torchrun's launcher; one MLflow run,
+rank 0's outputs, deterministic weights, resumable, the same accuracy as one process, one-line
+errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,11 +21,14 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.params import TrainParams, merge, parse_params
 from pipeline.core.repo import clean_env
 
-# Big enough to converge to ~97 % in two short epochs, so one and two processes can be compared on test
-# accuracy; small enough for seconds of training. patience: null keeps both epochs (the resume needs two).
-# One thread per process: on a busy machine a 2-thread process waits on OpenMP barriers for whole seconds.
-PARAMS = {"data": {"limit": 10000, "val_size": 1000},
-          "train": {"epochs": 2, "batch_size": 128, "patience": None, "processes": 2, "threads": 1}}
+# Big enough to converge to ~97 % in two short epochs, so one and two processes can be compared on
+# test accuracy; small enough for seconds of training. patience: null keeps both epochs (the resume
+# needs two). One thread per process: on a busy machine a 2-thread process waits on OpenMP barriers
+# for whole seconds.
+PARAMS = {
+    "data": {"limit": 10000, "val_size": 1000},
+    "train": {"epochs": 2, "batch_size": 128, "patience": None, "processes": 2, "threads": 1},
+}
 
 
 def sha256(path: Path) -> str:
@@ -32,10 +37,13 @@ def sha256(path: Path) -> str:
 
 def set_params(root: Path, changes: dict) -> None:
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), changes), sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(merge(yaml.safe_load(path.read_text()), changes), sort_keys=False)
+    )
 
 
-# ---------------------------------------------------------------------------------------------- no processes
+# ---------------------------------------------------------------------------------------------- no
+# processes
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
@@ -50,11 +58,16 @@ def test_every_process_needs_part_of_every_batch() -> None:
 
 
 def test_one_process_imports_no_launcher_and_no_torch_before_training() -> None:
-    # The train stage asks `distributed.wanted` before torch loads; with one process nothing else of it runs.
-    code = ("import sys, pipeline.stages.train; from pipeline.core import distributed, params; "
-            "assert not distributed.wanted(params.TrainParams()); "
-            "assert not [m for m in sys.modules if m.startswith('torch')], 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, env=clean_env(), cwd=Path(__file__).parents[1])
+    # The train stage asks `distributed.wanted` before torch loads; with one process nothing else of
+    # it runs.
+    code = (
+        "import sys, pipeline.stages.train; from pipeline.core import distributed, params; "
+        "assert not distributed.wanted(params.TrainParams()); "
+        "assert not [m for m in sys.modules if m.startswith('torch')], 'torch imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env=clean_env(), cwd=Path(__file__).parents[1]
+    )
 
 
 def test_parts_of_a_batch_cover_it_in_order_and_differ_by_at_most_one() -> None:
@@ -68,18 +81,26 @@ def test_parts_of_a_batch_cover_it_in_order_and_differ_by_at_most_one() -> None:
 
 @pytest.mark.parametrize(
     ("env", "needle"),
-    [({"PIPELINE_NNODES": "two"}, "PIPELINE_NNODES must be an integer >= 1"),
-     ({"PIPELINE_NNODES": "2", "PIPELINE_NODE_RANK": "2", "PIPELINE_MASTER": "h:1"}, "PIPELINE_NODE_RANK must be < PIPELINE_NNODES"),
-     ({"PIPELINE_NNODES": "2"}, "PIPELINE_MASTER must be HOST:PORT")],
+    [
+        ({"PIPELINE_NNODES": "two"}, "PIPELINE_NNODES must be an integer >= 1"),
+        (
+            {"PIPELINE_NNODES": "2", "PIPELINE_NODE_RANK": "2", "PIPELINE_MASTER": "h:1"},
+            "PIPELINE_NODE_RANK must be < PIPELINE_NNODES",
+        ),
+        ({"PIPELINE_NNODES": "2"}, "PIPELINE_MASTER must be HOST:PORT"),
+    ],
 )
-def test_bad_node_variables_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, env: dict, needle: str) -> None:
+def test_bad_node_variables_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch, env: dict, needle: str
+) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(PipelineError, match=needle):
         distributed.wanted(TrainParams())
 
 
-# ---------------------------------------------------------------------------------------------- real runs
+# ----------------------------------------------------------------------------------------------
+# real runs
 
 
 @dataclass(frozen=True)
@@ -108,9 +129,16 @@ def project_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     two, two_accuracy, mlflow_runs = sha256(root / "models/model.pt"), accuracy(root), runs(root)
     run_file = json.loads((root / "models/mlflow_run.json").read_text())
 
-    # The same run stopped (SIGTERM to the stage, as `dvc queue kill` or Ctrl-C would) after epoch 1, then again.
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train"], cwd=root, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=clean_env(PYTHONUNBUFFERED="1"))
+    # The same run stopped (SIGTERM to the stage, as `dvc queue kill` or Ctrl-C would) after epoch
+    # 1, then again.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(PYTHONUNBUFFERED="1"),
+    )
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
@@ -127,12 +155,25 @@ def project_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     set_params(root, {"train": {"processes": 1}})
     run(["python", "-m", "pipeline", "train"], root)
     run(["python", "-m", "pipeline", "evaluate"], root)
-    return Runs(root, two, two_accuracy, repro.stdout, run_file, mlflow_runs, resumed_hash, resumed.stdout,
-                sha256(root / "models/model.pt"), accuracy(root), json.loads((root / "metrics/train.json").read_text()))
+    return Runs(
+        root,
+        two,
+        two_accuracy,
+        repro.stdout,
+        run_file,
+        mlflow_runs,
+        resumed_hash,
+        resumed.stdout,
+        sha256(root / "models/model.pt"),
+        accuracy(root),
+        json.loads((root / "metrics/train.json").read_text()),
+    )
 
 
 @pytest.mark.e2e
-def test_two_processes_log_exactly_one_finished_run_with_its_params_once(project_runs: Runs) -> None:
+def test_two_processes_log_exactly_one_finished_run_with_its_params_once(
+    project_runs: Runs,
+) -> None:
     (only,) = project_runs.mlflow_runs
     assert only.info.status == "FINISHED"
     assert only.data.params["train.processes"] == "2" and only.data.tags["world_size"] == "2"
@@ -147,8 +188,8 @@ def test_two_processes_log_exactly_one_finished_run_with_its_params_once(project
 
 @pytest.mark.e2e
 def test_a_stopped_two_process_run_resumes_to_the_same_bytes(project_runs: Runs) -> None:
-    # Byte-identical to the uninterrupted 2-process run: the two processes are deterministic, and every
-    # rank continues from rank 0's checkpoint.
+    # Byte-identical to the uninterrupted 2-process run: the two processes are deterministic, and
+    # every rank continues from rank 0's checkpoint.
     assert "resuming from the checkpoint after epoch 1" in project_runs.resumed_stdout
     assert "epoch 1/2" not in project_runs.resumed_stdout
     assert project_runs.resumed == project_runs.two
@@ -156,7 +197,9 @@ def test_a_stopped_two_process_run_resumes_to_the_same_bytes(project_runs: Runs)
 
 @pytest.mark.e2e
 def test_two_processes_reach_the_accuracy_of_one(project_runs: Runs) -> None:
-    assert project_runs.one != project_runs.two  # other reductions and dropout streams: another (as good) model
+    assert (
+        project_runs.one != project_runs.two
+    )  # other reductions and dropout streams: another (as good) model
     assert project_runs.one_accuracy > 0.9
     assert abs(project_runs.two_accuracy - project_runs.one_accuracy) <= 0.01
     assert "world_size" not in project_runs.one_train_json  # one process: train.json as before
@@ -168,6 +211,8 @@ def test_a_worker_error_is_one_line_and_no_hang(tmp_path: Path) -> None:
     run(["python", "-m", "pipeline", "download"], root)
     (root / "data").mkdir(exist_ok=True)
     (root / "data/stats.json").write_text('{"mean": [0.1], "std": [0.0]}')  # found by every worker
-    proc = run(["python", "-m", "pipeline", "train"], root, check=False)  # returns only once the workers are gone
+    proc = run(
+        ["python", "-m", "pipeline", "train"], root, check=False
+    )  # returns only once the workers are gone
     assert_one_line_error(proc, "data/stats.json")
     assert not (root / "models/model.pt").exists()

@@ -1,5 +1,6 @@
 """Experiments as a user runs and compares them: `dvc exp run`, the queue, plots and diffs,
 `python -m pipeline compare`, and the MLflow compare view in a real headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,10 @@ def test_exp_run_is_a_second_tagged_run(project: Path) -> None:
     assert high.data.tags["dvc.exp_name"] == "lr-low" and high.info.status == "FINISHED"
     baseline = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert high.data.tags["dvc.baseline_rev"] == baseline == high.data.tags["git.commit"]
-    assert high.data.tags["git.dirty"] == "false" and high.data.tags["params.changed"] == f"train.lr={OTHER_LR}"
+    assert (
+        high.data.tags["git.dirty"] == "false"
+        and high.data.tags["params.changed"] == f"train.lr={OTHER_LR}"
+    )
     assert "test_accuracy" in high.data.metrics
     assert high.inputs.dataset_inputs[0].dataset.name == "mnist"
     assert high.inputs.dataset_inputs[0].dataset.digest == high.data.tags["dataset.digest"][:36]
@@ -52,8 +56,16 @@ def test_exp_run_is_a_second_tagged_run(project: Path) -> None:
 
 def test_plots_and_diffs_across_experiments(project: Path) -> None:
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
-    assert set(plots) == {"loss", "accuracy", "confusion", "per_class", "roc", "precision_recall",
-                          "plots/train_samples.png", "plots/test_predictions.png"}
+    assert set(plots) == {
+        "loss",
+        "accuracy",
+        "confusion",
+        "per_class",
+        "roc",
+        "precision_recall",
+        "plots/train_samples.png",
+        "plots/test_predictions.png",
+    }
     assert all(p[0]["type"] == "vega" for k, p in plots.items() if not k.endswith(".png"))
     run(["dvc", "plots", "show"], project)
     assert (project / "dvc_plots" / "index.html").is_file()
@@ -76,17 +88,31 @@ def test_report_is_markdown_of_what_changed_against_the_baseline(project: Path) 
     row = f"| metrics/eval.json | accuracy | {baseline['accuracy']:.4f} | {now['accuracy']:.4f} |"
     assert row in text, text
     per_class = text.split("## Per-class test accuracy")[1].split("##")[0]
-    assert [line.split("|")[1].strip() for line in per_class.splitlines() if line.startswith("| ") and "`" not in line] \
-        == [str(d) for d in range(10)]
-    assert "![test_predictions](plots/test_predictions.png)" in text and (project / "plots/test_predictions.png").is_file()
-    bad = run(["python", "-m", "pipeline", "report", "--baseline", "no-such-rev"], project, check=False)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: --baseline: 'no-such-rev' is not a revision of this repository"
+    assert [
+        line.split("|")[1].strip()
+        for line in per_class.splitlines()
+        if line.startswith("| ") and "`" not in line
+    ] == [str(d) for d in range(10)]
+    assert (
+        "![test_predictions](plots/test_predictions.png)" in text
+        and (project / "plots/test_predictions.png").is_file()
+    )
+    bad = run(
+        ["python", "-m", "pipeline", "report", "--baseline", "no-such-rev"], project, check=False
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip()
+        == "error: --baseline: 'no-such-rev' is not a revision of this repository"
+    )
 
 
 def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
     out = run(["python", "-m", "pipeline", "compare", "--last", "2"], project).stdout
     url, runs_url, *table = out.splitlines()
-    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[") and url.endswith("&workflowType=machine_learning")
+    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=[") and url.endswith(
+        "&workflowType=machine_learning"
+    )
     assert runs_url.startswith("all runs: http://127.0.0.1:5000/#/experiments/")
     text = "\n".join(table)
     assert "train.lr" in text and DEFAULT_LR in text and OTHER_LR in text
@@ -94,12 +120,16 @@ def test_compare_command_prints_url_and_differing_params(project: Path) -> None:
     named = run(["python", "-m", "pipeline", "compare", "--exp", "lr-low"], project).stdout
     assert "lr-low" in named
     missing = run(["python", "-m", "pipeline", "compare", "--exp", "nope"], project, check=False)
-    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    )
 
 
 def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
     url = mlflow_server(backend=f"sqlite:///{project / 'mlflow.db'}")
-    listed = run(["python", "-m", "pipeline", "compare", "--last", "2", "--ui", url], project).stdout
+    listed = run(
+        ["python", "-m", "pipeline", "compare", "--last", "2", "--ui", url], project
+    ).stdout
     compare_url = listed.splitlines()[0]
     names = [r.info.run_name for r in runs(project)]
     ARTIFACTS.mkdir(exist_ok=True)
@@ -110,8 +140,8 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         page.get_by_text("test_class_accuracy/0").first.wait_for(timeout=90_000)
         body = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "compare-view.png"), full_page=True)
-        # The README's path by hand: the experiment opens on its table of training runs (not on MLflow's
-        # GenAI overview); tick both runs, Compare, then "Show diff only" under Parameters.
+        # The README's path by hand: the experiment opens on its table of training runs (not on
+        # MLflow's GenAI overview); tick both runs, Compare, then "Show diff only" under Parameters.
         page.goto(runs_url)
         page.get_by_text("Run Name").first.wait_for(timeout=90_000)
         for name in names:  # the table's header is drawn before its rows arrive
@@ -128,12 +158,23 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         page.get_by_text("data.dataset", exact=True).wait_for(state="detached", timeout=30_000)
         diff_only = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "compare-diff-only.png"), full_page=True)
-    for needle in [*names, "train.lr", DEFAULT_LR, OTHER_LR, "test_class_accuracy/0", "test_accuracy"]:
+    for needle in [
+        *names,
+        "train.lr",
+        DEFAULT_LR,
+        OTHER_LR,
+        "test_class_accuracy/0",
+        "test_accuracy",
+    ]:
         assert needle in body, needle
     assert (ARTIFACTS / "compare-view.png").stat().st_size > 10_000
     assert all(name in overview for name in names) and "Token Usage" not in overview
     assert "data.dataset" in all_params and "train.batch_size" in all_params
-    assert "train.lr" in diff_only and "data.dataset" not in diff_only and "train.batch_size" not in diff_only
+    assert (
+        "train.lr" in diff_only
+        and "data.dataset" not in diff_only
+        and "train.batch_size" not in diff_only
+    )
 
 
 def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
@@ -155,28 +196,56 @@ def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
         page.wait_for_function("document.querySelectorAll('svg.marks').length >= 6", timeout=60_000)
         charts = page.evaluate(
             "Array.from(document.querySelectorAll('svg.marks')).map(svg => "
-            "[svg.closest('div[id]').id, svg.querySelectorAll('.mark-line path, .mark-rect path, .mark-symbol path').length])"
+            "[svg.closest('div[id]').id, svg.querySelectorAll('.mark-line path, .mark-rect path, "
+            ".mark-symbol path').length])"
         )
         images = page.evaluate("Array.from(document.images).map(img => img.naturalWidth)")
         page.screenshot(path=str(ARTIFACTS / "plots-offline.png"), full_page=True)
     assert leaving == []
     drawn = dict(charts)
-    assert set(drawn) == {"loss", "accuracy", "confusion", "per_class", "roc", "precision_recall"}, charts
-    assert all(marks > 0 for marks in drawn.values()), charts  # lines, cells and bars, not empty axes
-    assert drawn["roc"] >= 10 and drawn["precision_recall"] >= 10  # a curve per class (custom template)
+    assert set(drawn) == {
+        "loss",
+        "accuracy",
+        "confusion",
+        "per_class",
+        "roc",
+        "precision_recall",
+    }, charts
+    assert all(marks > 0 for marks in drawn.values()), (
+        charts
+    )  # lines, cells and bars, not empty axes
+    assert (
+        drawn["roc"] >= 10 and drawn["precision_recall"] >= 10
+    )  # a curve per class (custom template)
     assert len(images) == 2 and all(width > 0 for width in images)  # the two image grids
 
 
-def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path, tmp_path: Path) -> None:
+def test_two_queued_experiments_run_in_parallel_into_one_store(
+    project: Path, tmp_path: Path
+) -> None:
     import mlflow
     import numpy as np
     from helpers import store
 
     before = len(runs(project))
     run(["dvc", "exp", "run", "--queue", "-n", "q-seed-1", "-S", "seed=1"], project)
-    # This one creates its MLflow experiment from DVC's throwaway copy: the artifacts must still land
-    # at the project root, or every model of that experiment vanishes with the copy.
-    run(["dvc", "exp", "run", "--queue", "-n", "q-seed-2", "-S", "seed=2", "-S", "mlflow.experiment_name=queued"], project)
+    # This one creates its MLflow experiment from DVC's throwaway copy: the artifacts must still
+    # land at the project root, or every model of that experiment vanishes with the copy.
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-n",
+            "q-seed-2",
+            "-S",
+            "seed=2",
+            "-S",
+            "mlflow.experiment_name=queued",
+        ],
+        project,
+    )
     run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -185,18 +254,32 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path, tm
             break
         time.sleep(3)
     assert status.count("Success") >= 2, status
-    logs = "".join(run(["dvc", "queue", "logs", name], project, check=False).stdout for name in ["q-seed-1", "q-seed-2"])
+    logs = "".join(
+        run(["dvc", "queue", "logs", name], project, check=False).stdout
+        for name in ["q-seed-1", "q-seed-2"]
+    )
     assert "database is locked" not in logs
     client = store(project)
     other = client.search_runs([client.get_experiment_by_name("queued").experiment_id])
     queued = {r.data.tags.get("dvc.exp_name"): r for r in [*runs(project), *other]}
-    assert {"q-seed-1", "q-seed-2"} <= set(queued) and len(runs(project)) == before + 1 and len(other) == 1
-    assert all(queued[n].info.status == "FINISHED" and "test_accuracy" in queued[n].data.metrics for n in ["q-seed-1", "q-seed-2"])
-    assert not list((project / ".dvc/tmp/exps").rglob("mlflow.db")), "a queued run wrote its own store"
+    assert (
+        {"q-seed-1", "q-seed-2"} <= set(queued)
+        and len(runs(project)) == before + 1
+        and len(other) == 1
+    )
+    assert all(
+        queued[n].info.status == "FINISHED" and "test_accuracy" in queued[n].data.metrics
+        for n in ["q-seed-1", "q-seed-2"]
+    )
+    assert not list((project / ".dvc/tmp/exps").rglob("mlflow.db")), (
+        "a queued run wrote its own store"
+    )
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     for name in ["q-seed-1", "q-seed-2"]:  # after DVC removed its copies
         run_id = queued[name].info.run_id
-        assert {"confusion_matrix.png", "per_class_accuracy.json"} <= {a.path for a in client.list_artifacts(run_id)}
+        assert {"confusion_matrix.png", "per_class_accuracy.json"} <= {
+            a.path for a in client.list_artifacts(run_id)
+        }
         (tmp_path / name).mkdir()  # else MLflow downloads into a temporary folder it never removes
         model = mlflow.pyfunc.load_model(model_uri(queued[name]), dst_path=str(tmp_path / name))
         assert model.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8)).shape == (2, 10)
@@ -206,7 +289,10 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(project: Path, tm
 def test_back_to_the_baseline_deletes_nothing(project: Path, tmp_path: Path) -> None:
     # In the project: the workspace holds an experiment; its baseline's model is in the local cache.
     out = run(["python", "-m", "pipeline", "baseline"], project).stdout
-    assert "restored from HEAD: params.yaml, dvc.lock" in out and "models/model.pt" in out.split("DVC cache:")[1]
+    assert (
+        "restored from HEAD: params.yaml, dvc.lock" in out
+        and "models/model.pt" in out.split("DVC cache:")[1]
+    )
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], project).stdout == ""
     assert "up to date" in run(["dvc", "status"], project).stdout  # the model is the lock's again
     # A fresh clone elsewhere: no cache, so nothing can be checked out; the model there stays.

@@ -1,5 +1,7 @@
-"""Faults a user meets: kills mid-stage, a store that goes away after training, runs racing on a fresh
-store, a partial mirror, file permissions. Each ends with the work done once and no run left RUNNING."""
+"""Faults a user meets: kills mid-stage, a store that goes away after training, runs racing on a
+fresh store, a partial mirror, file permissions. Each ends with the work done once and no run left
+RUNNING."""
+
 from __future__ import annotations
 
 import os
@@ -22,15 +24,23 @@ pytestmark = pytest.mark.e2e
 
 
 def start(root: Path, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=root, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=clean_env(PYTHONUNBUFFERED="1", **env))
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(PYTHONUNBUFFERED="1", **env),
+    )
 
 
 def kill_when(proc: subprocess.Popen[str], ready, timeout: float = 300) -> None:
     """SIGKILL `proc` as soon as `ready()` holds (polled), failing if it ends first."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None, f"ended before the kill: {proc.stdout.read() if proc.stdout else ''}"
+        assert proc.poll() is None, (
+            f"ended before the kill: {proc.stdout.read() if proc.stdout else ''}"
+        )
         assert time.monotonic() < deadline, "never got to the point of the kill"
         time.sleep(0.05)
     proc.kill()
@@ -50,7 +60,9 @@ def test_killed_download_is_redone_and_leaves_nothing_behind(make_project) -> No
     assert not (root / "data" / "raw").exists()  # nothing half-extracted in place
     out = run(["python", "-m", "pipeline", "download"], root).stdout
     assert "copied from" in out and "verified and extracted" in out
-    assert sorted(p.name for p in (root / "data").iterdir()) == ["raw"]  # the killed run's temp folder is gone
+    assert sorted(p.name for p in (root / "data").iterdir()) == [
+        "raw"
+    ]  # the killed run's temp folder is gone
     assert len(list((root / "data/raw/MNIST/raw").iterdir())) == 8  # four .gz files, four extracted
 
 
@@ -59,7 +71,9 @@ def test_killed_evaluate_is_redone_and_its_run_finishes(make_project) -> None:
     run(["dvc", "repro"], root)
     expected = (root / "metrics/eval.json").read_bytes()
     proc = start(root, "evaluate")
-    kill_when(proc, lambda: "RUNNING" in statuses(root))  # evaluate has reopened the train stage's run
+    kill_when(
+        proc, lambda: "RUNNING" in statuses(root)
+    )  # evaluate has reopened the train stage's run
     assert statuses(root) == ["RUNNING"]
     run(["python", "-m", "pipeline", "evaluate"], root)
     assert statuses(root) == ["FINISHED"]
@@ -78,7 +92,11 @@ def test_store_lost_after_training_then_a_rerun_finishes_without_retraining(
     run(["python", "-m", "pipeline", "download"], root)
     run(["python", "-m", "pipeline", "normalization-stats"], root)
     # MLflow's client would retry a refused connection for minutes; this user told it not to.
-    env = {"MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    env = {
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }
     proc = start(root, "train", **env)
     assert proc.stdout is not None
     lines = []
@@ -91,7 +109,9 @@ def test_store_lost_after_training_then_a_rerun_finishes_without_retraining(
     errors = [line for line in rest.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and url in errors[0], "".join(lines) + rest
     assert "Traceback" not in rest
-    assert not (root / "models/model.pt").exists()  # nothing written for a run that did not finish...
+    assert not (
+        root / "models/model.pt"
+    ).exists()  # nothing written for a run that did not finish...
     assert (root / "checkpoints/train.pt").is_file()  # ...but the trained weights are kept
 
     mlflow_server(backend=backend, artifacts=artifacts, port=int(url.rsplit(":", 1)[1]))
@@ -109,7 +129,8 @@ def test_store_lost_after_training_then_a_rerun_finishes_without_retraining(
 
 @pytest.mark.parametrize("n", [3])
 def test_runs_racing_on_a_fresh_store_all_land(make_project, n: int) -> None:
-    """Like `dvc queue start -j 3` on a fresh clone: each run in its own copy, one store at DVC_ROOT."""
+    """Like `dvc queue start -j 3` on a fresh clone: each run in its own copy, one store at
+    DVC_ROOT."""
     root = make_project()
     run(["python", "-m", "pipeline", "download"], root)
     run(["python", "-m", "pipeline", "normalization-stats"], root)
@@ -133,7 +154,9 @@ def test_runs_racing_on_a_fresh_store_all_land(make_project, n: int) -> None:
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
 
 
-def test_partial_mirror_is_named_and_outputs_get_normal_permissions(make_project, tmp_path: Path) -> None:
+def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
+    make_project, tmp_path: Path
+) -> None:
     root = make_project()
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -146,10 +169,18 @@ def test_partial_mirror_is_named_and_outputs_get_normal_permissions(make_project
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["mirror"] = str(mirror)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run([sys.executable, "-m", "pipeline", "download"], cwd=root, env=clean_env(),
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == (f"data.mirror {mirror} lacks train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-                      "t10k-labels-idx1-ubyte.gz; trying the next source")
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "download"],
+        cwd=root,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0] == (
+        f"data.mirror {mirror} lacks train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        "t10k-labels-idx1-ubyte.gz; trying the next source"
+    )
     assert out[1].startswith(f"mnist: copied from {packaged}")
     old = os.umask(0o022)
     try:

@@ -1,6 +1,9 @@
-"""Users' own pictures (pipeline.core.images): every mode and format, torchvision's resize, skips, refusals, decoding.
+"""Users' own pictures (pipeline.core.images): every mode and format, torchvision's resize, skips,
+refusals, decoding.
 
-Real files made by Pillow or cut from scikit-image's photographs, no mocks; torchvision is the reference, pixel for pixel."""
+Real files made by Pillow or cut from scikit-image's photographs, no mocks; torchvision is the
+reference, pixel for pixel."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +31,11 @@ from pipeline.core.errors import PipelineError
 
 
 def reference(img: Image.Image, channels: int, size: int) -> np.ndarray:
-    """torchvision's Resize(size) + CenterCrop(size) of `img` converted to L or RGB, as uint8 C×H×W."""
-    out = np.asarray(F.center_crop(F.resize(img.convert("L" if channels == 1 else "RGB"), size), size))
+    """torchvision's Resize(size) + CenterCrop(size) of `img` converted to L or RGB, as uint8
+    C×H×W."""
+    out = np.asarray(
+        F.center_crop(F.resize(img.convert("L" if channels == 1 else "RGB"), size), size)
+    )
     return out[None] if channels == 1 else out.transpose(2, 0, 1)
 
 
@@ -40,9 +46,14 @@ def save(img: Image.Image, path: Path, *args, **kwargs) -> Path:
 
 
 def png_header(width: int, height: int) -> bytes:
-    """A PNG saying width×height with garbage pixels: only a refusal from its header is not "truncated or damaged"."""
+    """A PNG saying width×height with garbage pixels: only a refusal from its header is not
+    "truncated or damaged"."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
     return b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", b"garbage") + chunk(b"IEND", b"")
 
@@ -56,30 +67,55 @@ def quiet(done: int, total: int, seconds: float) -> None:
     """A progress callback that shows nothing."""
 
 
-@pytest.mark.parametrize("name", ["astronaut.png", "chelsea.png", "coffee.png", "camera.png", "coins.png"])
+@pytest.mark.parametrize(
+    "name", ["astronaut.png", "chelsea.png", "coffee.png", "camera.png", "coins.png"]
+)
 def test_prepare_equals_torchvision_resize_and_center_crop(name: str) -> None:
     whole = Image.open(Path(skimage.data_dir) / name)
-    # Odd sizes and aspect ratios on purpose: the truncated longer side and the crop offsets (Python's round,
-    # half to even) are where a reimplementation drifts by a pixel. Exact equality: the same Pillow calls.
-    for img in (whole, whole.crop((0, 0, 301, 97)), whole.crop((3, 5, 100, 300)), whole.crop((0, 0, 33, 33))):
+    # Odd sizes and aspect ratios on purpose: the truncated longer side and the crop offsets
+    # (Python's round, half to even) are where a reimplementation drifts by a pixel. Exact equality:
+    # the same Pillow calls.
+    for img in (
+        whole,
+        whole.crop((0, 0, 301, 97)),
+        whole.crop((3, 5, 100, 300)),
+        whole.crop((0, 0, 33, 33)),
+    ):
         for channels in (1, 3):
             for size in (1, 7, 28, 32, 37, 64, 224, 333):
-                assert np.array_equal(images.prepare(img, channels, size), reference(img, channels, size)), size
+                assert np.array_equal(
+                    images.prepare(img, channels, size), reference(img, channels, size)
+                ), size
     assert images.prepare(whole, 3, 32).flags.c_contiguous
     with pytest.raises(images.ImageError, match="too elongated"):
         images.prepare(Image.new("L", (100_000, 1)), 1, 224)
 
 
-@pytest.mark.parametrize("suffix,fmt,options", [
-    (".png", "PNG", {}), (".bmp", "BMP", {}), (".tiff", "TIFF", {}), (".tif", "TIFF", {"compression": "tiff_lzw"}),
-    (".ppm", "PPM", {}), (".webp", "WEBP", {"lossless": True}), (".webp", "WEBP", {"quality": 90}),
-    (".jpg", "JPEG", {"quality": 95}), (".jpeg", "JPEG", {"progressive": True, "quality": 95}), (".gif", "GIF", {})])
-def test_every_format_reads_as_torchvision_prepares_it(tmp_path: Path, suffix: str, fmt: str, options: dict) -> None:
+@pytest.mark.parametrize(
+    "suffix,fmt,options",
+    [
+        (".png", "PNG", {}),
+        (".bmp", "BMP", {}),
+        (".tiff", "TIFF", {}),
+        (".tif", "TIFF", {"compression": "tiff_lzw"}),
+        (".ppm", "PPM", {}),
+        (".webp", "WEBP", {"lossless": True}),
+        (".webp", "WEBP", {"quality": 90}),
+        (".jpg", "JPEG", {"quality": 95}),
+        (".jpeg", "JPEG", {"progressive": True, "quality": 95}),
+        (".gif", "GIF", {}),
+    ],
+)
+def test_every_format_reads_as_torchvision_prepares_it(
+    tmp_path: Path, suffix: str, fmt: str, options: dict
+) -> None:
     img = photo("coffee").crop((50, 20, 350, 220))  # 300×200: less than twice 128, so no JPEG draft
     path = save(img, tmp_path / f"picture{suffix}", fmt, **options)
     with Image.open(path) as stored:
         assert np.array_equal(images.read(path, 3, 128), reference(stored, 3, 128))
-    assert np.abs(images.read(path, 3, 128).astype(int) - reference(img, 3, 128)).mean() < 4  # still the photo
+    assert (
+        np.abs(images.read(path, 3, 128).astype(int) - reference(img, 3, 128)).mean() < 4
+    )  # still the photo
 
 
 def grey(values: list[list[float]], dtype: str) -> Image.Image:
@@ -93,41 +129,100 @@ def exif(orientation: int) -> dict[str, Any]:
 
 
 def palette() -> Image.Image:
-    img = Image.fromarray(np.array([[0, 0], [2, 2]], np.uint8), "P")  # top: colour 0, bottom: colour 2 (green)
+    img = Image.fromarray(
+        np.array([[0, 0], [2, 2]], np.uint8), "P"
+    )  # top: colour 0, bottom: colour 2 (green)
     img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
     return img
 
 
 W, G, CLEAR, JPEG = [255, 255, 255], [0, 255, 0], {"transparency": 0}, {"quality": 95}
-HALVES = np.repeat([[0, 255]], 32, axis=0).repeat(32, axis=1).astype(np.uint8)  # 32×64: left dark, right bright
-# (mode as stored, picture, file name, channels, expected C×H×W at its shorter side, tolerance, save options)
+HALVES = (
+    np.repeat([[0, 255]], 32, axis=0).repeat(32, axis=1).astype(np.uint8)
+)  # 32×64: left dark, right bright
+# (mode as stored, picture, file name, channels, expected C×H×W at its shorter side, tolerance, save
+# options)
 MODES = [
     ("L", grey([[0, 90], [180, 255]], "uint8"), "l.png", 3, [[[0, 90], [180, 255]]] * 3, 0),
-    ("RGB", Image.new("RGB", (2, 2), (200, 10, 30)), "rgb.png", 1, [[[(200 * 299 + 10 * 587 + 30 * 114) // 1000] * 2] * 2], 1),
-    ("RGBA", Image.fromarray(np.array([[[200, 0, 0, 0]] * 2, [[200, 0, 0, 128]] * 2], np.uint8), "RGBA"), "rgba.png", 3,
-     np.array([[W, W], [[227, 127, 127]] * 2]).transpose(2, 0, 1), 1),  # over white: a·colour + (1 − a)·255
-    ("LA", Image.fromarray(np.array([[[40, 0]] * 2, [[40, 255]] * 2], np.uint8), "LA"), "la.png", 1, [[[255, 255], [40, 40]]], 0),
+    (
+        "RGB",
+        Image.new("RGB", (2, 2), (200, 10, 30)),
+        "rgb.png",
+        1,
+        [[[(200 * 299 + 10 * 587 + 30 * 114) // 1000] * 2] * 2],
+        1,
+    ),
+    (
+        "RGBA",
+        Image.fromarray(np.array([[[200, 0, 0, 0]] * 2, [[200, 0, 0, 128]] * 2], np.uint8), "RGBA"),
+        "rgba.png",
+        3,
+        np.array([[W, W], [[227, 127, 127]] * 2]).transpose(2, 0, 1),
+        1,
+    ),  # over white: a·colour + (1 − a)·255
+    (
+        "LA",
+        Image.fromarray(np.array([[[40, 0]] * 2, [[40, 255]] * 2], np.uint8), "LA"),
+        "la.png",
+        1,
+        [[[255, 255], [40, 40]]],
+        0,
+    ),
     ("P", palette(), "p.png", 3, np.array([[[0, 0, 0]] * 2, [G] * 2]).transpose(2, 0, 1), 0),
     ("P", palette(), "pt.png", 3, np.array([[W, W], [G, G]]).transpose(2, 0, 1), 0, CLEAR),
     ("P", palette(), "pt.gif", 3, np.array([[W, W], [G, G]]).transpose(2, 0, 1), 0, CLEAR),
-    ("CMYK", Image.new("CMYK", (8, 8), (0, 255, 0, 0)), "cmyk.jpg", 3, np.full((3, 8, 8), 255) * [[[1]], [[0]], [[1]]], 3, JPEG),
-    ("I;16", grey([[0, 257, 32896, 65535]] * 4, "uint16"), "deep.png", 1, [[[0, 1, 128, 255]] * 4], 0),  # /257, not clipped
+    (
+        "CMYK",
+        Image.new("CMYK", (8, 8), (0, 255, 0, 0)),
+        "cmyk.jpg",
+        3,
+        np.full((3, 8, 8), 255) * [[[1]], [[0]], [[1]]],
+        3,
+        JPEG,
+    ),
+    (
+        "I;16",
+        grey([[0, 257, 32896, 65535]] * 4, "uint16"),
+        "deep.png",
+        1,
+        [[[0, 1, 128, 255]] * 4],
+        0,
+    ),  # /257, not clipped
     ("I", grey([[0, 257, 65535, 32896]] * 4, "int32"), "i.tiff", 1, [[[0, 1, 255, 128]] * 4], 0),
     ("F", grey([[0.0, 0.5, 1.0, 0.25]] * 4, "float32"), "f.tiff", 1, [[[0, 128, 255, 64]] * 4], 0),
-    ("F", grey([[-10.0, 0.0, 10.0, 30.0]] * 4, "float32"), "wide.tiff", 1, [[[0, 64, 128, 255]] * 4], 0),  # own range
+    (
+        "F",
+        grey([[-10.0, 0.0, 10.0, 30.0]] * 4, "float32"),
+        "wide.tiff",
+        1,
+        [[[0, 64, 128, 255]] * 4],
+        0,
+    ),  # own range
     ("1", Image.fromarray(np.array([[False, True]] * 2)), "bits.png", 1, [[[0, 255], [0, 255]]], 0),
-    # EXIF orientation 6: turn clockwise (the dark left on top), 8: anticlockwise, 3: upside down. Unturned, the
-    # centre crop would hold half of each side in every row; a JPEG's ringing stays far below the tolerance.
+    # EXIF orientation 6: turn clockwise (the dark left on top), 8: anticlockwise, 3: upside down.
+    # Unturned, the centre crop would hold half of each side in every row; a JPEG's ringing stays
+    # far below the tolerance.
     ("L", Image.fromarray(HALVES), "turned6.jpg", 1, [np.rot90(HALVES, -1)[16:48]], 40, exif(6)),
     ("L", Image.fromarray(HALVES), "turned8.jpg", 1, [np.rot90(HALVES, 1)[16:48]], 40, exif(8)),
     ("L", Image.fromarray(HALVES), "turned3.jpg", 1, [np.rot90(HALVES, 2)[:, 16:48]], 40, exif(3)),
 ]
 
 
-@pytest.mark.parametrize("mode,img,name,channels,expected,tolerance,options", [(*m, {})[:7] for m in MODES],
-                         ids=[m[2] for m in MODES])
-def test_every_mode_converts(tmp_path: Path, mode: str, img: Image.Image, name: str, channels: int, expected: list,
-                             tolerance: int, options: dict) -> None:
+@pytest.mark.parametrize(
+    "mode,img,name,channels,expected,tolerance,options",
+    [(*m, {})[:7] for m in MODES],
+    ids=[m[2] for m in MODES],
+)
+def test_every_mode_converts(
+    tmp_path: Path,
+    mode: str,
+    img: Image.Image,
+    name: str,
+    channels: int,
+    expected: list,
+    tolerance: int,
+    options: dict,
+) -> None:
     path = save(img, tmp_path / name, **options)
     assert Image.open(path).mode == mode
     out = images.read(path, channels, min(img.size))
@@ -139,7 +234,11 @@ def test_a_big_jpeg_is_decoded_at_a_reduced_scale(tmp_path: Path) -> None:
     with Image.open(path) as img:
         assert img.draft("RGB", (64, 64)) and img.size == (500, 375)  # libjpeg's 1/8 scale
     out = images.read(path, 3, 64)
-    assert out.shape == (3, 64, 64) and out.dtype == np.uint8 and images.read(path, 1, 64).shape == (1, 64, 64)
+    assert (
+        out.shape == (3, 64, 64)
+        and out.dtype == np.uint8
+        and images.read(path, 1, 64).shape == (1, 64, 64)
+    )
     # Not pixel-equal to torchvision's full decode (libjpeg's scaled IDCT), but the same picture:
     assert np.abs(out.astype(int) - reference(Image.open(path), 3, 64)).mean() < 3
 
@@ -150,22 +249,34 @@ def test_each_skip_is_listed_with_its_reason(tmp_path: Path) -> None:
         for i in range(2):
             save(photo(name).crop((i * 10, 0, 200 + i * 10, 150)), root / name / f"good{i}.png")
     (root / "cat" / ".cache").mkdir()
-    for rel, data in [(".DS_Store", b"\0\0\0\1Bud1"), ("cat/Thumbs.db", b"\xd0\xcf\x11\xe0"), ("cat/notes.txt", b"hi\n"),
-                      ("cat/x.png", b"not a picture\n"), ("cat/empty.jpg", b""), ("cat/._good0.png", b"\0\5\26\7"),
-                      ("coffee/huge.png", png_header(9000, 8000))]:
+    for rel, data in [
+        (".DS_Store", b"\0\0\0\1Bud1"),
+        ("cat/Thumbs.db", b"\xd0\xcf\x11\xe0"),
+        ("cat/notes.txt", b"hi\n"),
+        ("cat/x.png", b"not a picture\n"),
+        ("cat/empty.jpg", b""),
+        ("cat/._good0.png", b"\0\5\26\7"),
+        ("coffee/huge.png", png_header(9000, 8000)),
+    ]:
         (root / rel).write_bytes(data)
     for suffix in ("png", "jpg"):
         data = save(photo("cat"), root / "coffee" / f"cut.{suffix}").read_bytes()
         (root / "coffee" / f"cut.{suffix}").write_bytes(data[: len(data) // 2])
     layout = folders.scan(root)
     assert [(p.relative_to(root).as_posix(), why) for p, why in layout.skipped] == [
-        (".DS_Store", "not a picture file"), ("cat/._good0.png", "hidden file"), ("cat/.cache", "hidden folder"),
-        ("cat/Thumbs.db", "not a picture file"), ("cat/notes.txt", "not a picture file")]
+        (".DS_Store", "not a picture file"),
+        ("cat/._good0.png", "hidden file"),
+        ("cat/.cache", "hidden folder"),
+        ("cat/Thumbs.db", "not a picture file"),
+        ("cat/notes.txt", "not a picture file"),
+    ]
     report = folders.decode(layout, 3, 32, tmp_path / "out", 2, quiet)
     reasons = {s["path"]: s["reason"] for s in report["skipped"]}
     assert len(reasons) == 10 and reasons["cat/x.png"] == "not a picture Pillow can read"
     assert reasons["cat/empty.jpg"] == "empty file (0 bytes)"
-    assert reasons["coffee/huge.png"] == "9000×8000 pixels is too large: over 64 megapixels"  # never decoded: see png_header
+    assert (
+        reasons["coffee/huge.png"] == "9000×8000 pixels is too large: over 64 megapixels"
+    )  # never decoded: see png_header
     assert reasons["coffee/cut.png"].startswith("truncated or damaged (")
     assert reasons["coffee/cut.jpg"].startswith("truncated or damaged (image file is truncated")
     assert report["splits"]["all"]["per_class"] == {"cat": 2, "coffee": 2}
@@ -173,25 +284,59 @@ def test_each_skip_is_listed_with_its_reason(tmp_path: Path) -> None:
     (tmp_path / "big.png").write_bytes(png_header(20000, 20000))  # past Pillow's own limit
     with pytest.raises(images.ImageError, match="decompression bomb"):
         images.open_image(tmp_path / "big.png")
-    (tmp_path / "big.png").write_bytes(png_header(8000, 8000))  # just under ours: opened, as nothing is decoded yet
+    (tmp_path / "big.png").write_bytes(
+        png_header(8000, 8000)
+    )  # just under ours: opened, as nothing is decoded yet
     assert images.open_image(tmp_path / "big.png").size == (8000, 8000)
 
 
-@pytest.mark.parametrize("files,message", [
-    ([], "missing: no such folder; expected one subfolder per class"),
-    (["cat/a.png"], "1 class folder(s); expected one subfolder per class, or train/ and test/"),
-    (["a.png", "cat/b.png", "dog/c.png"], "a.png: picture outside a class folder; expected"),
-    (["train/a.png", "train/cat/a.png", "train/dog/a.png", "test/cat/a.png"], "train/a.png: picture outside a class"),
-    (["train/cat/a.png", "train/dog/a.png", "test/cat/a.png", "test/dog/a.png", "test/emu/a.png"],
-     "class 'emu' is in test/ but not in train/; expected"),
-    (["train/cat/a.png", "train/dog/a.png", "test/cat/a.png", "test/emu.txt"], "class 'dog' is in train/ but not in test/"),
-    (["train/cat/a.png", "train/dog/a.png"], "holds train/; expected"),
-    (["train/cat/a.png", "test/cat/a.png", "extra/cat/a.png"], "holds extra/, test/, train/; expected"),
-    # "link@target": a symbolic link to tmp_path/target
-    (["cat/a.png", "dog/a.png", "cat/b.png@elsewhere/b.png"], "cat/b.png: symbolic link to {tmp}/elsewhere/b.png, outside"),
-    (["cat/a.png", "dog/a.png", "dog/trip@elsewhere"], "dog/trip: symbolic link to {tmp}/elsewhere, outside data.folder"),
-    (["cat/a.png", "dog/a.png", "cat/loop@missing/cat"], "cat/loop: symbolic link loop (it leads back to {tmp}/missing/cat)")])
-def test_folders_that_are_refused_in_one_line(tmp_path: Path, files: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "files,message",
+    [
+        ([], "missing: no such folder; expected one subfolder per class"),
+        (["cat/a.png"], "1 class folder(s); expected one subfolder per class, or train/ and test/"),
+        (["a.png", "cat/b.png", "dog/c.png"], "a.png: picture outside a class folder; expected"),
+        (
+            ["train/a.png", "train/cat/a.png", "train/dog/a.png", "test/cat/a.png"],
+            "train/a.png: picture outside a class",
+        ),
+        (
+            [
+                "train/cat/a.png",
+                "train/dog/a.png",
+                "test/cat/a.png",
+                "test/dog/a.png",
+                "test/emu/a.png",
+            ],
+            "class 'emu' is in test/ but not in train/; expected",
+        ),
+        (
+            ["train/cat/a.png", "train/dog/a.png", "test/cat/a.png", "test/emu.txt"],
+            "class 'dog' is in train/ but not in test/",
+        ),
+        (["train/cat/a.png", "train/dog/a.png"], "holds train/; expected"),
+        (
+            ["train/cat/a.png", "test/cat/a.png", "extra/cat/a.png"],
+            "holds extra/, test/, train/; expected",
+        ),
+        # "link@target": a symbolic link to tmp_path/target
+        (
+            ["cat/a.png", "dog/a.png", "cat/b.png@elsewhere/b.png"],
+            "cat/b.png: symbolic link to {tmp}/elsewhere/b.png, outside",
+        ),
+        (
+            ["cat/a.png", "dog/a.png", "dog/trip@elsewhere"],
+            "dog/trip: symbolic link to {tmp}/elsewhere, outside data.folder",
+        ),
+        (
+            ["cat/a.png", "dog/a.png", "cat/loop@missing/cat"],
+            "cat/loop: symbolic link loop (it leads back to {tmp}/missing/cat)",
+        ),
+    ],
+)
+def test_folders_that_are_refused_in_one_line(
+    tmp_path: Path, files: list[str], message: str
+) -> None:
     save(Image.new("RGB", (8, 8)), tmp_path / "elsewhere" / "b.png")
     for rel in files:
         link, _, target = rel.partition("@")
@@ -207,41 +352,82 @@ def test_folders_that_are_refused_in_one_line(tmp_path: Path, files: list[str], 
 def test_decode_writes_what_read_split_reads_back(tmp_path: Path) -> None:
     root = make_photo_folder(tmp_path / "photos", per_class=10)
     assert {(p.suffix, Image.open(p).mode) for p in root.rglob("*.*")} == {
-        (".jpg", "RGB"), (".png", "L"), (".png", "RGBA"), (".gif", "P"), (".tiff", "RGB")}
+        (".jpg", "RGB"),
+        (".png", "L"),
+        (".png", "RGBA"),
+        (".gif", "P"),
+        (".tiff", "RGB"),
+    }
     again = make_photo_folder(tmp_path / "again", per_class=10)
-    assert all((again / p.relative_to(root)).read_bytes() == p.read_bytes() for p in root.rglob("*.*"))  # seeded
+    assert all(
+        (again / p.relative_to(root)).read_bytes() == p.read_bytes() for p in root.rglob("*.*")
+    )  # seeded
     extra = {images.read(p, 3, 24).tobytes(): name for p, name in held_out(tmp_path / "extra")}
-    assert len(extra) == 9 and not set(extra) & {images.read(p, 3, 24).tobytes() for p in root.rglob("*.*")}
+    assert len(extra) == 9 and not set(extra) & {
+        images.read(p, 3, 24).tobytes() for p in root.rglob("*.*")
+    }
     save(photo("cat").crop((0, 0, 90, 70)), root / "cat" / "deeper" / "still" / "x.webp")
-    for i, name in enumerate(("日本", "café crème", "Zebra", "café crème", "日本")):  # Unicode and spaces are kept
+    for i, name in enumerate(
+        ("日本", "café crème", "Zebra", "café crème", "日本")
+    ):  # Unicode and spaces are kept
         save(photo("coffee").crop((i, 0, 60 + i, 40)), root / name / f"é {i}.png")
-    (root / "coffee" / "alias.jpg").symlink_to(root / "cat" / "000.jpg")  # links inside the folder are followed
+    (root / "coffee" / "alias.jpg").symlink_to(
+        root / "cat" / "000.jpg"
+    )  # links inside the folder are followed
     (root / "Zebra" / "more").symlink_to(root / "日本", target_is_directory=True)
     calls: list[tuple[int, int, float]] = []
     layout = folders.scan(root)
     report = folders.decode(layout, 3, 24, tmp_path / "out", 2, lambda *a: calls.append(a))
     samples = make_dataset(str(root), find_classes(root)[1], extensions=images.SUFFIXES)
-    assert [(str(p), label) for p, label in layout.splits["all"]] == sorted(samples, key=lambda s: Path(s[0]))
-    assert report["classes"] == find_classes(root)[0] == ["Zebra", "astronaut", "café crème", "cat", "coffee", "日本"]
-    assert report["splits"]["all"] == {"count": 39, "per_class": {
-        "Zebra": 3, "astronaut": 10, "café crème": 2, "cat": 11, "coffee": 11, "日本": 2}}
+    assert [(str(p), label) for p, label in layout.splits["all"]] == sorted(
+        samples, key=lambda s: Path(s[0])
+    )
+    assert (
+        report["classes"]
+        == find_classes(root)[0]
+        == ["Zebra", "astronaut", "café crème", "cat", "coffee", "日本"]
+    )
+    assert report["splits"]["all"] == {
+        "count": 39,
+        "per_class": {
+            "Zebra": 3,
+            "astronaut": 10,
+            "café crème": 2,
+            "cat": 11,
+            "coffee": 11,
+            "日本": 2,
+        },
+    }
     assert [c[:2] for c in calls] == [(i, 39) for i in range(1, 40)]
     x, y = folders.read_split(tmp_path / "out", "all")
-    assert x.shape == (39, 3, 24, 24) and x.dtype == np.uint8 and not x.flags.writeable and y.dtype == np.int64
+    assert (
+        x.shape == (39, 3, 24, 24)
+        and x.dtype == np.uint8
+        and not x.flags.writeable
+        and y.dtype == np.int64
+    )
     files = json.loads((tmp_path / "out" / "all" / "files.json").read_text())
     for row, (rel, label) in enumerate(zip(files, y)):
-        assert np.array_equal(x[row], images.read(root / rel, 3, 24)) and report["classes"][label] == rel.split("/")[0]
+        assert (
+            np.array_equal(x[row], images.read(root / rel, 3, 24))
+            and report["classes"][label] == rel.split("/")[0]
+        )
     folders.drop_pages(x)  # the pages go; the values come back from the file
     assert np.array_equal(x[0], images.read(root / files[0], 3, 24))
     assert report["digest"] == folders.decode(layout, 3, 24, tmp_path / "again", 1, quiet)["digest"]
     (root / "cat" / "000.jpg").rename(root / "cat" / "000-renamed.jpg")
-    assert folders.decode(folders.scan(root), 3, 24, tmp_path / "moved", 2, quiet)["digest"] != report["digest"]
+    assert (
+        folders.decode(folders.scan(root), 3, 24, tmp_path / "moved", 2, quiet)["digest"]
+        != report["digest"]
+    )
     assert json.loads((tmp_path / "out" / "all" / "files.json").read_text())[-1] == "日本/é 4.png"
 
 
 def test_duplicates_across_splits_are_counted_and_a_class_left_empty_stops(tmp_path: Path) -> None:
     root = tmp_path / "photos"
-    for n, (split, name, i) in enumerate((s, c, i) for s in ("train", "test", "val") for c in ("cat", "coffee") for i in (0, 1)):
+    for n, (split, name, i) in enumerate(
+        (s, c, i) for s in ("train", "test", "val") for c in ("cat", "coffee") for i in (0, 1)
+    ):
         save(photo(name).crop((n * 3, 0, 120 + n * 3, 90)), root / split / name / f"{i}.png")
     same = photo("astronaut").crop((0, 0, 100, 100))
     save(same, root / "train" / "cat" / "shared.png")
@@ -249,35 +435,60 @@ def test_duplicates_across_splits_are_counted_and_a_class_left_empty_stops(tmp_p
     save(same, root / "val" / "coffee" / "mislabelled.tiff")
     report = folders.decode(folders.scan(root), 3, 32, tmp_path / "out", 2, quiet)
     assert list(report["splits"]) == ["train", "val", "test"]
-    assert report["duplicates"] == {"count": 3, "pairs": [["train/cat/shared.png", "val/coffee/mislabelled.tiff"],
-                                                          ["train/cat/shared.png", "test/cat/copy.png"],
-                                                          ["val/coffee/mislabelled.tiff", "test/cat/copy.png"]]}
-    assert [len(folders.read_split(tmp_path / "out", s)[0]) for s in ("train", "val", "test")] == [5, 5, 5]
+    assert report["duplicates"] == {
+        "count": 3,
+        "pairs": [
+            ["train/cat/shared.png", "val/coffee/mislabelled.tiff"],
+            ["train/cat/shared.png", "test/cat/copy.png"],
+            ["val/coffee/mislabelled.tiff", "test/cat/copy.png"],
+        ],
+    }
+    assert [len(folders.read_split(tmp_path / "out", s)[0]) for s in ("train", "val", "test")] == [
+        5,
+        5,
+        5,
+    ]
     os.truncate(tmp_path / "out" / "val" / "images.u8", 5 * 3 * 32 * 32 - 1)  # one byte short
     for split in ("val", "nothing"):
         with pytest.raises(PipelineError) as exc:
             folders.read_split(tmp_path / "out", split)
-        assert "decoded pictures missing or damaged" in one_line(exc) and "rerun the decoding stage" in one_line(exc)
-    with pytest.raises(PipelineError, match="data.channels must be 1 or 3 and data.image_size at least 1"):
+        assert "decoded pictures missing or damaged" in one_line(
+            exc
+        ) and "rerun the decoding stage" in one_line(exc)
+    with pytest.raises(
+        PipelineError, match="data.channels must be 1 or 3 and data.image_size at least 1"
+    ):
         folders.decode(folders.scan(root), 2, 32, tmp_path / "out", 2, quiet)
     for picture in (root / "test" / "coffee").iterdir():
         picture.write_bytes(png_header(64, 64))  # every coffee picture of test/ damaged
     with pytest.raises(PipelineError) as exc:
         folders.decode(folders.scan(root), 1, 16, tmp_path / "out", 2, quiet)
-    assert one_line(exc).startswith(f"data.folder {root}: class 'coffee' has no usable picture in the test split "
-                                    "(2 skipped, first test/coffee/0.png: truncated or damaged (")
+    assert one_line(exc).startswith(
+        f"data.folder {root}: class 'coffee' has no usable picture in the test split "
+        "(2 skipped, first test/coffee/0.png: truncated or damaged ("
+    )
     assert (tmp_path / "out" / "val" / "images.u8").exists()  # the previous output stays whole
     for picture in (root / "test" / "coffee").iterdir():
         picture.unlink()
     with pytest.raises(PipelineError) as exc:
         folders.decode(folders.scan(root), 1, 16, tmp_path / "out", 1, quiet)
-    assert one_line(exc).endswith("class 'coffee' has no usable picture in the test split (its folder holds no picture file)")
+    assert one_line(exc).endswith(
+        "class 'coffee' has no usable picture in the test split (its folder holds no picture file)"
+    )
 
 
 def test_rows_keep_their_order_and_a_killed_worker_stops_decoding(tmp_path: Path) -> None:
     for i in range(500):  # several windows of chunks in flight: row i must still be picture i
-        save(Image.new("L", (28, 28), i % 251), tmp_path / "d" / ("even", "odd")[i % 2] / f"{i:04d}.png")
-    assert folders.decode(folders.scan(tmp_path / "d"), 1, 28, tmp_path / "out", 2, quiet)["splits"]["all"]["count"] == 500
+        save(
+            Image.new("L", (28, 28), i % 251),
+            tmp_path / "d" / ("even", "odd")[i % 2] / f"{i:04d}.png",
+        )
+    assert (
+        folders.decode(folders.scan(tmp_path / "d"), 1, 28, tmp_path / "out", 2, quiet)["splits"][
+            "all"
+        ]["count"]
+        == 500
+    )
     x, y = folders.read_split(tmp_path / "out", "all")
     files = json.loads((tmp_path / "out" / "all" / "files.json").read_text())
     assert y.tolist() == [0] * 250 + [1] * 250
@@ -285,8 +496,9 @@ def test_rows_keep_their_order_and_a_killed_worker_stops_decoding(tmp_path: Path
     killed: list[int] = []
 
     def kill_a_worker(done: int, total: int, seconds: float) -> None:
-        # The workers are the forkserver's children (it is ours): kill one as the OOM killer would. Any of
-        # these processes may exit between listing and signalling it (a finished helper): skip it, try the next.
+        # The workers are the forkserver's children (it is ours): kill one as the OOM killer would.
+        # Any of these processes may exit between listing and signalling it (a finished helper):
+        # skip it, try the next.
         for child in psutil.Process().children():
             try:
                 workers = child.children()
@@ -300,13 +512,18 @@ def test_rows_keep_their_order_and_a_killed_worker_stops_decoding(tmp_path: Path
                     killed.append(worker.pid)
                 except ProcessLookupError:
                     continue
+
     with pytest.raises(PipelineError, match="a process decoding the pictures died"):
         folders.decode(folders.scan(tmp_path / "d"), 1, 28, tmp_path / "out2", 2, kill_a_worker)
     assert killed and not (tmp_path / "out2").exists()  # instead of waiting forever
-    # Large rows too (about 2 MB per chunk): a worker killed while its results travel must not hang the stage
-    # either (ProcessPoolExecutor waits forever on half a message in its pipe, so results go through files).
+    # Large rows too (about 2 MB per chunk): a worker killed while its results travel must not hang
+    # the stage either (ProcessPoolExecutor waits forever on half a message in its pipe, so results
+    # go through files).
     for i in range(96):
-        save(Image.new("RGB", (160, 160), (i, 2 * i, 3 * i)), tmp_path / "big" / ("a", "b")[i % 2] / f"{i:03d}.png")
+        save(
+            Image.new("RGB", (160, 160), (i, 2 * i, 3 * i)),
+            tmp_path / "big" / ("a", "b")[i % 2] / f"{i:03d}.png",
+        )
     killed.clear()
     with pytest.raises(PipelineError, match="a process decoding the pictures died"):
         folders.decode(folders.scan(tmp_path / "big"), 3, 160, tmp_path / "out3", 2, kill_a_worker)
@@ -314,5 +531,13 @@ def test_rows_keep_their_order_and_a_killed_worker_stops_decoding(tmp_path: Path
 
 
 def test_the_module_does_not_import_torch() -> None:
-    code = "import sys, pipeline.core.images; print([m for m in ('torch', 'torchvision') if m in sys.modules])"
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout == "[]\n"
+    code = (
+        "import sys, pipeline.core.images; "
+        "print([m for m in ('torch', 'torchvision') if m in sys.modules])"
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True
+        ).stdout
+        == "[]\n"
+    )

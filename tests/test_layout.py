@@ -1,4 +1,6 @@
-"""The code's house rules: dvc.yaml deps are the import graph; sizes a reader can hold; the core imports only itself."""
+"""The code's house rules: dvc.yaml deps are the import graph; sizes a reader can hold; the core
+imports only itself."""
+
 from __future__ import annotations
 
 import ast
@@ -28,15 +30,20 @@ def python_files() -> list[Path]:
 def test_dvc_yaml_code_deps_are_the_import_graph() -> None:
     # DVC reruns a stage whenever code it runs changes, and only then.
     assert not dvc_deps.drift(REPO), (
-        "dvc.yaml's code deps differ from what the stages import; run `python -m pipeline dvc-deps`:\n"
-        + "\n".join(dvc_deps.drift(REPO))
+        "dvc.yaml's code deps differ from what the stages import; run `python -m pipeline "
+        "dvc-deps`:\n" + "\n".join(dvc_deps.drift(REPO))
     )
 
 
 def test_closure_follows_lazy_and_from_imports() -> None:
-    # The checker itself: the train stage reaches the training loop only through imports inside functions.
+    # The checker itself: the train stage reaches the training loop only through imports inside
+    # functions.
     closure = set(dvc_deps.import_closure(REPO, "pipeline.stages.train"))
-    assert {"pipeline/core/loop.py", "pipeline/core/atomic.py", "pipeline/core/__init__.py"} <= closure
+    assert {
+        "pipeline/core/loop.py",
+        "pipeline/core/atomic.py",
+        "pipeline/core/__init__.py",
+    } <= closure
     assert "pipeline/core/metrics.py" not in closure  # evaluation code does not retrain the model
     assert "pipeline/core/loop.py" not in dvc_deps.import_closure(REPO, "pipeline.stages.download")
 
@@ -54,16 +61,21 @@ def test_one_command_per_stage_named_like_the_stage() -> None:
 def test_every_module_says_what_it_is_for() -> None:
     for path in python_files():
         doc = ast.get_docstring(ast.parse(path.read_text()))
-        assert doc and len(doc.splitlines()[0]) > 20, f"{path.relative_to(REPO)}: no module docstring"
+        assert doc and len(doc.splitlines()[0]) > 20, (
+            f"{path.relative_to(REPO)}: no module docstring"
+        )
 
 
 def test_core_knows_nothing_of_click_or_exits() -> None:
     for path in sorted((REPO / "pipeline" / "core").rglob("*.py")):
         names = dvc_deps.imported_names(path)
         assert "click" not in names and "sys.exit(" not in path.read_text(), path.name
-        # The tracking package talks to MLflow; serving is the model MLflow itself loads, never imported by a workflow.
+        # The tracking package talks to MLflow; serving is the model MLflow itself loads, never
+        # imported by a workflow.
         if path.parent.name != "tracking" and path.name != "serving.py":
-            assert not any(n.split(".")[0] == "mlflow" for n in names), f"{path.name} imports mlflow"
+            assert not any(n.split(".")[0] == "mlflow" for n in names), (
+                f"{path.name} imports mlflow"
+            )
 
 
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
@@ -94,11 +106,14 @@ def project_imports(path: Path) -> set[str]:
 
 
 def test_the_pipeline_imports_neither_tools_nor_team() -> None:
-    # What `dvc repro` runs stands alone: the tools and the team layer are its clients, never its parts.
+    # What `dvc repro` runs stands alone: the tools and the team layer are its clients, never its
+    # parts.
     for path in sorted((REPO / "pipeline").rglob("*.py")):
         if path.name == "__main__.py":
             continue  # `python -m pipeline` lists every command; no stage imports it
-        outside = {n for n in project_imports(path) if not n.startswith("pipeline.") and n != "pipeline"}
+        outside = {
+            n for n in project_imports(path) if not n.startswith("pipeline.") and n != "pipeline"
+        }
         assert not outside, f"{path.relative_to(REPO)} imports {sorted(outside)}"
     for path in sorted((REPO / "pipeline_tools").rglob("*.py")):
         assert not any(n.startswith("pipeline_team") for n in project_imports(path)), path.name
@@ -108,15 +123,19 @@ def test_no_import_cycles() -> None:
     graph: dict[str, set[str]] = {}
     for path in python_files():
         module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-        graph[module] = {str(dvc_deps.module_file(REPO, n).relative_to(REPO).with_suffix("")).replace("/", ".")
-                         .removesuffix(".__init__") for n in project_imports(path)} - {module}
+        graph[module] = {
+            str(dvc_deps.module_file(REPO, n).relative_to(REPO).with_suffix(""))
+            .replace("/", ".")
+            .removesuffix(".__init__")
+            for n in project_imports(path)
+        } - {module}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(node: str, trail: list[str]) -> None:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = trail[trail.index(nxt):] + [node, nxt] if nxt in trail else [node, nxt]
+                cycle = trail[trail.index(nxt) :] + [node, nxt] if nxt in trail else [node, nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt, [*trail, node])

@@ -1,5 +1,7 @@
-"""Your own pictures through the real pipeline: a folder of photographs, versioned with `dvc add`, trained end to end
-with resnet18 at 64 px, tracked in MLflow, predicted on held-out pictures; and a folder's mistakes at the stage."""
+"""Your own pictures through the real pipeline: a folder of photographs, versioned with `dvc add`,
+trained end to end with resnet18 at 64 px, tracked in MLflow, predicted on held-out pictures; and a
+folder's mistakes at the stage."""
+
 from __future__ import annotations
 
 import json
@@ -22,21 +24,26 @@ from PIL import Image
 
 pytestmark = pytest.mark.e2e
 
-FOLDER_PARAMS = {"data": {"dataset": "folder", "folder": "data/images", "image_size": 64, "channels": 3},
-                 "train": {"model": "resnet18", "epochs": 4, "batch_size": 16, "lr": 0.002}}
+FOLDER_PARAMS = {
+    "data": {"dataset": "folder", "folder": "data/images", "image_size": 64, "channels": 3},
+    "train": {"model": "resnet18", "epochs": 4, "batch_size": 16, "lr": 0.002},
+}
 # Class folders as people name them: spaces and any Unicode.
 RENAMED = {"cat": "chat noir", "coffee": "café crème"}
 
 
 def photo_project(root: Path, per_class: int = 40) -> Path:
-    """A project whose data/images holds real photographs in three classes (two renamed), added to DVC."""
+    """A project whose data/images holds real photographs in three classes (two renamed), added to
+    DVC."""
     create_project(root, FOLDER_PARAMS)
     images = make_photo_folder(root / "data/images", per_class=per_class)
     for old, new in RENAMED.items():
         (images / old).rename(images / new)
     (images / "astronaut" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (images / "chat noir" / "notes.txt").write_text("taken on holiday")
-    (images / "chat noir" / "broken.png").write_bytes(Path(next((images / "astronaut").glob("*.png"))).read_bytes()[:300])
+    (images / "chat noir" / "broken.png").write_bytes(
+        Path(next((images / "astronaut").glob("*.png"))).read_bytes()[:300]
+    )
     run(["dvc", "add", "data/images"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "pictures"], root)
@@ -52,27 +59,40 @@ def test_photographs_train_end_to_end_and_predict_names_held_out_pictures(tmp_pa
     reasons = {s["path"]: s["reason"] for s in report["skipped"]}
     assert reasons["astronaut/.DS_Store"] == reasons["chat noir/notes.txt"] == "not a picture file"
     assert reasons["chat noir/broken.png"].startswith(("cannot be opened", "truncated or damaged"))
-    assert report["splits"]["train"]["count"] + report["splits"]["test"]["count"] == 3 * 40  # test: a fifth
+    assert (
+        report["splits"]["train"]["count"] + report["splits"]["test"]["count"] == 3 * 40
+    )  # test: a fifth
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert list(evaluation["per_class_accuracy"]) == report["classes"]
     assert evaluation["accuracy"] > 0.6, evaluation
 
     (only,) = runs(root)
-    assert only.data.tags["dataset"] == "folder" and only.data.tags["dataset.digest"] == report["digest"]
+    assert (
+        only.data.tags["dataset"] == "folder"
+        and only.data.tags["dataset.digest"] == report["digest"]
+    )
     assert "test_class_accuracy/café crème" in only.data.metrics
     assert "report.json" in {a.path for a in store(root).list_artifacts(only.info.run_id)}
 
     pictures = held_out(tmp_path / "held-out")
-    out = json.loads(run(["python", "-m", "pipeline", "predict", "--json", *[str(p) for p, _ in pictures]], root).stdout)
+    out = json.loads(
+        run(
+            ["python", "-m", "pipeline", "predict", "--json", *[str(p) for p, _ in pictures]], root
+        ).stdout
+    )
     named = [item["predictions"][0]["class"] for item in out]
     truth = [RENAMED.get(name, name) for _, name in pictures]
     assert sum(a == b for a, b in zip(named, truth)) >= 6, list(zip(named, truth))
 
-    # The folder is the download stage's dependency: nothing reruns untouched, one new picture reruns the chain.
+    # The folder is the download stage's dependency: nothing reruns untouched, one new picture
+    # reruns the chain.
     assert "Running stage" not in run(["dvc", "repro"], root).stdout
     Image.open(pictures[0][0]).save(root / "data/images/astronaut/new.png")
     proc = run(["dvc", "repro", "normalization-stats"], root)
-    assert "Running stage 'download'" in proc.stdout and "Running stage 'normalization-stats'" in proc.stdout
+    assert (
+        "Running stage 'download'" in proc.stdout
+        and "Running stage 'normalization-stats'" in proc.stdout
+    )
 
 
 def folder_case(root: Path, name: str) -> Path:
@@ -96,36 +116,51 @@ def folder_case(root: Path, name: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("case", "needles"), [
-    ("missing-folder", ("data.folder", "no such folder", "one subfolder per class")),
-    ("one-class", ("data.folder", "1 class folder", "at least two classes")),
-    ("pictures-at-top", ("loose.png", "picture outside a class folder")),
-    ("link-outside", ("elsewhere", "symbolic link", "outside data.folder")),
-    ("class-emptied-by-skips", ("class 'b'", "no usable picture", "empty file")),
-])
-def test_a_bad_folder_is_one_line_and_changes_nothing(tmp_path: Path, case: str, needles: tuple[str, ...]) -> None:
-    root = create_project(tmp_path / "project", {"data": {"dataset": "folder", "folder": "data/images"}})
-    run(["python", "-m", "pipeline.stages.download"], folder_case(root, "good"))  # a first, good decoding
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("missing-folder", ("data.folder", "no such folder", "one subfolder per class")),
+        ("one-class", ("data.folder", "1 class folder", "at least two classes")),
+        ("pictures-at-top", ("loose.png", "picture outside a class folder")),
+        ("link-outside", ("elsewhere", "symbolic link", "outside data.folder")),
+        ("class-emptied-by-skips", ("class 'b'", "no usable picture", "empty file")),
+    ],
+)
+def test_a_bad_folder_is_one_line_and_changes_nothing(
+    tmp_path: Path, case: str, needles: tuple[str, ...]
+) -> None:
+    root = create_project(
+        tmp_path / "project", {"data": {"dataset": "folder", "folder": "data/images"}}
+    )
+    run(
+        ["python", "-m", "pipeline.stages.download"], folder_case(root, "good")
+    )  # a first, good decoding
     before = snapshot(root)
     folder_case(root, case)
     after_edit = snapshot(root)
     proc = run(["python", "-m", "pipeline.stages.download"], root, check=False)
     assert_one_line_error(proc, *needles)
     assert_unchanged(after_edit, snapshot(root))
-    assert {k: v for k, v in before.items() if k.startswith("data/raw")} == \
-        {k: v for k, v in snapshot(root).items() if k.startswith("data/raw")}
+    assert {k: v for k, v in before.items() if k.startswith("data/raw")} == {
+        k: v for k, v in snapshot(root).items() if k.startswith("data/raw")
+    }
 
 
 def test_the_same_picture_in_train_and_test_is_reported(tmp_path: Path) -> None:
-    root = create_project(tmp_path / "project", {"data": {"dataset": "folder", "folder": "data/images"}})
+    root = create_project(
+        tmp_path / "project", {"data": {"dataset": "folder", "folder": "data/images"}}
+    )
     for split in ("train", "test"):
         for k, cls in enumerate(("a", "b")):
             (root / "data/images" / split / cls).mkdir(parents=True)
             for j in range(3):
                 Image.new("L", (20, 20), 10 * j + 40 * k + (0 if split == "train" else 100)).save(
-                    root / "data/images" / split / cls / f"{j}.png")
+                    root / "data/images" / split / cls / f"{j}.png"
+                )
     shutil.copy(root / "data/images/train/a/0.png", root / "data/images/test/b/9.png")
     proc = run(["python", "-m", "pipeline.stages.download"], root)
-    assert "warning: 1 picture(s) appear with the same pixels in two splits" in proc.stderr, proc.stderr
+    assert "warning: 1 picture(s) appear with the same pixels in two splits" in proc.stderr, (
+        proc.stderr
+    )
     report = json.loads((root / "data/raw/folder/report.json").read_text())
     assert report["duplicates"]["count"] == 1 and os.path.isdir(root / "data/raw/folder/train")

@@ -1,4 +1,6 @@
-"""Parameter validation: every bad value is named in one line; docs/parameters.md documents every key."""
+"""Parameter validation: every bad value is named in one line; docs/parameters.md documents every
+key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +17,15 @@ from pipeline.core.validation import leaves
 def test_committed_params_file_is_valid_and_complete() -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     parsed = params.parse_params(raw)
-    # Every key is spelled out in params.yaml, so `dvc exp run -S` and `dvc params diff` see them all.
+    # Every key is spelled out in params.yaml, so `dvc exp run -S` and `dvc params diff` see them
+    # all.
     assert set(params.flatten(parsed)) == set(params.flatten(params.Params()))
-    spelled_out = {f"{section}.{key}" for section, body in raw.items() if isinstance(body, dict) for key in body}
+    spelled_out = {
+        f"{section}.{key}"
+        for section, body in raw.items()
+        if isinstance(body, dict)
+        for key in body
+    }
     spelled_out |= {key for key, body in raw.items() if not isinstance(body, dict)}
     assert spelled_out == set(params.flatten(parsed))
 
@@ -32,7 +40,9 @@ def test_parameter_reference_page_is_generated_from_the_definitions() -> None:
 
 def test_names_params_accepts_are_the_registries_keys() -> None:
     # One list of names: the registry that implements them; params reads its keys.
-    choices = {key: f.metadata["choices"] for key, f, _ in leaves(params.Params) if f.metadata["choices"]}
+    choices = {
+        key: f.metadata["choices"] for key, f, _ in leaves(params.Params) if f.metadata["choices"]
+    }
     assert choices["data.dataset"] == tuple(datasets.DATASETS)
     assert choices["train.model"] == tuple(models.ARCHITECTURES)
     assert choices["train.optimizer"] == tuple(optim.OPTIMIZERS)
@@ -41,21 +51,37 @@ def test_names_params_accepts_are_the_registries_keys() -> None:
 
 
 def test_the_edge_reads_parameters_without_torch() -> None:
-    # A typo must be reported at once: reading and checking params.yaml (registries included) loads no torch.
+    # A typo must be reported at once: reading and checking params.yaml (registries included) loads
+    # no torch.
     import subprocess
     import sys
 
-    code = "import sys; from pipeline.core import params; params.load_params('params.yaml'); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys; from pipeline.core import params; params.load_params('params.yaml'); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"data": {"dataset": "imagenet"}}, "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, folder, got 'imagenet'"),
-        ({"train": {"model": "vit"}}, "train.model must be one of cnn, mlp, resnet, resnet18, got 'vit'"),
-        ({"train": {"optimizer": "lion"}}, "train.optimizer must be one of adam, adamw, sgd, adadelta, rmsprop, got 'lion'"),
+        (
+            {"data": {"dataset": "imagenet"}},
+            "data.dataset must be one of mnist, fashion_mnist, kmnist, cifar10, folder, got "
+            "'imagenet'",
+        ),
+        (
+            {"train": {"model": "vit"}},
+            "train.model must be one of cnn, mlp, resnet, resnet18, got 'vit'",
+        ),
+        (
+            {"train": {"optimizer": "lion"}},
+            "train.optimizer must be one of adam, adamw, sgd, adadelta, rmsprop, got 'lion'",
+        ),
         ({"train": {"lr": 0}}, "train.lr must be a number > 0, got 0"),
         ({"train": {"lr": -0.1}}, "train.lr must be a number > 0, got -0.1"),
         ({"train": {"lr": "fast"}}, "train.lr must be a number > 0, got 'fast'"),
@@ -96,7 +122,9 @@ def test_file_errors(tmp_path: Path) -> None:
     empty.write_text("# only a comment\n")
     with pytest.raises(PipelineError, match="empty.yaml: empty; it must hold the parameters"):
         params.load_params(empty)  # not "all defaults": an emptied file is a mistake, not a choice
-    assert params.load_params(_write(tmp_path / "partial.yaml", "train: {lr: 0.1}\n")).train.lr == 0.1
+    assert (
+        params.load_params(_write(tmp_path / "partial.yaml", "train: {lr: 0.1}\n")).train.lr == 0.1
+    )
 
 
 def _write(path: Path, text: str) -> Path:

@@ -1,4 +1,6 @@
-"""`pipeline.repro_check` passes on identical reruns and fails, with a diff, when training is not seeded."""
+"""`pipeline.repro_check` passes on identical reruns and fails, with a diff, when training is not
+seeded."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +12,10 @@ from helpers import run
 
 pytestmark = pytest.mark.e2e
 
-SMALL = {"data": {"limit": 1000, "val_size": 500},
-         "train": {"epochs": 1, "precision": "fp32", "threads": 2, "portable": True}}
+SMALL = {
+    "data": {"limit": 1000, "val_size": 500},
+    "train": {"epochs": 1, "precision": "fp32", "threads": 2, "portable": True},
+}
 
 
 def checkable_project(make_project, name: str) -> Path:
@@ -26,7 +30,9 @@ def test_two_clean_runs_are_identical(make_project) -> None:
     params = root / "params.yaml"
     params.write_text(params.read_text() + "\n# dirty\n")
     dirty = run(["python", "-m", "pipeline", "repro-check"], root, check=False)
-    assert dirty.returncode == 2 and dirty.stderr.startswith("error: the work tree has uncommitted changes")
+    assert dirty.returncode == 2 and dirty.stderr.startswith(
+        "error: the work tree has uncommitted changes"
+    )
     run(["git", "checkout", "params.yaml"], root)
 
     first = run(["python", "-m", "pipeline", "repro-check", "--update-reference"], root)
@@ -44,13 +50,16 @@ def test_two_clean_runs_are_identical(make_project) -> None:
 def test_recorded_hashes_are_compared_per_family() -> None:
     from pipeline_tools.repro_check import hash_check
 
-    # Exact within a family; another family's model is shown, not required equal (its metrics are compared).
+    # Exact within a family; another family's model is shown, not required equal (its metrics are
+    # compared).
     recorded = {"avx2": "a" * 64, "avx2 avx512_bf16 avx512f": "b" * 64}
     lines, differs = hash_check("a" * 64, recorded, here="avx2")
     assert differs is False
-    assert lines == ["  recorded on [avx2] (this CPU family): aaaaaaaaaaaaaaaa… same",
-                     "  recorded on [avx2 avx512_bf16 avx512f] (another family): bbbbbbbbbbbbbbbb… other bytes "
-                     "(equal only within a family; metrics are compared)"]
+    assert lines == [
+        "  recorded on [avx2] (this CPU family): aaaaaaaaaaaaaaaa… same",
+        "  recorded on [avx2 avx512_bf16 avx512f] (another family): bbbbbbbbbbbbbbbb… other bytes "
+        "(equal only within a family; metrics are compared)",
+    ]
     assert hash_check("c" * 64, recorded, here="avx2")[1] is True
     lines, differs = hash_check("a" * 64, {}, here="avx2")
     assert differs is False and "nothing recorded on [avx2] yet" in lines[0]
@@ -60,7 +69,9 @@ def test_reference_comparison_uses_the_tolerance() -> None:
     from pipeline_tools.repro_check import report
     from pipeline_tools.rerun import Outcome
 
-    run1 = Outcome(hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2})
+    run1 = Outcome(
+        hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2}
+    )
     rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)
     assert off == ["eval.loss"]
     assert [r[-1] for r in rows] == ["ok", "OFF", "same"]
@@ -72,7 +83,11 @@ def test_unseeded_shuffling_is_caught_with_a_diff(make_project) -> None:
     seeded = "generator=torch.Generator().manual_seed(seed)"
     assert seeded in loop.read_text()
     # Injected nondeterminism: the shuffling generator seeded from the clock.
-    loop.write_text(loop.read_text().replace(seeded, "generator=torch.Generator().manual_seed(__import__('time').time_ns())"))
+    loop.write_text(
+        loop.read_text().replace(
+            seeded, "generator=torch.Generator().manual_seed(__import__('time').time_ns())"
+        )
+    )
     run(["git", "commit", "-qam", "unseeded shuffle (test only)"], root)
     proc = run(["python", "-m", "pipeline", "repro-check"], root, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -1,4 +1,5 @@
 """A train process killed after an epoch resumes from its checkpoint and ends byte-identical."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,10 @@ from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e
 
-PARAMS = {"data": {"limit": 3000, "val_size": 500},
-          "train": {"epochs": 3, "batch_size": 64, "patience": None, "precision": "fp32"}}
+PARAMS = {
+    "data": {"limit": 3000, "val_size": 500},
+    "train": {"epochs": 3, "batch_size": 64, "patience": None, "precision": "fp32"},
+}
 
 
 def sha256(path: Path) -> str:
@@ -33,8 +36,14 @@ def test_killed_train_resumes_to_identical_weights(make_project) -> None:
     uninterrupted = sha256(root / "models/model.pt")
     assert not (root / "checkpoints/train.pt").exists()  # removed after a finished run
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train"], cwd=root, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=clean_env(PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(PYTHONUNBUFFERED="1"),
+    )
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:

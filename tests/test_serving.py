@@ -1,4 +1,6 @@
-"""The logged model behind a real `mlflow models serve` process, asked over HTTP with real MNIST test images."""
+"""The logged model behind a real `mlflow models serve` process, asked over HTTP with real MNIST
+test images."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +25,12 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def post(url: str, images: np.ndarray | list) -> tuple[int, dict]:
     """POST {"inputs": images} to /invocations; (HTTP status, JSON answer)."""
-    body = json.dumps({"inputs": images.tolist() if isinstance(images, np.ndarray) else images}).encode()
-    request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+    body = json.dumps(
+        {"inputs": images.tolist() if isinstance(images, np.ndarray) else images}
+    ).encode()
+    request = urllib.request.Request(
+        f"{url}/invocations", body, {"Content-Type": "application/json"}
+    )
     try:
         with OPENER.open(request, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -34,7 +40,8 @@ def post(url: str, images: np.ndarray | list) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
-    """A trained tiny project and `mlflow models serve` on its logged model; yields (project, url)."""
+    """A trained tiny project and `mlflow models serve` on its logged model; yields (project,
+    url)."""
     from helpers import create_project
 
     root = create_project(tmp_path_factory.mktemp("serving") / "project")
@@ -43,8 +50,23 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     log = open(root.parent / "serve.log", "w")
     proc = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=root, env=clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"), stdout=log, stderr=subprocess.STDOUT,
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=root,
+        env=clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -55,7 +77,10 @@ def served(tmp_path_factory: pytest.TempPathFactory):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow models serve did not start: {(root.parent / 'serve.log').read_text()[-3000:]}")
+                    pytest.fail(
+                        "mlflow models serve did not start: "
+                        f"{(root.parent / 'serve.log').read_text()[-3000:]}"
+                    )
                 time.sleep(0.25)
         yield root, url
     finally:
@@ -88,26 +113,39 @@ def test_uint8_and_float_images_get_the_model_s_answer(served) -> None:
     assert status == 200, answer
     assert np.array(answer["predictions"]).argmax(1).tolist() == local.argmax(1).tolist()
 
-    # Pictures of any size: resized and centre-cropped as the training pictures were (predict's function).
+    # Pictures of any size: resized and centre-cropped as the training pictures were (predict's
+    # function).
     from PIL import Image
 
     from pipeline.core.images import prepare
 
-    bigger = np.stack([np.asarray(Image.fromarray(p[0]).resize((56, 70))) for p in images[:8]])[:, None]
+    bigger = np.stack([np.asarray(Image.fromarray(p[0]).resize((56, 70))) for p in images[:8]])[
+        :, None
+    ]
     status, answer = post(url, bigger)
     assert status == 200, answer
     expected = np.stack([prepare(Image.fromarray(p[0]), 1, 28) for p in bigger])
     with torch.no_grad():
-        np.testing.assert_allclose(np.array(answer["predictions"]), model(torch.from_numpy(expected)).numpy(),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            np.array(answer["predictions"]),
+            model(torch.from_numpy(expected)).numpy(),
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 @pytest.mark.parametrize(
     "images, needles",
     [
         (np.zeros((2, 3, 28, 28), np.uint8), ["shape (N, 1, H, W)", "got (2, 3, 28, 28)"]),
-        (np.zeros((2, 1, 0, 32), np.uint8), ["resized to 28×28", "got (2, 1, 0)"]),  # JSON: [[[]], [[]]]
-        (np.full((1, 1, 28, 28), 2.0), ["float pixels must be in [0, 1]"]),  # 0-255 values sent as floats
+        (
+            np.zeros((2, 1, 0, 32), np.uint8),
+            ["resized to 28×28", "got (2, 1, 0)"],
+        ),  # JSON: [[[]], [[]]]
+        (
+            np.full((1, 1, 28, 28), 2.0),
+            ["float pixels must be in [0, 1]"],
+        ),  # 0-255 values sent as floats
         (np.full((1, 1, 28, 28), 300), ["integer pixels must be 0-255"]),
         ([[[1, 2], [3]]], ["rectangular"]),
     ],
@@ -127,4 +165,7 @@ def test_logged_model_is_named_after_its_run(served) -> None:
     (only,) = runs(root)
     info = json.loads((root / "models/mlflow_run.json").read_text())
     model = store(root).get_logged_model(info["model_uri"].removeprefix("models:/"))
-    assert model.name == only.info.run_name.replace(".", "_") and model.source_run_id == only.info.run_id
+    assert (
+        model.name == only.info.run_name.replace(".", "_")
+        and model.source_run_id == only.info.run_id
+    )

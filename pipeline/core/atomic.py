@@ -3,6 +3,7 @@
 The temporary files are created private (0600, 0700 for folders) by tempfile; before the rename they
 get the permissions any other new file of the user gets (0666/0777 less the umask).
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,8 +60,9 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented, strict JSON atomically; keys keep their insertion order. Raises ValueError
-    for NaN or infinity, which strict JSON readers refuse (the caller must have stopped before)."""
+    """Write `obj` as indented, strict JSON atomically; keys keep their insertion order. Raises
+    ValueError for NaN or infinity, which strict JSON readers refuse (the caller must have stopped
+    before)."""
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
@@ -77,9 +79,9 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
 
 @contextmanager
 def staged(path: Path) -> Iterator[Path]:
-    """Yield a temporary path with `path`'s file name, in a folder beside it; on success the file there
-    replaces `path`, on failure `path` is left as it was. For a file that must be used before it counts
-    (the model, which the store must hold first)."""
+    """Yield a temporary path with `path`'s file name, in a folder beside it; on success the file
+    there replaces `path`, on failure `path` is left as it was. For a file that must be used before
+    it counts (the model, which the store must hold first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
@@ -93,7 +95,8 @@ def staged(path: Path) -> Iterator[Path]:
 
 @contextmanager
 def directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary folder beside `path`; on success it replaces `path`, on failure it is
+    removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)

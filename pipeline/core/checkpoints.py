@@ -4,6 +4,7 @@ They live in `checkpoints/`, which is not a DVC output (DVC deletes a stage's ou
 it) and is ignored by git. A checkpoint is used only when its fingerprint — the training parameters
 and the normalisation statistics — matches the current run; it is deleted once training finishes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,8 @@ def save(state: TrainState, fp: str, run_id: str, path: Path = PATH) -> None:
 
 
 def load(fp: str, path: Path = PATH) -> tuple[Checkpoint | None, str | None]:
-    """(the checkpoint at `path` if it matches `fp`, else None; why an existing file is ignored, else None)."""
+    """(the checkpoint at `path` if it matches `fp`, else None; why an existing file is ignored,
+    else None)."""
     if not path.is_file():
         return None, None
     try:

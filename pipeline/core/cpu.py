@@ -1,4 +1,5 @@
-"""The CPU a run computes on: its instruction-set family, and the pins that make results byte-identical across families.
+"""The CPU a run computes on: its instruction-set family, and the pins that make results
+byte-identical across families.
 
 Kernels pick their instruction set at run time (ATen by CPU capability, oneDNN by ISA, MKL by code
 path), so the same fp32 training differs in the last bits between an AVX2-only and an AVX-512 CPU,
@@ -7,6 +8,7 @@ x86 CPU of both families runs. They are read when torch first computes, so they 
 environment before torch is imported: the stage commands set them right after reading the
 parameters. This module must not import torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +19,8 @@ from pipeline.core.errors import PipelineError
 
 PINS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 FAMILY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
-# Instructions that compute bf16 natively; without them torch emulates bf16 and runs slower than fp32.
+# Instructions that compute bf16 natively; without them torch emulates bf16 and runs slower than
+# fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -29,25 +32,32 @@ def _words() -> set[str] | None:
 
 
 def flags() -> str:
-    """The flags that tell the families apart, as /proc/cpuinfo spells them, e.g. "avx2 avx512_bf16 avx512f"."""
+    """The flags that tell the families apart, as /proc/cpuinfo spells them, e.g. "avx2 avx512_bf16
+    avx512f"."""
     words = _words()
     if words is None:
         return "unknown"
-    return " ".join(sorted(f for f in FAMILY_FLAGS if f in words)) or "none of " + " ".join(FAMILY_FLAGS)
+    return " ".join(sorted(f for f in FAMILY_FLAGS if f in words)) or "none of " + " ".join(
+        FAMILY_FLAGS
+    )
 
 
 def native_bf16(words: set[str] | None = None) -> bool:
-    """Whether this CPU (or the given /proc/cpuinfo words) computes bf16 natively (AVX512-BF16 or AMX-BF16)."""
+    """Whether this CPU (or the given /proc/cpuinfo words) computes bf16 natively (AVX512-BF16 or
+    AMX-BF16)."""
     words = _words() if words is None else words
     return bool(words) and any(f in words for f in NATIVE_BF16_FLAGS)
 
 
 def pin() -> None:
-    """Put the pins into this process's environment, before torch is imported (or fail saying so)."""
+    """Put the pins into this process's environment, before torch is imported (or fail saying
+    so)."""
     if "torch" in sys.modules and not pinned():
         raise PipelineError(
-            "train.portable: torch was imported before the CPU pins could be set; run the stage command "
-            "(python -m pipeline.stages.train) or export " + " ".join(f"{k}={v}" for k, v in PINS.items())
+            "train.portable: torch was imported before the CPU pins could be set; run the stage "
+            "command "
+            "(python -m pipeline.stages.train) or export "
+            + " ".join(f"{k}={v}" for k, v in PINS.items())
         )
     os.environ.update(PINS)
 

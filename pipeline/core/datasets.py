@@ -4,6 +4,7 @@ Getting the files onto the disk is `core.acquisition`'s job; this module only re
 with NumPy alone: the original idx and CIFAR files are simple enough that importing torchvision
 (about 3 s, most of it torch._dynamo) to read them would cost more than the reading.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,18 @@ class DatasetSpec:
     """What the pipeline needs to know about one dataset."""
 
     name: str
-    torchvision_name: str  # its class in torchvision.datasets, whose tables hold the file names and MD5s
+    torchvision_name: (
+        str  # its class in torchvision.datasets, whose tables hold the file names and MD5s
+    )
     folder: str  # the folder torchvision keeps it in, below the root it is given
     channels: int
     image_size: int
     class_names: tuple[str, ...]
     # A Python package that ships the original files, and the folder inside it that holds them.
     package_source: tuple[str, str] | None = None
-    from_folder: bool = False  # the user's pictures (data.folder), decoded by the download stage (core.folders)
+    from_folder: bool = (
+        False  # the user's pictures (data.folder), decoded by the download stage (core.folders)
+    )
 
     @property
     def is_archive(self) -> bool:
@@ -76,7 +81,18 @@ DATASETS: dict[str, DatasetSpec] = {
         folder="FashionMNIST",
         channels=1,
         image_size=28,
-        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
     "kmnist": DatasetSpec(
         name="kmnist",
@@ -93,11 +109,29 @@ DATASETS: dict[str, DatasetSpec] = {
         folder="cifar-10-batches-py",
         channels=3,
         image_size=32,
-        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
     ),
     # Channels, size and classes are the decoded pictures' (see `describe`); these are the defaults.
-    "folder": DatasetSpec(name="folder", torchvision_name="", folder="folder", channels=3, image_size=64,
-                          class_names=(), from_folder=True),
+    "folder": DatasetSpec(
+        name="folder",
+        torchvision_name="",
+        folder="folder",
+        channels=3,
+        image_size=64,
+        class_names=(),
+        from_folder=True,
+    ),
 }
 
 
@@ -106,55 +140,88 @@ def get(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise PipelineError(f"data.dataset must be one of {', '.join(DATASETS)}, got {name!r}") from None
+        raise PipelineError(
+            f"data.dataset must be one of {', '.join(DATASETS)}, got {name!r}"
+        ) from None
 
 
 def describe(name: str, root: Path) -> DatasetSpec:
-    """The spec of dataset `name` as the download stage left it in `root`: for `folder`, the channels,
-    size and classes of the decoded pictures (their report). Raises PipelineError when there is none."""
+    """The spec of dataset `name` as the download stage left it in `root`: for `folder`, the
+    channels, size and classes of the decoded pictures (their report). Raises PipelineError when
+    there is none."""
     spec = get(name)
     if not spec.from_folder:
         return spec
     report = Path(root) / spec.folder / "report.json"
     try:
         found = json.loads(report.read_text())
-        return replace(spec, channels=int(found["channels"]), image_size=int(found["image_size"]),
-                       class_names=tuple(found["classes"]))
+        return replace(
+            spec,
+            channels=int(found["channels"]),
+            image_size=int(found["image_size"]),
+            class_names=tuple(found["classes"]),
+        )
     except FileNotFoundError:
-        raise PipelineError(f"{root}: no decoded pictures there; run the download stage first (dvc repro download)") from None
+        raise PipelineError(
+            f"{root}: no decoded pictures there; run the download stage first (dvc repro download)"
+        ) from None
     except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{report}: not a report of decoded pictures; rerun the download stage (dvc repro -f download)") from None
+        raise PipelineError(
+            f"{report}: not a report of decoded pictures; rerun the download stage (dvc repro -f "
+            "download)"
+        ) from None
 
 
 def read_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One split as (uint8 images N×C×H×W, int64 labels), checked for shape and label range. A folder's
-    pictures are a read-only memory map (core.folders.read_split): read them through PagedImages."""
+    """One split as (uint8 images N×C×H×W, int64 labels), checked for shape and label range. A
+    folder's pictures are a read-only memory map (core.folders.read_split): read them through
+    PagedImages."""
     folder = Path(root) / spec.folder
     if spec.from_folder:
         from pipeline.core import folders
 
         return folders.read_split(folder, "train" if train else "test")
     if not folder.is_dir():
-        raise PipelineError(f"{root}: no {spec.folder} data there; run the download stage first (dvc repro download)")
+        raise PipelineError(
+            f"{root}: no {spec.folder} data there; run the download stage first (dvc repro "
+            "download)"
+        )
     rerun = "rerun the download stage (dvc repro -f download)"
     try:
-        images, labels = _read_batches(folder, train) if spec.is_archive else _read_idx_pair(folder / "raw", train)
+        images, labels = (
+            _read_batches(folder, train)
+            if spec.is_archive
+            else _read_idx_pair(folder / "raw", train)
+        )
     except Exception as exc:  # cut, rewritten or foreign files fail in many ways
-        raise PipelineError(f"{root}: {spec.folder} data is damaged or incomplete ({first_line(exc)}); {rerun}") from None
+        raise PipelineError(
+            f"{root}: {spec.folder} data is damaged or incomplete ({first_line(exc)}); {rerun}"
+        ) from None
     if images.ndim == 3:
         images = images[:, None]
-    if images.dtype != np.uint8 or tuple(images.shape[1:]) != (spec.channels, spec.image_size, spec.image_size):
-        raise PipelineError(f"{root}: {spec.folder} images have shape {tuple(images.shape)}, not the expected format; {rerun}")
+    if images.dtype != np.uint8 or tuple(images.shape[1:]) != (
+        spec.channels,
+        spec.image_size,
+        spec.image_size,
+    ):
+        raise PipelineError(
+            f"{root}: {spec.folder} images have shape {tuple(images.shape)}, not the expected "
+            f"format; {rerun}"
+        )
     if len(labels) != len(images) or len(images) == 0:
-        raise PipelineError(f"{root}: {spec.folder} has {len(images)} images but {len(labels)} labels; {rerun}")
+        raise PipelineError(
+            f"{root}: {spec.folder} has {len(images)} images but {len(labels)} labels; {rerun}"
+        )
     if int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes:
-        raise PipelineError(f"{root}: {spec.folder} labels outside 0..{spec.num_classes - 1}; {rerun}")
+        raise PipelineError(
+            f"{root}: {spec.folder} labels outside 0..{spec.num_classes - 1}; {rerun}"
+        )
     return images, labels
 
 
 def read_validation(spec: DatasetSpec, root: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """A folder's own validation pictures (its val/ subfolder), or None: then validation is carved from
-    the training split."""
+    """A folder's own validation pictures (its val/ subfolder), or None: then validation is carved
+    from the training split."""
     if spec.from_folder and (Path(root) / spec.folder / "val").is_dir():
         from pipeline.core import folders
 
@@ -168,13 +235,16 @@ def load_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[Any, torch.T
     import torch
 
     images, labels = read_split(spec, root, train)
-    return (PagedImages(images, as_tensors=True) if spec.from_folder else torch.from_numpy(images)), torch.from_numpy(labels)
+    return (
+        PagedImages(images, as_tensors=True) if spec.from_folder else torch.from_numpy(images)
+    ), torch.from_numpy(labels)
 
 
 class PagedImages:
-    """uint8 pictures N×C×H×W in a memory map, read by index (a NumPy array, or a tensor with `as_tensors`):
-    every RELEASE_BYTES read, the pages touched are given back (they stay in the page cache), so a data set
-    larger than memory is trained on with memory bounded by what a few batches touch."""
+    """uint8 pictures N×C×H×W in a memory map, read by index (a NumPy array, or a tensor with
+    `as_tensors`): every RELEASE_BYTES read, the pages touched are given back (they stay in the page
+    cache), so a data set larger than memory is trained on with memory bounded by what a few batches
+    touch."""
 
     RELEASE_BYTES = 256 << 20
 
@@ -203,12 +273,15 @@ class PagedImages:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """An idx file (MNIST's format: magic with type and rank, big-endian sizes, then the data) as uint8."""
+    """An idx file (MNIST's format: magic with type and rank, big-endian sizes, then the data) as
+    uint8."""
     raw = np.fromfile(path, dtype=np.uint8)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path.name} is not an idx file of unsigned bytes")
     rank = int(raw[3])
-    shape = tuple(int(d) for d in raw[4 : 4 + 4 * rank].view(">u4")) if len(raw) >= 4 + 4 * rank else ()
+    shape = (
+        tuple(int(d) for d in raw[4 : 4 + 4 * rank].view(">u4")) if len(raw) >= 4 + 4 * rank else ()
+    )
     if len(shape) != rank or len(raw) != 4 + 4 * rank + int(np.prod(shape)):
         raise ValueError(f"{path.name} has {len(raw)} bytes, not what its header {shape} says")
     return raw[4 + 4 * rank :].reshape(shape)
@@ -223,24 +296,33 @@ def _read_idx_pair(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_batches(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR's pickled batches (the download stage checked their MD5s) as N×C×H×W images and labels."""
+    """CIFAR's pickled batches (the download stage checked their MD5s) as N×C×H×W images and
+    labels."""
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     images, labels = [], []
     for name in names:
         with open(folder / name, "rb") as fh:
             entry = pickle.load(fh, encoding="latin1")
         images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=np.int64))
+        labels.append(
+            np.asarray(
+                entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=np.int64
+            )
+        )
     return np.concatenate(images), np.concatenate(labels)
 
 
 def folder_digest(root: Path) -> str:
-    """The content digest of the decoded folder's pictures (SHA-256 of their paths and bytes, core.folders)."""
-    return str(json.loads((Path(root) / get("folder").folder / "report.json").read_text())["digest"])
+    """The content digest of the decoded folder's pictures (SHA-256 of their paths and bytes,
+    core.folders)."""
+    return str(
+        json.loads((Path(root) / get("folder").folder / "report.json").read_text())["digest"]
+    )
 
 
 def digest(images: Any, labels: Any) -> str:
-    """SHA-256 of a split's pixels and labels: the dataset's identity, whatever files it came from."""
+    """SHA-256 of a split's pixels and labels: the dataset's identity, whatever files it came
+    from."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(np.asarray(images)).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).tobytes())

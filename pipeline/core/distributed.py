@@ -1,4 +1,5 @@
-"""Multi-process training (`train.processes` > 1): launching the workers with torchrun's launcher, and what a worker does differently.
+"""Multi-process training (`train.processes` > 1): launching the workers with torchrun's launcher,
+and what a worker does differently.
 
 The train stage becomes torchrun's agent for its own workers: `launch` runs torch's elastic launcher
 in-process with `python -m pipeline.stages.train` as the worker command, so every worker is the same
@@ -9,6 +10,7 @@ outputs; the others use the base Tracker.
 
 Nothing here imports torch at module level: with one process the train stage only asks `wanted`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,13 +37,16 @@ if TYPE_CHECKING:
 TIMEOUT_SECONDS = 300
 # Several machines: the stage reads these and hands them to the launcher (see README).
 NODES_ENV, NODE_RANK_ENV, MASTER_ENV = "PIPELINE_NNODES", "PIPELINE_NODE_RANK", "PIPELINE_MASTER"
-RUN_ID = "pipeline-train"  # the static rendezvous keys its store by this; every node must use the same
+RUN_ID = (
+    "pipeline-train"  # the static rendezvous keys its store by this; every node must use the same
+)
 ERROR_PREFIX = "PipelineError: "  # how torchelastic's error handler records our one-line errors
 
 
 @dataclass(frozen=True)
 class Nodes:
-    """The machines a multi-process run spans, from PIPELINE_NNODES, PIPELINE_NODE_RANK, PIPELINE_MASTER."""
+    """The machines a multi-process run spans, from PIPELINE_NNODES, PIPELINE_NODE_RANK,
+    PIPELINE_MASTER."""
 
     count: int = 1
     rank: int = 0
@@ -68,7 +73,9 @@ class Nodes:
             raise PipelineError(f"{NODE_RANK_ENV} must be < {NODES_ENV} ({count}), got {rank}")
         host, _, port = (master or "").rpartition(":")
         if not host or not port.isdigit():
-            raise PipelineError(f"{MASTER_ENV} must be HOST:PORT of node 0 when {NODES_ENV} > 1, got {master!r}")
+            raise PipelineError(
+                f"{MASTER_ENV} must be HOST:PORT of node 0 when {NODES_ENV} > 1, got {master!r}"
+            )
         return cls(count, rank, master)
 
 
@@ -96,23 +103,33 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
         # What `torchrun --standalone` does: a rendezvous store on a port the OS picks, so parallel
         # runs (`dvc queue start -j 2`) cannot collide.
         # Loopback only, store and gloo alike: a one-machine run opens no port to the network.
-        rendezvous: dict[str, Any] = {"rdzv_backend": "c10d", "rdzv_endpoint": "127.0.0.1:0",
-                                      "local_addr": "127.0.0.1"}
+        rendezvous: dict[str, Any] = {
+            "rdzv_backend": "c10d",
+            "rdzv_endpoint": "127.0.0.1:0",
+            "local_addr": "127.0.0.1",
+        }
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # inherited by the workers
     else:
-        # Static: node 0 (the one running `dvc repro`) holds ranks 0…processes-1, so rank 0, which writes
-        # the outputs, is on the machine whose DVC expects them.
-        rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": nodes.master,
-                      "rdzv_configs": {"rank": nodes.rank, "timeout": TIMEOUT_SECONDS}}
-    # Error files and any redirected logs go to a folder removed afterwards, not a torchelastic_* left in /tmp.
+        # Static: node 0 (the one running `dvc repro`) holds ranks 0…processes-1, so rank 0, which
+        # writes the outputs, is on the machine whose DVC expects them.
+        rendezvous = {
+            "rdzv_backend": "static",
+            "rdzv_endpoint": nodes.master,
+            "rdzv_configs": {"rank": nodes.rank, "timeout": TIMEOUT_SECONDS},
+        }
+    # Error files and any redirected logs go to a folder removed afterwards, not a torchelastic_*
+    # left in /tmp.
     with tempfile.TemporaryDirectory(prefix="train-workers-") as logs:
         specs = _logs_specs(logs, cfg.processes)
         config = LaunchConfig(
-            min_nodes=nodes.count, max_nodes=nodes.count, nproc_per_node=cfg.processes, run_id=RUN_ID,
+            min_nodes=nodes.count,
+            max_nodes=nodes.count,
+            nproc_per_node=cfg.processes,
+            run_id=RUN_ID,
             max_restarts=0,  # a restarted worker would silently change what a run means
-            # Local rank 0 keeps the console (progress bars, warnings). The others have nothing to say but
-            # the tracebacks of collectives their peer left ("connection closed by peer") when it failed:
-            # they go to files, and the stage shows the one line that explains.
+            # Local rank 0 keeps the console (progress bars, warnings). The others have nothing to
+            # say but the tracebacks of collectives their peer left ("connection closed by peer")
+            # when it failed: they go to files, and the stage shows the one line that explains.
             logs_specs=specs,
             **rendezvous,
         )
@@ -125,8 +142,8 @@ def launch(cfg: TrainParams, argv: Sequence[str]) -> None:
 
 
 def _logs_specs(log_dir: str, processes: int) -> Any:
-    """torchelastic's DefaultLogsSpecs (local rank 0 keeps the console, the others' stderr goes to files)
-    that keeps the LogsDest it made, so that a failed worker's stderr can be read back."""
+    """torchelastic's DefaultLogsSpecs (local rank 0 keeps the console, the others' stderr goes to
+    files) that keeps the LogsDest it made, so that a failed worker's stderr can be read back."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 
     class KeptLogsSpecs(DefaultLogsSpecs):  # type: ignore[misc, valid-type]
@@ -151,21 +168,35 @@ def _root_cause(exc: Any, dest: Any) -> str:
     ours = sorted(r for r, f in exc.failures.items() if _message(f).startswith(ERROR_PREFIX))
     if ours:
         return _message(exc.failures[ours[0]]).removeprefix(ERROR_PREFIX)
-    # The ranks the agent stopped after the first failure are not its cause (they record a broken collective).
-    causes = {r: f for r, f in exc.failures.items() if f.exitcode != -signal.SIGTERM} or exc.failures
+    # The ranks the agent stopped after the first failure are not its cause (they record a broken
+    # collective).
+    causes = {
+        r: f for r, f in exc.failures.items() if f.exitcode != -signal.SIGTERM
+    } or exc.failures
     rank = min(causes, key=lambda r: (causes[r].timestamp, r))
     failure = causes[rank]
     if _message(failure):
         return f"training process rank {rank} failed: {_message(failure)}"
-    how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited {failure.exitcode}"
+    how = (
+        f"was killed by {failure.signal_name()}"
+        if failure.exitcode < 0
+        else f"exited {failure.exitcode}"
+    )
     path = dest.stderrs.get(failure.local_rank) if dest is not None else None
-    last = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()][-1:] if path else []
-    return f"training process rank {rank} {how}" + (f": {last[0].strip()}" if last else " (its output is above)")
+    last = (
+        [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()][-1:]
+        if path
+        else []
+    )
+    return f"training process rank {rank} {how}" + (
+        f": {last[0].strip()}" if last else " (its output is above)"
+    )
 
 
 def record_error(exc: BaseException) -> bool:
-    """In a worker, hand the one-line error to the agent (torchelastic's error file, through its public
-    error handler) instead of printing it, so N identical lines become one; False when there is no agent."""
+    """In a worker, hand the one-line error to the agent (torchelastic's error file, through its
+    public error handler) instead of printing it, so N identical lines become one; False when there
+    is no agent."""
     if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
         return False
     from torch.distributed.elastic.multiprocessing.errors import get_error_handler
@@ -176,7 +207,8 @@ def record_error(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class World:
-    """This worker's place among all of them, as torchrun's agent describes it in the environment."""
+    """This worker's place among all of them, as torchrun's agent describes it in the
+    environment."""
 
     rank: int
     size: int
@@ -189,7 +221,12 @@ class World:
         env = os.environ
         if "LOCAL_RANK" not in env or "WORLD_SIZE" not in env:
             return None
-        return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"]))
+        return cls(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env["LOCAL_RANK"]),
+            int(env["LOCAL_WORLD_SIZE"]),
+        )
 
     @property
     def lead(self) -> bool:
@@ -197,7 +234,8 @@ class World:
         return self.rank == 0
 
     def check(self, cfg: TrainParams) -> None:
-        """The parameters fit the world torchrun started (a manual torchrun may disagree with them)."""
+        """The parameters fit the world torchrun started (a manual torchrun may disagree with
+        them)."""
         if self.local_size != cfg.processes:
             raise PipelineError(
                 f"train.processes is {cfg.processes}, but {self.local_size} processes were started "
@@ -205,11 +243,13 @@ class World:
             )
         if cfg.batch_size < self.size:
             raise PipelineError(
-                f"train.batch_size must be >= the {self.size} processes of all machines, got {cfg.batch_size}"
+                f"train.batch_size must be >= the {self.size} processes of all machines, got "
+                f"{cfg.batch_size}"
             )
 
     def threads(self) -> int:
-        """CPU threads for this worker when train.threads is 0: its share of the cores it may run on."""
+        """CPU threads for this worker when train.threads is 0: its share of the cores it may run
+        on."""
         return max(1, len(os.sched_getaffinity(0)) // self.local_size)
 
     def part(self, batch: torch.Tensor) -> torch.Tensor:
@@ -229,7 +269,8 @@ class World:
         return out.to(tensor.device)
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank (pickled; for small things such as the resumed checkpoint)."""
+        """Rank 0's `obj` on every rank (pickled; for small things such as the resumed
+        checkpoint)."""
         import torch.distributed as dist
 
         box = [obj]
@@ -238,22 +279,26 @@ class World:
 
     def data_parallel(self, model: nn.Module, device: torch.device) -> nn.Module:
         """`model` wrapped in DDP: its backward all-reduces (averages) the gradients over the ranks.
-        The optimizer keeps stepping `model`'s own parameters, which stay identical on every rank."""
+        The optimizer keeps stepping `model`'s own parameters, which stay identical on every
+        rank."""
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        return DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
 
     def sync_buffers(self, model: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) on every rank: each updated them with its own
-        part of the last batch, and validation and the saved weights must see one model."""
+        """Rank 0's buffers (BatchNorm running statistics) on every rank: each updated them with its
+        own part of the last batch, and validation and the saved weights must see one model."""
         import torch.distributed as dist
 
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
 
     def reseed(self, generator: torch.Generator) -> None:
-        """Give this rank's global RNG (dropout) its own stream for the next epoch, drawn from the shared
-        shuffling generator: ranks differ, runs repeat, and a resume needs no per-rank RNG state."""
+        """Give this rank's global RNG (dropout) its own stream for the next epoch, drawn from the
+        shared shuffling generator: ranks differ, runs repeat, and a resume needs no per-rank RNG
+        state."""
         import torch
 
         base = int(torch.randint(0, 1 << 62, (1,), generator=generator))
@@ -261,8 +306,8 @@ class World:
 
 
 def session(world: World | None, device: torch.device) -> ContextManager[None]:
-    """Join the process group for the duration: NCCL when training on CUDA `device`, else gloo (a no-op
-    without a world)."""
+    """Join the process group for the duration: NCCL when training on CUDA `device`, else gloo (a
+    no-op without a world)."""
     return nullcontext() if world is None else _process_group(device)
 
 
@@ -273,8 +318,11 @@ def _process_group(device: torch.device) -> Iterator[None]:
     import torch.distributed as dist
 
     cuda = device if device.type == "cuda" else None
-    dist.init_process_group("nccl" if cuda is not None else "gloo", timeout=timedelta(seconds=TIMEOUT_SECONDS),
-                            device_id=cuda)
+    dist.init_process_group(
+        "nccl" if cuda is not None else "gloo",
+        timeout=timedelta(seconds=TIMEOUT_SECONDS),
+        device_id=cuda,
+    )
     try:
         yield
     finally:

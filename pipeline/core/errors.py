@@ -1,8 +1,10 @@
-"""The one exception type that commands turn into a one-line error, and a helper to shorten causes."""
+"""The one exception type that commands turn into a one-line error, and a helper to shorten
+causes."""
 
 
 class PipelineError(Exception):
-    """A problem the user can fix (a bad parameter, a missing file), reported without a traceback."""
+    """A problem the user can fix (a bad parameter, a missing file), reported without a
+    traceback."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,8 +1,10 @@
-"""The `evaluate` stage's work in-process: `evaluate(params, tracker)`, called by the stage and the tests.
+"""The `evaluate` stage's work in-process: `evaluate(params, tracker)`, called by the stage and the
+tests.
 
 Everything but evaluate.* comes with the model (models/model.pt); the results go to the files DVC
 tracks and into the train stage's run.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +18,9 @@ from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
 
 
 def test_logits(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict]:
-    """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model metadata) of
-    models/model.pt; PipelineError when the model's outputs are not finite or evaluate.top_k does not fit."""
+    """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model
+    metadata) of models/model.pt; PipelineError when the model's outputs are not finite or
+    evaluate.top_k does not fit."""
     if params.train.portable and not cpu.pinned():
         cpu.pin()  # raises when torch is already loaded without the pins
     if params.train.threads:
@@ -25,18 +28,30 @@ def test_logits(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     model, meta = models.load(paths.MODEL)
     names = list(meta["class_names"])
     if params.evaluate.top_k > len(names):
-        raise PipelineError(f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(names)} classes of the model")
+        raise PipelineError(
+            f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(names)} classes of the "
+            "model"
+        )
     spec = datasets.describe(meta["dataset"], paths.RAW)
-    if (list(spec.class_names), spec.channels, spec.image_size) != (names, meta["in_channels"], meta["image_size"]):
-        raise PipelineError(f"{paths.RAW}: holds other pictures than {paths.MODEL} was trained on ({len(spec.class_names)} "
-                            f"classes, {spec.image_size} px); rerun the pipeline (dvc repro)")
+    if (list(spec.class_names), spec.channels, spec.image_size) != (
+        names,
+        meta["in_channels"],
+        meta["image_size"],
+    ):
+        raise PipelineError(
+            f"{paths.RAW}: holds other pictures than {paths.MODEL} was trained on "
+            f"({len(spec.class_names)} "
+            f"classes, {spec.image_size} px); rerun the pipeline (dvc repro)"
+        )
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
     logits = models.logits(model, images)  # what the exported MLflow model computes
     finite = torch.isfinite(logits).all(1)
     if not bool(finite.all()):
         raise PipelineError(
-            f"{paths.MODEL}: the model's outputs are NaN or infinite for {int((~finite).sum())} of {len(logits)} test "
-            "images (its weights are not finite); retrain it with a lower train.lr (dvc repro -f train)"
+            f"{paths.MODEL}: the model's outputs are NaN or infinite for {int((~finite).sum())} of "
+            f"{len(logits)} test "
+            "images (its weights are not finite); retrain it with a lower train.lr (dvc repro -f "
+            "train)"
         )
     return images, labels, logits, names, meta
 
@@ -53,14 +68,24 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     roc, pr = curves(logits, labels, names)
     # Computed before the run is reopened, so that a background tracker opens the store meanwhile.
     with tracker.evaluate_run(run_info, flatten(params.evaluate, "evaluate.")) as run_id:
-        # The figures first: a background tracker draws them (its longest task) while the files are written.
-        tracker.log_figure("confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), names)
+        # The figures first: a background tracker draws them (its longest task) while the files are
+        # written.
+        tracker.log_figure(
+            "confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), names
+        )
         tracker.log_figure("roc_precision_recall.png", figures.curves, roc, pr)
-        # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per stage).
-        tracker.set_tags({**dvc_lock_tags(), "model.at_chance_level": str(rep.at_chance_level).lower()})
+        # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per
+        # stage).
+        tracker.set_tags(
+            {**dvc_lock_tags(), "model.at_chance_level": str(rep.at_chance_level).lower()}
+        )
         tracker.log_metrics(rep.mlflow_metrics())
         tracker.log_table(
-            {"class": names, "images": rep.confusion.sum(1).tolist(), "accuracy": list(rep.per_class_accuracy.values())},
+            {
+                "class": names,
+                "images": rep.confusion.sum(1).tolist(),
+                "accuracy": list(rep.per_class_accuracy.values()),
+            },
             "per_class_accuracy.json",
         )
         write_outputs(rep, images, labels, logits.argmax(1), names, roc, pr)
@@ -69,12 +94,22 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     return rep, run_id
 
 
-def write_outputs(rep: Report, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, names: list[str],
-                  roc: list[tuple[str, float, float]], pr: list[tuple[str, float, float]]) -> None:
+def write_outputs(
+    rep: Report,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    names: list[str],
+    roc: list[tuple[str, float, float]],
+    pr: list[tuple[str, float, float]],
+) -> None:
     """metrics/eval.json and the evaluate stage's plots, each replaced atomically."""
     atomic.write_json(paths.EVAL_METRICS, rep.metrics())
-    atomic.write_csv(paths.CONFUSION_PLOT, ["actual", "predicted"],
-                     ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())))
+    atomic.write_csv(
+        paths.CONFUSION_PLOT,
+        ["actual", "predicted"],
+        ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())),
+    )
     atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
     atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
     atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)

@@ -1,4 +1,6 @@
-"""Figures logged to MLflow: matplotlib charts for the evaluation, PIL image grids for both stages."""
+"""Figures logged to MLflow: matplotlib charts for the evaluation, PIL image grids for both
+stages."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -14,8 +16,8 @@ if TYPE_CHECKING:
 
 
 def _pyplot() -> Any:
-    """matplotlib.pyplot on the headless backend, imported when a chart is drawn (an import the train
-    stage, which only draws image grids, need not pay)."""
+    """matplotlib.pyplot on the headless backend, imported when a chart is drawn (an import the
+    train stage, which only draws image grids, need not pay)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,17 +39,29 @@ def confusion_matrix(confusion: Any, class_names: Sequence[str]) -> Figure:
     threshold = counts.max() / 2
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if counts[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if counts[i, j] > threshold else "black",
+            )
     fig.tight_layout()
     return fig
 
 
-def curves(roc: Sequence[tuple[str, float, float]], pr: Sequence[tuple[str, float, float]]) -> Figure:
-    """ROC and precision-recall curves, one line per class, side by side (points from metrics.curves)."""
+def curves(
+    roc: Sequence[tuple[str, float, float]], pr: Sequence[tuple[str, float, float]]
+) -> Figure:
+    """ROC and precision-recall curves, one line per class, side by side (points from
+    metrics.curves)."""
     fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 5), dpi=100)
-    for ax, points, (x_label, y_label) in ((left, roc, ("false positive rate", "true positive rate")),
-                                           (right, pr, ("recall", "precision"))):
+    for ax, points, (x_label, y_label) in (
+        (left, roc, ("false positive rate", "true positive rate")),
+        (right, pr, ("recall", "precision")),
+    ):
         for name in dict.fromkeys(p[0] for p in points):
             xs, ys = zip(*((x, y) for n, x, y in points if n == name))
             ax.plot(xs, ys, label=name, linewidth=1)
@@ -61,11 +75,15 @@ def curves(roc: Sequence[tuple[str, float, float]], pr: Sequence[tuple[str, floa
 
 
 def image_grid(
-    images: Any, captions: Sequence[str], marked: Sequence[bool], columns: int = 8, scale: int = 2,
+    images: Any,
+    captions: Sequence[str],
+    marked: Sequence[bool],
+    columns: int = 8,
+    scale: int = 2,
     legend: str = "",
 ) -> bytes:
-    """uint8 images (N×C×H×W) as a PNG grid, a caption above each; marked captions in red (mistakes);
-    `legend`, if given, is a line above the grid saying what the captions mean.
+    """uint8 images (N×C×H×W) as a PNG grid, a caption above each; marked captions in red
+    (mistakes); `legend`, if given, is a line above the grid saying what the captions mean.
 
     Drawn with PIL in one pass: a matplotlib subplot per image cost seconds per grid.
     """
@@ -85,17 +103,21 @@ def image_grid(
         x, y = (i % columns) * cell_w + 4, top + (i // columns) * cell_h
         pixels = np.asarray(images[i]).transpose(1, 2, 0)
         tile = Image.fromarray(pixels[..., 0] if c == 1 else pixels).convert("RGB")
-        canvas.paste(tile.resize((w * scale, h * scale), Image.Resampling.NEAREST), (x, y + caption))
+        canvas.paste(
+            tile.resize((w * scale, h * scale), Image.Resampling.NEAREST), (x, y + caption)
+        )
         draw.text((x, y + 2), captions[i][:12], fill=(200, 0, 0) if marked[i] else (0, 0, 0))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def training_samples(images: Any, labels: Any, indices: Any, class_names: Sequence[str], per_class: int = 8) -> bytes:
-    """A PNG grid of the first `per_class` images of each class among `indices`, captioned with the class.
-    `images` is anything indexed by an index array (an array, a tensor, datasets.PagedImages): only the
-    pictures shown are read."""
+def training_samples(
+    images: Any, labels: Any, indices: Any, class_names: Sequence[str], per_class: int = 8
+) -> bytes:
+    """A PNG grid of the first `per_class` images of each class among `indices`, captioned with the
+    class. `images` is anything indexed by an index array (an array, a tensor,
+    datasets.PagedImages): only the pictures shown are read."""
     labels, indices = np.asarray(labels), np.asarray(indices)
     picked = [indices[labels[indices] == c][:per_class] for c in range(len(class_names))]
     captions = [class_names[c] for c, idx in enumerate(picked) for _ in idx]

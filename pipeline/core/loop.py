@@ -4,6 +4,7 @@ Images stay uint8 until a batch is drawn and the model normalises each batch its
 transforms, no DataLoader. Read `fit` top to bottom: shuffle, train one epoch, validate, keep the
 best weights, hand the state to `on_epoch` (which checkpoints it), stop when patience runs out.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainData:
-    """The training split resident on the device: every image once, which of them to fit on, the validation set."""
+    """The training split resident on the device: every image once, which of them to fit on, the
+    validation set."""
 
-    images: Any  # uint8 N×C×H×W: a tensor, or datasets.PagedImages (pictures on disk, gathered per batch)
+    # uint8 N×C×H×W: a tensor, or datasets.PagedImages (pictures on disk, gathered per batch).
+    images: Any
     labels: torch.Tensor  # int64 N
     fit_idx: torch.Tensor
     val_images: torch.Tensor
@@ -39,14 +42,28 @@ class TrainData:
     augment: str | None = None  # augment.KINDS: how every training batch is augmented
 
     @classmethod
-    def on(cls, rt: Runtime, images: Any, labels: torch.Tensor, fit_idx: torch.Tensor,
-           val: tuple[torch.Tensor, torch.Tensor], augment: str | None = None) -> TrainData:
-        """Move the split (a tensor) and the validation images and labels to the runtime's device once: no
-        per-batch host→device copies. Pictures on disk stay there; each batch goes to the device."""
+    def on(
+        cls,
+        rt: Runtime,
+        images: Any,
+        labels: torch.Tensor,
+        fit_idx: torch.Tensor,
+        val: tuple[torch.Tensor, torch.Tensor],
+        augment: str | None = None,
+    ) -> TrainData:
+        """Move the split (a tensor) and the validation images and labels to the runtime's device
+        once: no per-batch host→device copies. Pictures on disk stay there; each batch goes to the
+        device."""
         if isinstance(images, torch.Tensor):
             images = images.to(rt.device)
-        return cls(images, labels.to(rt.device), fit_idx.to(rt.device), val[0].to(rt.device), val[1].to(rt.device),
-                   augment)
+        return cls(
+            images,
+            labels.to(rt.device),
+            fit_idx.to(rt.device),
+            val[0].to(rt.device),
+            val[1].to(rt.device),
+            augment,
+        )
 
     def batches_per_epoch(self, batch_size: int) -> int:
         """Full batches in one epoch (the tail is dropped), at least one."""
@@ -72,7 +89,8 @@ class EpochResult:
 
 @dataclass(frozen=True)
 class TrainState:
-    """Where training stands after `epoch` finished epochs: what a checkpoint holds and a resume needs.
+    """Where training stands after `epoch` finished epochs: what a checkpoint holds and a resume
+    needs.
 
     `model`, `optimizer` and `scheduler` are the live state dicts of the last epoch (None before the
     first); `best_state` is a copy of the best epoch's weights.
@@ -100,8 +118,13 @@ class TrainState:
         return self.history[self.best_epoch - 1]
 
     def patience_exhausted(self, cfg: TrainParams) -> bool:
-        """Early stopping, decided here alone: `patience` epochs have passed without a better one."""
-        return cfg.patience is not None and self.best_epoch > 0 and self.epoch - self.best_epoch >= cfg.patience
+        """Early stopping, decided here alone: `patience` epochs have passed without a better
+        one."""
+        return (
+            cfg.patience is not None
+            and self.best_epoch > 0
+            and self.epoch - self.best_epoch >= cfg.patience
+        )
 
     def finished(self, cfg: TrainParams) -> bool:
         """No epoch left to run."""
@@ -109,7 +132,11 @@ class TrainState:
 
 
 def batches(
-    images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, batch_size: int, drop_last: bool = False
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    batch_size: int,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches of `indices`, in the order given."""
     stop = len(indices)
@@ -120,11 +147,14 @@ def batches(
         yield images[idx], labels[idx]
 
 
-CHECK_EVERY = 50  # steps between looks at whether the loss is still finite (a look syncs the device)
+CHECK_EVERY = (
+    50  # steps between looks at whether the loss is still finite (a look syncs the device)
+)
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite (`step` counts from 1 within the epoch; `lr` was its rate)."""
+    """The training loss became NaN or infinite (`step` counts from 1 within the epoch; `lr` was its
+    rate)."""
 
     def __init__(self, step: int, steps: int, lr: float) -> None:
         super().__init__(f"step {step} of {steps}")
@@ -141,14 +171,16 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One pass over the batches; returns (mean loss, accuracy). `progress` is an optional tqdm bar.
 
-    With a `world`, `model` is the DDP wrapper and each rank trains on its part of every (global) batch;
-    the returned numbers are over all ranks. Raises Diverged once the loss is not finite (looked at every
-    CHECK_EVERY steps and at the end, so the device is not synced per batch).
+    With a `world`, `model` is the DDP wrapper and each rank trains on its part of every (global)
+    batch; the returned numbers are over all ranks. Raises Diverged once the loss is not finite
+    (looked at every CHECK_EVERY steps and at the end, so the device is not synced per batch).
     """
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
-    first_bad = torch.full((), -1, dtype=torch.int64, device=rt.device)  # first step with a non-finite loss
+    first_bad = torch.full(
+        (), -1, dtype=torch.int64, device=rt.device
+    )  # first step with a non-finite loss
     rates: list[float] = []
     seen = 0
     for x, y in batch_iter:
@@ -156,8 +188,9 @@ def train_one_epoch(
         if world is not None:
             size = len(y)
             x, y = world.part(x), world.part(y)
-            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share makes that
-            # average the gradient of the global batch's mean loss, also when the parts differ by one.
+            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share makes
+            # that average the gradient of the global batch's mean loss, also when the parts differ
+            # by one.
             scale = len(y) * world.size / size
         x, y = rt.images(x), y.to(rt.device, non_blocking=True)
         with rt.autocast():
@@ -173,45 +206,70 @@ def train_one_epoch(
         # Accumulate on the device: no host sync per batch.
         total_loss += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), len(rates), first_bad)
+        first_bad = torch.where(
+            (first_bad < 0) & ~torch.isfinite(loss.detach()), len(rates), first_bad
+        )
         seen += len(y)
         if len(rates) % CHECK_EVERY == 0 and int(first_bad) > 0:
             raise Diverged(int(first_bad), len(rates), rates[int(first_bad) - 1])
         if progress is not None:
             progress.update(1)
             if progress.n % 20 == 0:  # reading the totals syncs the device; not every batch
-                progress.set_postfix(loss=f"{float(total_loss) / seen:.4f}", acc=f"{int(correct) / seen:.4f}")
+                progress.set_postfix(
+                    loss=f"{float(total_loss) / seen:.4f}", acc=f"{int(correct) / seen:.4f}"
+                )
     if int(first_bad) > 0:
         raise Diverged(int(first_bad), len(rates), rates[int(first_bad) - 1])
     if world is not None:
-        totals = world.sum(torch.stack([total_loss, correct.double(), torch.tensor(float(seen), device=rt.device,
-                                                                                   dtype=torch.float64)]))
+        totals = world.sum(
+            torch.stack(
+                [
+                    total_loss,
+                    correct.double(),
+                    torch.tensor(float(seen), device=rt.device, dtype=torch.float64),
+                ]
+            )
+        )
         return float(totals[0]) / float(totals[2]), float(totals[1]) / float(totals[2])
     return float(total_loss) / seen, int(correct) / seen
 
 
-def validate(model: nn.Module, data: TrainData, rt: Runtime, world: World | None = None) -> tuple[float, float]:
-    """(loss, accuracy) on the validation set; with a `world` each rank scores its part and the sums are
-    all-reduced, which gives the same two numbers as one process would (up to float rounding)."""
+def validate(
+    model: nn.Module, data: TrainData, rt: Runtime, world: World | None = None
+) -> tuple[float, float]:
+    """(loss, accuracy) on the validation set; with a `world` each rank scores its part and the sums
+    are all-reduced, which gives the same two numbers as one process would (up to float
+    rounding)."""
     if world is None:
-        val_logits = models.logits(model, data.val_images, rt.device, rt.autocast_dtype, rt.channels_last)
+        val_logits = models.logits(
+            model, data.val_images, rt.device, rt.autocast_dtype, rt.channels_last
+        )
         labels = data.val_labels.cpu()
-        # Plain cross-entropy, not train.loss: with label smoothing the training loss is not a likelihood,
-        # and one scale lets runs with different losses be compared (nll on log-softmax is the same maths).
-        # In float64: a diverged model's huge but finite logits would overflow float32 to an infinite loss.
+        # Plain cross-entropy, not train.loss: with label smoothing the training loss is not a
+        # likelihood, and one scale lets runs with different losses be compared (nll on log-softmax
+        # is the same maths). In float64: a diverged model's huge but finite logits would overflow
+        # float32 to an infinite loss.
         loss = F.cross_entropy(val_logits.double(), labels)
         return float(loss), int((val_logits.argmax(1) == labels).sum()) / len(labels)
     world.sync_buffers(model)
-    part_logits = models.logits(model, world.part(data.val_images), rt.device, rt.autocast_dtype,
-                                rt.channels_last).double()
+    part_logits = models.logits(
+        model, world.part(data.val_images), rt.device, rt.autocast_dtype, rt.channels_last
+    ).double()
     part_labels = world.part(data.val_labels).cpu()
-    totals = world.sum(torch.stack([F.cross_entropy(part_logits, part_labels, reduction="sum"),
-                                    (part_logits.argmax(1) == part_labels).sum().double()]))
+    totals = world.sum(
+        torch.stack(
+            [
+                F.cross_entropy(part_logits, part_labels, reduction="sum"),
+                (part_logits.argmax(1) == part_labels).sum().double(),
+            ]
+        )
+    )
     return float(totals[0]) / len(data.val_labels), float(totals[1]) / len(data.val_labels)
 
 
 def _restore(state: TrainState, model: nn.Module, opt: Optimization) -> torch.Generator:
-    """Put a (resumed) state's weights, optimizer, schedule and RNGs in place; returns its shuffling generator."""
+    """Put a (resumed) state's weights, optimizer, schedule and RNGs in place; returns its shuffling
+    generator."""
     generator = torch.Generator()
     generator.set_state(state.generator)
     if state.model is not None:
@@ -224,9 +282,16 @@ def _restore(state: TrainState, model: nn.Module, opt: Optimization) -> torch.Ge
     return generator
 
 
-def _advance(state: TrainState, result: EpochResult, model: nn.Module, opt: Optimization, generator: torch.Generator,
-             cfg: TrainParams) -> TrainState:
-    """The state after the epoch `result` describes (a copy of the weights kept when it is the best so far)."""
+def _advance(
+    state: TrainState,
+    result: EpochResult,
+    model: nn.Module,
+    opt: Optimization,
+    generator: torch.Generator,
+    cfg: TrainParams,
+) -> TrainState:
+    """The state after the epoch `result` describes (a copy of the weights kept when it is the best
+    so far)."""
     better = state.best_state is None or result.val_accuracy > state.best_acc + cfg.min_delta
     return replace(
         state,
@@ -237,8 +302,15 @@ def _advance(state: TrainState, result: EpochResult, model: nn.Module, opt: Opti
         optimizer=opt.optimizer.state_dict(),
         scheduler=opt.scheduler.state_dict() if opt.scheduler is not None else None,
         history=(*state.history, result),
-        **({"best_acc": result.val_accuracy, "best_epoch": result.epoch,
-            "best_state": {k: v.detach().clone() for k, v in model.state_dict().items()}} if better else {}),
+        **(
+            {
+                "best_acc": result.val_accuracy,
+                "best_epoch": result.epoch,
+                "best_state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            }
+            if better
+            else {}
+        ),
     )
 
 
@@ -253,37 +325,48 @@ def fit(
     progress: bool = False,
     world: World | None = None,
 ) -> TrainState:
-    """Train from `state` (fresh or a checkpoint) until the epochs or the patience run out, or `on_epoch`
-    returns True (a sweep's pruner stopping a trial); the model ends with its best weights. Resuming a
-    state an interrupted run handed to `on_epoch` ends with exactly the weights of an uninterrupted run.
-    With a `world` (several processes), every rank calls this with the same state and data: they draw
-    the same global batches and each trains on its part of them (and `on_epoch` returns the same on all).
-    Raises PipelineError when the training loss becomes NaN or infinite."""
+    """Train from `state` (fresh or a checkpoint) until the epochs or the patience run out, or
+    `on_epoch` returns True (a sweep's pruner stopping a trial); the model ends with its best
+    weights. Resuming a state an interrupted run handed to `on_epoch` ends with exactly the weights
+    of an uninterrupted run. With a `world` (several processes), every rank calls this with the same
+    state and data: they draw the same global batches and each trains on its part of them (and
+    `on_epoch` returns the same on all). Raises PipelineError when the training loss becomes NaN or
+    infinite."""
     generator = _restore(state, model, opt)
     steps = data.batches_per_epoch(cfg.batch_size)
     trained = model if world is None else world.data_parallel(model, rt.device)
     while not state.finished(cfg):
         epoch, start = state.epoch + 1, time.perf_counter()
         lr = opt.optimizer.param_groups[0]["lr"]
-        shuffled = data.fit_idx[torch.randperm(len(data.fit_idx), generator=generator).to(rt.device)]
+        shuffled = data.fit_idx[
+            torch.randperm(len(data.fit_idx), generator=generator).to(rt.device)
+        ]
         if world is not None:
             world.reseed(generator)
         batch_iter = batches(data.images, data.labels, shuffled, cfg.batch_size, drop_last=True)
         if data.augment:
             kind = data.augment
             batch_iter = ((augment.batch(x, generator, kind), y) for x, y in batch_iter)
-        with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress) as bar:
+        with tqdm(
+            total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress
+        ) as bar:
             try:
-                train_loss, train_acc = train_one_epoch(trained, batch_iter, opt, rt, bar if progress else None, world)
+                train_loss, train_acc = train_one_epoch(
+                    trained, batch_iter, opt, rt, bar if progress else None, world
+                )
             except Diverged as exc:
                 raise PipelineError(
-                    f"train: the training loss became NaN or infinite at epoch {epoch}, step {exc.step} "
-                    f"(learning rate {exc.lr:.3g}): training diverged; lower train.lr (e.g. {exc.lr / 10:.3g}), "
+                    f"train: the training loss became NaN or infinite at epoch {epoch}, step "
+                    f"{exc.step} "
+                    f"(learning rate {exc.lr:.3g}): training diverged; lower train.lr (e.g. "
+                    f"{exc.lr / 10:.3g}), "
                     "set train.grad_clip (e.g. 1.0), or use train.scheduler onecycle"
                 ) from None
         opt.after_epoch()
         val_loss, val_acc = validate(model, data, rt, world)
-        result = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start)
+        result = EpochResult(
+            epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start
+        )
         state = _advance(state, result, model, opt, generator, cfg)
         if on_epoch(result, state):
             break

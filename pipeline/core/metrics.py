@@ -1,10 +1,12 @@
-"""Test-set metrics from logits (accuracy, loss, macro F1, per-class accuracy, confusion) and their MLflow names.
+"""Test-set metrics from logits (accuracy, loss, macro F1, per-class accuracy, confusion) and their
+MLflow names.
 
 The same values appear under two spellings: `metrics/eval.json` keys (`accuracy`,
 `per_class_accuracy.<class>` once flattened) and MLflow metric names (`test_accuracy`,
 `test_class_accuracy/<class>`, prefixed so they do not collide with the per-epoch curves).
 `mlflow_name` is the one mapping between them.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -22,13 +24,19 @@ CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_
 
 
 def mlflow_name(key: str) -> str:
-    """The MLflow metric name of a flattened metrics/eval.json key. A class name (a folder's, any Unicode) keeps
-    the letters, digits, spaces and `_ - . : /` MLflow allows in names; anything else becomes `_`."""
+    """The MLflow metric name of a flattened metrics/eval.json key. A class name (a folder's, any
+    Unicode) keeps the letters, digits, spaces and `_ - . : /` MLflow allows in names; anything else
+    becomes `_`."""
     if key.startswith("per_class_accuracy."):
         cleaned = re.sub(r"[^\w.\- :/]", "_", key.split(".", 1)[1])
-        # A slash is kept (Fashion-MNIST's "T-shirt/top") where it leaves a plain path, as MLflow requires.
+        # A slash is kept (Fashion-MNIST's "T-shirt/top") where it leaves a plain path, as MLflow
+        # requires.
         name = CLASS_ACCURACY_PREFIX + cleaned
-        return name if posixpath.normpath(name) == name else CLASS_ACCURACY_PREFIX + cleaned.replace("/", "_")
+        return (
+            name
+            if posixpath.normpath(name) == name
+            else CLASS_ACCURACY_PREFIX + cleaned.replace("/", "_")
+        )
     return TEST_PREFIX + key
 
 
@@ -47,8 +55,8 @@ class Report:
 
     @property
     def at_chance_level(self) -> bool:
-        """No better than guessing: accuracy within a point of always answering the most frequent class (or
-        of 1/classes), as a diverged model or one collapsed to a single output scores."""
+        """No better than guessing: accuracy within a point of always answering the most frequent
+        class (or of 1/classes), as a diverged model or one collapsed to a single output scores."""
         counts = self.confusion.sum(1)
         baseline = max(float(counts.max()) / max(int(counts.sum()), 1), 1 / len(counts))
         return self.accuracy <= baseline + 0.01
@@ -75,13 +83,19 @@ class Report:
         """Every metric under its MLflow name."""
         return {
             **{mlflow_name(k): v for k, v in self.scalars().items()},
-            **_unique({mlflow_name(f"per_class_accuracy.{n}"): a for n, a in self.per_class_accuracy.items()},
-                      self.per_class_accuracy),
+            **_unique(
+                {
+                    mlflow_name(f"per_class_accuracy.{n}"): a
+                    for n, a in self.per_class_accuracy.items()
+                },
+                self.per_class_accuracy,
+            ),
         }
 
 
 def _unique(named: dict[str, float], per_class: dict[str, float]) -> dict[str, float]:
-    """`named` with a number appended to names two classes share once cleaned ("a+b" and "a&b": "a_b", "a_b_2")."""
+    """`named` with a number appended to names two classes share once cleaned ("a+b" and "a&b":
+    "a_b", "a_b_2")."""
     if len(named) == len(per_class):
         return named
     out: dict[str, float] = {}
@@ -93,7 +107,9 @@ def _unique(named: dict[str, float], per_class: dict[str, float]) -> dict[str, f
     return out
 
 
-def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top_k: int = 3) -> Report:
+def report(
+    logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top_k: int = 3
+) -> Report:
     """All test metrics for one set of predictions."""
     k = len(class_names)
     predicted = logits.argmax(1)
@@ -109,7 +125,9 @@ def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
     in_top_k = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(1)
     return Report(
         accuracy=float(true_pos.sum() / len(labels)),
-        loss=float(F.cross_entropy(logits.double(), labels)),  # float64: huge finite logits stay finite
+        loss=float(
+            F.cross_entropy(logits.double(), labels)
+        ),  # float64: huge finite logits stay finite
         macro_f1=float(f1.mean()),
         macro_precision=float(precision.mean()),
         macro_recall=float(recall.mean()),
@@ -122,19 +140,28 @@ def report(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Softmax of the logits in float64 (rows sum to 1, as scikit-learn's multi-class AUC checks)."""
+    """Softmax of the logits in float64 (rows sum to 1, as scikit-learn's multi-class AUC
+    checks)."""
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
 def _roc_auc(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
-    """One-vs-rest ROC AUC per class, averaged weighted by class size: scikit-learn's roc_auc_score with
-    multi_class="ovr", average="weighted" (0.5 for constant scores). None when a class has no test image."""
+    """One-vs-rest ROC AUC per class, averaged weighted by class size: scikit-learn's roc_auc_score
+    with multi_class="ovr", average="weighted" (0.5 for constant scores). None when a class has no
+    test image."""
     from sklearn.metrics import roc_auc_score
 
     if len(torch.unique(labels)) < k:
         return None  # one-vs-rest AUC is undefined for a class with no positives
-    return float(roc_auc_score(labels.numpy(), _probabilities(logits), multi_class="ovr", average="weighted",
-                               labels=list(range(k))))
+    return float(
+        roc_auc_score(
+            labels.numpy(),
+            _probabilities(logits),
+            multi_class="ovr",
+            average="weighted",
+            labels=list(range(k)),
+        )
+    )
 
 
 def curves(
@@ -142,9 +169,9 @@ def curves(
 ) -> tuple[list[tuple[str, float, float]], list[tuple[str, float, float]]]:
     """One-vs-rest curves per class: ROC points (class, fpr, tpr) and precision-recall points
     (class, recall, precision), from scikit-learn's roc_curve and precision_recall_curve (both
-    drop_intermediate=True: only where a curve turns), thinned to CURVE_POINTS. Ties and constant scores
-    give the curves scikit-learn defines for them; a class without positives or without negatives among
-    the labels has no curve."""
+    drop_intermediate=True: only where a curve turns), thinned to CURVE_POINTS. Ties and constant
+    scores give the curves scikit-learn defines for them; a class without positives or without
+    negatives among the labels has no curve."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     probs = _probabilities(logits)
@@ -158,14 +185,16 @@ def curves(
         fpr, tpr, _ = roc_curve(positive, probs[:, c], drop_intermediate=True)
         roc += [(name, x, t) for x, t in _thin(fpr, tpr)]
         precision, recall, _ = precision_recall_curve(positive, probs[:, c], drop_intermediate=True)
-        # scikit-learn lists precision-recall from high recall to low; charts and CSV go left to right.
+        # scikit-learn lists precision-recall from high recall to low; charts and CSV go left to
+        # right.
         pr += [(name, r, p) for r, p in _thin(recall[::-1], precision[::-1])]
     return roc, pr
 
 
 def _thin(xs: np.ndarray, ys: np.ndarray, most: int = CURVE_POINTS) -> list[tuple[float, float]]:
     """At most `most` points, evenly spaced along the curve, both ends kept, rounded to 5 digits: a
-    weak model's curve turns at thousands of thresholds, more than a chart shows or git should hold."""
+    weak model's curve turns at thousands of thresholds, more than a chart shows or git should
+    hold."""
     keep = np.unique(np.linspace(0, len(xs) - 1, min(most, len(xs))).round().astype(int))
     return [(round(float(xs[i]), 5), round(float(ys[i]), 5)) for i in keep]
 

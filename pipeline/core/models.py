@@ -1,6 +1,7 @@
-"""The architectures train.model names (one function each; core.registry lists the names), the model every
-run trains and ships, and model.pt I/O. torch is imported inside the functions that use it.
+"""The architectures train.model names (one function each; core.registry lists the names), the model
+every run trains and ships, and model.pt I/O. torch is imported inside the functions that use it.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Architecture knobs from train.*; stored in model.pt so evaluate and predict rebuild the same net.
+    """Architecture knobs from train.*; stored in model.pt so evaluate and predict rebuild the same
+    net.
 
     No defaults here: they live in core.params (`options_from(TrainParams())` gives them).
     """
@@ -45,11 +47,11 @@ OPTIONS_BEFORE = {"cnn_stem": "pool", "cnn_hidden": 128}
 def cnn(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
     """Convolution blocks and a fully connected head of `cnn_hidden` units with dropout.
 
-    `cnn_stem` pool: every block a padded 3×3 convolution, (batch norm,) 2×2 max-pool and ReLU. stride2: the
-    first block a 5×5 convolution with stride 2, unpadded and unpooled (a quarter of the first block's
-    work, where the activations are largest), the next ones unpadded 3×3 convolutions with max-pool and
-    ReLU: LeNet's shape, as tuomaso/train_mnist_fast trains MNIST to 99.2 % in two epochs, with a strided
-    first convolution in place of its first pool.
+    `cnn_stem` pool: every block a padded 3×3 convolution, (batch norm,) 2×2 max-pool and ReLU.
+    stride2: the first block a 5×5 convolution with stride 2, unpadded and unpooled (a quarter of
+    the first block's work, where the activations are largest), the next ones unpadded 3×3
+    convolutions with max-pool and ReLU: LeNet's shape, as tuomaso/train_mnist_fast trains MNIST to
+    99.2 % in two epochs, with a strided first convolution in place of its first pool.
     """
     from torch import nn
 
@@ -62,18 +64,22 @@ def cnn(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) 
         layers += [nn.BatchNorm2d(cout)] if opt.batch_norm else []
         side = (side + 2 * pad - kernel) // stride + 1
         if not strided:
-            # Pool, then ReLU: the same numbers as ReLU then pool (both keep order), with ReLU and its
-            # backward on a quarter of the values.
+            # Pool, then ReLU: the same numbers as ReLU then pool (both keep order), with ReLU and
+            # its backward on a quarter of the values.
             layers += [nn.MaxPool2d(2)]
             side //= 2
         layers += [nn.ReLU(inplace=True)]
         cin = cout
     if side < 1:
-        raise PipelineError(f"train.cnn_channels: {len(opt.cnn_channels)} blocks shrink {image_size}px images to nothing")
+        raise PipelineError(
+            f"train.cnn_channels: {len(opt.cnn_channels)} blocks shrink {image_size}px images to "
+            "nothing"
+        )
     return nn.Sequential(
         *layers,
         nn.Flatten(),
-        # No dropout on the flattened feature map: drawing its mask costs a fifth of a CPU training step.
+        # No dropout on the flattened feature map: drawing its mask costs a fifth of a CPU training
+        # step.
         nn.Linear(cin * side * side, opt.cnn_hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(opt.dropout),
@@ -94,15 +100,22 @@ def mlp(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) 
 
 
 def resnet(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
-    """A small residual network for 28/32 px inputs: stem, three stages (32, 64, 128), global pooling."""
+    """A small residual network for 28/32 px inputs: stem, three stages (32, 64, 128), global
+    pooling."""
     from torch import nn
 
     from pipeline.core.layers import BasicBlock
 
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-        BasicBlock(32, 32, 1), BasicBlock(32, 64, 2), BasicBlock(64, 128, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes),
+        nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        BasicBlock(32, 32, 1),
+        BasicBlock(32, 64, 2),
+        BasicBlock(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
     )
 
 
@@ -110,9 +123,10 @@ SMALL_INPUT = 32  # pixels: at most this, resnet18 keeps full resolution through
 
 
 def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
-    """torchvision's ResNet-18. Up to SMALL_INPUT px (28/32 px datasets) its stem is a 3×3 stride-1 convolution
-    with no max-pool, so small pictures keep their detail; larger pictures (photographs) keep torchvision's
-    7×7 stride-2 stem and max-pool, a sixteenth of the work. Pretrained weights keep their stem's."""
+    """torchvision's ResNet-18. Up to SMALL_INPUT px (28/32 px datasets) its stem is a 3×3 stride-1
+    convolution with no max-pool, so small pictures keep their detail; larger pictures (photographs)
+    keep torchvision's 7×7 stride-2 stem and max-pool, a sixteenth of the work. Pretrained weights
+    keep their stem's."""
     from torch import nn
     from torchvision.models import ResNet18_Weights
     from torchvision.models import resnet18 as tv_resnet18
@@ -122,7 +136,8 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOpti
             net = tv_resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
         except (OSError, RuntimeError) as exc:
             raise PipelineError(
-                f"train.pretrained: could not get the ImageNet weights for resnet18 ({str(exc).splitlines()[0]}); "
+                "train.pretrained: could not get the ImageNet weights for resnet18 "
+                f"({str(exc).splitlines()[0]}); "
                 "set train.pretrained to false offline"
             ) from None
     else:
@@ -152,7 +167,9 @@ def build(
 ) -> ImageClassifier:
     """An ImageClassifier of the named architecture, freshly initialised from torch's global RNG."""
     if architecture not in ARCHITECTURES:
-        raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+        raise PipelineError(
+            f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+        )
     from pipeline.core.layers import ImageClassifier
 
     net = ARCHITECTURES[architecture](in_channels, image_size, num_classes, options)
@@ -184,7 +201,8 @@ def save(path: Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
-    """Rebuild the model saved by `save`, in eval mode on the CPU, and return it with its metadata."""
+    """Rebuild the model saved by `save`, in eval mode on the CPU, and return it with its
+    metadata."""
     import torch
 
     path = Path(path)
@@ -194,38 +212,59 @@ def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
         raise PipelineError(f"{path}: empty file; rerun the train stage (dvc repro -f train)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        stored = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get("options", {}).items()}
-        stored = {**OPTIONS_BEFORE, **stored}  # a model saved before these options existed had their old values
+        stored = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get("options", {}).items()
+        }
+        stored = {
+            **OPTIONS_BEFORE,
+            **stored,
+        }  # a model saved before these options existed had their old values
         options = ModelOptions(**{**stored, "pretrained": False})  # weights come from the file
-        shape = (ckpt["architecture"], ckpt["in_channels"], ckpt["image_size"], len(ckpt["class_names"]))
-        # A foreign file must not allocate terabytes: the network it describes may hold no more weights than
-        # the file brought (counted on the meta device, without a forward pass, which imports torch._dynamo).
+        shape = (
+            ckpt["architecture"],
+            ckpt["in_channels"],
+            ckpt["image_size"],
+            len(ckpt["class_names"]),
+        )
+        # A foreign file must not allocate terabytes: the network it describes may hold no more
+        # weights than the file brought (counted on the meta device, without a forward pass, which
+        # imports torch._dynamo).
         held = sum(t.numel() for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor))
         if weight_count(*shape, options) > held:
-            raise PipelineError(f"{path}: describes a larger network than the {held:,} weights it holds")
+            raise PipelineError(
+                f"{path}: describes a larger network than the {held:,} weights it holds"
+            )
         model = build(*shape, ckpt["mean"], ckpt["std"], options)
         model.load_state_dict(ckpt.pop("state_dict"))
     except PipelineError:
         raise
-    except Exception as exc:  # truncated, foreign or hostile: torch's unpickler and load_state_dict fail many ways
-        raise PipelineError(f"{path}: not a model written by the train stage ({first_line(exc)})") from None
+    except (
+        Exception
+    ) as exc:  # truncated, foreign or hostile: torch's unpickler and load_state_dict fail many ways
+        raise PipelineError(
+            f"{path}: not a model written by the train stage ({first_line(exc)})"
+        ) from None
     return model.eval(), ckpt
 
 
 # On 2 CPU cores channels_last batches of 256 run 2-4x faster than NCHW batches of 1000 (oneDNN's
-# native layout; activations that stay in the cache), with the same predictions (logits within 4e-6).
+# native layout; activations that stay in the cache), with the same predictions (logits within
+# 4e-6).
 INFERENCE_BATCH_SIZE = 256
 
 
 def logits(
-    model: nn.Module, images: torch.Tensor, device: torch.device | None = None,
-    autocast_dtype: torch.dtype | None = None, channels_last: bool = True,
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
 ) -> torch.Tensor:
-    """Float32 logits (N×classes, on the CPU) of `model` for `images` (N×C×H×W, uint8 or floats in [0, 1]; a
-    tensor, or anything sliced into tensors or arrays),
-    in order, in batches of INFERENCE_BATCH_SIZE, leaving the model in eval mode: what evaluate reports,
-    the served MLflow model answers, predict ranks and validation scores (there on the training device,
-    under its autocast dtype and memory format)."""
+    """Float32 logits (N×classes, on the CPU) of `model` for `images` (N×C×H×W, uint8 or floats in
+    [0, 1]; a tensor, or anything sliced into tensors or arrays),
+    in order, in batches of INFERENCE_BATCH_SIZE, leaving the model in eval mode: what evaluate
+    reports, the served MLflow model answers, predict ranks and validation scores (there on the
+    training device, under its autocast dtype and memory format)."""
     import torch
 
     model.eval()
@@ -236,41 +275,64 @@ def logits(
     cast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     out = []
     with torch.no_grad(), cast:
-        # Sliced, not split(): `images` may be pictures on disk (datasets.PagedImages), read a batch at a time.
+        # Sliced, not split(): `images` may be pictures on disk (datasets.PagedImages), read a batch
+        # at a time.
         for start in range(0, max(len(images), 1), INFERENCE_BATCH_SIZE):
             batch = torch.as_tensor(images[start : start + INFERENCE_BATCH_SIZE])
-            out.append(model(batch.to(device, non_blocking=True).contiguous(memory_format=layout)).float().cpu())
+            out.append(
+                model(batch.to(device, non_blocking=True).contiguous(memory_format=layout))
+                .float()
+                .cpu()
+            )
     return torch.cat(out)
 
 
 def meta_network(
     architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions
 ) -> nn.Module:
-    """The network on the meta device: every shape, no memory. Raises PipelineError for an unknown name."""
+    """The network on the meta device: every shape, no memory. Raises PipelineError for an unknown
+    name."""
     import torch
 
     if architecture not in ARCHITECTURES:
-        raise PipelineError(f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+        raise PipelineError(
+            f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+        )
     with torch.device("meta"):
-        return ARCHITECTURES[architecture](in_channels, image_size, num_classes, replace(options, pretrained=False))
+        return ARCHITECTURES[architecture](
+            in_channels, image_size, num_classes, replace(options, pretrained=False)
+        )
 
 
-def weight_count(architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions) -> int:
+def weight_count(
+    architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions
+) -> int:
     """Trainable and frozen parameters of the network, counted on the meta device."""
-    return sum(p.numel() for p in meta_network(architecture, in_channels, image_size, num_classes, options).parameters())
+    return sum(
+        p.numel()
+        for p in meta_network(
+            architecture, in_channels, image_size, num_classes, options
+        ).parameters()
+    )
 
 
 def training_bytes(
-    architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions, batch_size: int
+    architecture: str,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    options: ModelOptions,
+    batch_size: int,
 ) -> int:
-    """Rough bytes to train the model: weights, gradients and two optimizer moments, plus one batch's
-    activations and their gradients. Nothing is allocated: weights and activations are counted on the
-    meta device."""
+    """Rough bytes to train the model: weights, gradients and two optimizer moments, plus one
+    batch's activations and their gradients. Nothing is allocated: weights and activations are
+    counted on the meta device."""
     import torch
 
     net = meta_network(architecture, in_channels, image_size, num_classes, options)
     weights = sum(p.numel() for p in net.parameters())
-    # Every layer's output for one image, by a forward pass on the meta device (shapes only, nothing computed).
+    # Every layer's output for one image, by a forward pass on the meta device (shapes only, nothing
+    # computed).
     outputs: list[int] = []
     for module in net.modules():
         if not list(module.children()):
@@ -282,15 +344,22 @@ def training_bytes(
 
 
 def check_fits(
-    architecture: str, in_channels: int, image_size: int, num_classes: int, options: ModelOptions,
-    batch_size: int, blame: str,
+    architecture: str,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    options: ModelOptions,
+    batch_size: int,
+    blame: str,
 ) -> None:
-    """Refuse a model that would not fit in this machine's memory before a weight is allocated; `blame`
-    names what to change (a parameter, or the file the model came from)."""
+    """Refuse a model that would not fit in this machine's memory before a weight is allocated;
+    `blame` names what to change (a parameter, or the file the model came from)."""
     need = training_bytes(architecture, in_channels, image_size, num_classes, options, batch_size)
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have // 2:
         raise PipelineError(
-            f"{blame}: a {architecture} of this size needs about {need / 2**30:.1f} GiB to train with batch "
-            f"{batch_size}, more than half of this machine's {have / 2**30:.1f} GiB; choose a smaller one"
+            f"{blame}: a {architecture} of this size needs about {need / 2**30:.1f} GiB to train "
+            "with batch "
+            f"{batch_size}, more than half of this machine's {have / 2**30:.1f} GiB; choose a "
+            "smaller one"
         )

@@ -1,7 +1,8 @@
-"""Optimizer, learning-rate schedule and loss: one function per name train.optimizer, train.scheduler and
-train.loss accept (core.registry lists the names). torch is imported inside them: a stage that only checks
-its parameters does not pay for it.
+"""Optimizer, learning-rate schedule and loss: one function per name train.optimizer,
+train.scheduler and train.loss accept (core.registry lists the names). torch is imported inside
+them: a stage that only checks its parameters does not pay for it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -36,10 +37,17 @@ def adamw(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
 
 
 def sgd(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
-    """torch.optim.SGD with train.lr, train.momentum, train.nesterov (only with momentum) and train.weight_decay."""
+    """torch.optim.SGD with train.lr, train.momentum, train.nesterov (only with momentum) and
+    train.weight_decay."""
     from torch.optim import SGD
 
-    return SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+    return SGD(
+        p,
+        lr=c.lr,
+        momentum=c.momentum,
+        nesterov=c.nesterov and c.momentum > 0,
+        weight_decay=c.weight_decay,
+    )
 
 
 def adadelta(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
@@ -56,8 +64,8 @@ def rmsprop(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     return RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], TrainParams], Optimizer]] = registry.implementations(
-    globals(), registry.OPTIMIZERS
+OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], TrainParams], Optimizer]] = (
+    registry.implementations(globals(), registry.OPTIMIZERS)
 )
 
 
@@ -81,49 +89,57 @@ def cosine(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
 
 
 def onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
-    """torch's OneCycleLR up to train.lr and down over train.epochs × `steps` batches (Smith & Topin, 2017)."""
+    """torch's OneCycleLR up to train.lr and down over train.epochs × `steps` batches (Smith &
+    Topin, 2017)."""
     from torch.optim.lr_scheduler import OneCycleLR
 
-    # Momentum is cycled only where asked and there is some: Adam-style betas, or SGD/RMSprop momentum the
-    # user switched on (adadelta has none, and cycling would turn on momentum that train.momentum: 0 turned off).
+    # Momentum is cycled only where asked and there is some: Adam-style betas, or SGD/RMSprop
+    # momentum the user switched on (adadelta has none, and cycling would turn on momentum that
+    # train.momentum: 0 turned off).
     cycle = c.cycle_momentum and ("betas" in o.defaults or o.defaults.get("momentum", 0) > 0)
     return OneCycleLR(o, max_lr=c.lr, epochs=c.epochs, steps_per_epoch=steps, cycle_momentum=cycle)
 
 
 # (optimizer, train params, batches per epoch) -> schedule; None = a constant rate.
-SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None]] = registry.implementations(
-    globals(), registry.SCHEDULERS
+SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None]] = (
+    registry.implementations(globals(), registry.SCHEDULERS)
 )
 
 
 def cross_entropy(c: TrainParams) -> Loss:
-    """Cross-entropy on logits (N×classes float) and int64 labels (N), with train.label_smoothing."""
+    """Cross-entropy on logits (N×classes float) and int64 labels (N), with
+    train.label_smoothing."""
     import torch.nn.functional as F
 
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
 
 
 def nll(c: TrainParams) -> Loss:
-    """The tutorials' NLL on log-softmax outputs: the same maths as cross_entropy, smoothing included
-    (1 - s on the class, s spread evenly over all classes, as cross_entropy's label_smoothing does)."""
+    """The tutorials' NLL on log-softmax outputs: the same maths as cross_entropy, smoothing
+    included (1 - s on the class, s spread evenly over all classes, as cross_entropy's
+    label_smoothing does)."""
     import torch.nn.functional as F
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         log_probs = F.log_softmax(logits, dim=1)
         nll = F.nll_loss(log_probs, y)
-        # At smoothing 0 the second term is skipped, not multiplied by 0: 0 × a −inf log-probability is NaN.
+        # At smoothing 0 the second term is skipped, not multiplied by 0: 0 × a −inf log-probability
+        # is NaN.
         s = c.label_smoothing
         return nll if s == 0 else (1 - s) * nll - s * log_probs.mean(1).mean()
 
     return loss
 
 
-LOSSES: dict[str, Callable[[TrainParams], Loss]] = registry.implementations(globals(), registry.LOSSES)
+LOSSES: dict[str, Callable[[TrainParams], Loss]] = registry.implementations(
+    globals(), registry.LOSSES
+)
 
 
 @dataclass(frozen=True)
 class Optimization:
-    """What turns a loss into a weight update: built once per run, passed to the loop as one object."""
+    """What turns a loss into a weight update: built once per run, passed to the loop as one
+    object."""
 
     optimizer: Optimizer
     scheduler: LRScheduler | None
@@ -133,12 +149,20 @@ class Optimization:
 
     @classmethod
     def build(cls, model: nn.Module, cfg: TrainParams, steps_per_epoch: int) -> Optimization:
-        """Optimizer (over the parameters that are not frozen), schedule and loss named by `cfg`, for
-        `model` as it will be trained (device, layout). Raises KeyError for a name no registry holds
-        (core.params refuses those first)."""
-        optimizer = OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
+        """Optimizer (over the parameters that are not frozen), schedule and loss named by `cfg`,
+        for `model` as it will be trained (device, layout). Raises KeyError for a name no registry
+        holds (core.params refuses those first)."""
+        optimizer = OPTIMIZERS[cfg.optimizer](
+            [p for p in model.parameters() if p.requires_grad], cfg
+        )
         scheduler = SCHEDULERS[cfg.scheduler](optimizer, cfg, steps_per_epoch)
-        return cls(optimizer, scheduler, cfg.scheduler in registry.PER_BATCH_SCHEDULERS, LOSSES[cfg.loss](cfg), cfg.grad_clip)
+        return cls(
+            optimizer,
+            scheduler,
+            cfg.scheduler in registry.PER_BATCH_SCHEDULERS,
+            LOSSES[cfg.loss](cfg),
+            cfg.grad_clip,
+        )
 
     def after_batch(self) -> None:
         """Advance a per-batch schedule."""
@@ -149,4 +173,3 @@ class Optimization:
         """Advance a per-epoch schedule."""
         if self.scheduler is not None and not self.per_batch:
             self.scheduler.step()
-

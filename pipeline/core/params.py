@@ -1,4 +1,5 @@
-"""Every parameter of the pipeline, validated once into typed, frozen objects; params.yaml read as DVC reads it.
+"""Every parameter of the pipeline, validated once into typed, frozen objects; params.yaml read as
+DVC reads it.
 
 `params.yaml` is read here and nowhere else, with ruamel.yaml's safe loader exactly as DVC parses it
 (`dvc.utils.serialize.parse_yaml`, YAML 1.2): what `dvc exp run -S seed=4:2` records is what the
@@ -7,6 +8,7 @@ false). Each field carries its default (the only place it is written down), its 
 names: core.registry's) and a one-line help text; the parameter
 reference in docs/ is generated from the same fields (`python -m pipeline params-reference`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,27 +33,44 @@ MODEL_NAME_PATTERN = r"[^/:]{1,255}"
 
 @dataclass(frozen=True)
 class DataParams:
-    dataset: str = spec("mnist", "Dataset to train and evaluate on; folder = your own pictures (data.folder).",
-                        choices=tuple(datasets.DATASETS))
+    dataset: str = spec(
+        "mnist",
+        "Dataset to train and evaluate on; folder = your own pictures (data.folder).",
+        choices=tuple(datasets.DATASETS),
+    )
     folder: str = spec(
         "examples/images",
-        "folder: your pictures, one subfolder per class (or train/ and test/, optionally val/, each so), relative to "
+        "folder: your pictures, one subfolder per class (or train/ and test/, optionally val/, "
+        "each so), relative to "
         "the project root; a DVC dependency of the download stage.",
     )
     image_size: int | None = spec(
-        None, "folder: side of the square the pictures are resized and cropped to, in pixels; null = 64 (the "
-        "built-in datasets keep their own).", ge=8, le=1024,
+        None,
+        "folder: side of the square the pictures are resized and cropped to, in pixels; null = 64 "
+        "(the "
+        "built-in datasets keep their own).",
+        ge=8,
+        le=1024,
     )
     channels: int | None = spec(
-        None, "folder: 1 (grey) or 3 (colour); null = 3 (the built-in datasets keep their own).", ge=1, le=3,
+        None,
+        "folder: 1 (grey) or 3 (colour); null = 3 (the built-in datasets keep their own).",
+        ge=1,
+        le=3,
     )
     test_size: float = spec(
-        0.2, "folder without test/: the fraction of each class carved off once, at decoding, as the test split.",
-        gt=0, lt=1,
+        0.2,
+        "folder without test/: the fraction of each class carved off once, at decoding, as the "
+        "test split.",
+        gt=0,
+        lt=1,
     )
     val_size: int = spec(
-        5000, "Images carved out of the training split for validation (seeded, stratified), fewer than it "
-        "holds; for a folder at most a fifth of its pictures, and its val/ replaces it.", ge=1,
+        5000,
+        "Images carved out of the training split for validation (seeded, stratified), fewer than "
+        "it "
+        "holds; for a folder at most a fifth of its pictures, and its val/ replaces it.",
+        ge=1,
     )
     limit: int | None = spec(
         None, "Cap on the training images used for fitting, for quick runs; null = all.", ge=1
@@ -61,9 +80,12 @@ class DataParams:
         "Local folder with the dataset's original files, used before any download "
         "(relative to the project root); null = none.",
     )
-    augment: bool = spec(False, "Augment training batches: random shifts of up to 2 px for the grey 28 px datasets; "
-                         "random crop (4 px padding) and flip for CIFAR-10; random resized crop and flip "
-                         "(torchvision's) for a folder's photographs.")
+    augment: bool = spec(
+        False,
+        "Augment training batches: random shifts of up to 2 px for the grey 28 px datasets; "
+        "random crop (4 px padding) and flip for CIFAR-10; random resized crop and flip "
+        "(torchvision's) for a folder's photographs.",
+    )
 
 
 @dataclass(frozen=True)
@@ -74,59 +96,102 @@ class TrainParams:
         "resnet18 (torchvision's, adapted to small inputs).",
         choices=registry.ARCHITECTURES,
     )
-    mlp_hidden: tuple[int, ...] = spec((512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20)
+    mlp_hidden: tuple[int, ...] = spec(
+        (512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20
+    )
     cnn_channels: tuple[int, ...] = spec(
-        (24, 32), "cnn: output channels of each conv block (each halves the size, or so).", ge=1, le=1 << 16
+        (24, 32),
+        "cnn: output channels of each conv block (each halves the size, or so).",
+        ge=1,
+        le=1 << 16,
     )
     cnn_stem: str = spec(
-        "stride2", "cnn: the first block; pool = a 3×3 convolution and a 2×2 max-pool, like every block; stride2 = a "
-        "5×5 convolution with stride 2 (a quarter of the work), the later blocks unpadded (LeNet's shape).",
+        "stride2",
+        "cnn: the first block; pool = a 3×3 convolution and a 2×2 max-pool, like every block; "
+        "stride2 = a "
+        "5×5 convolution with stride 2 (a quarter of the work), the later blocks unpadded (LeNet's "
+        "shape).",
         choices=registry.CNN_STEMS,
     )
-    cnn_hidden: int = spec(256, "cnn: units of the fully connected layer before the output.", ge=1, le=1 << 16)
-    dropout: float = spec(0.0, "Dropout probability: mlp after each hidden layer, cnn before its last layer.", ge=0, lt=1)
-    batch_norm: bool = spec(
-        False, "cnn: batch normalisation after each convolution (off by default: slower on CPU for a small gain on MNIST; the accurate preset turns it on)."
+    cnn_hidden: int = spec(
+        256, "cnn: units of the fully connected layer before the output.", ge=1, le=1 << 16
     )
-    pretrained: bool = spec(False, "resnet18: start from torchvision's ImageNet weights (needs the network).")
+    dropout: float = spec(
+        0.0,
+        "Dropout probability: mlp after each hidden layer, cnn before its last layer.",
+        ge=0,
+        lt=1,
+    )
+    batch_norm: bool = spec(
+        False,
+        "cnn: batch normalisation after each convolution (off by default: slower on CPU for a "
+        "small gain on MNIST; the accurate preset turns it on).",
+    )
+    pretrained: bool = spec(
+        False, "resnet18: start from torchvision's ImageNet weights (needs the network)."
+    )
     freeze_backbone: bool = spec(False, "resnet18: train only the final classifier layer.")
     optimizer: str = spec("adam", "Optimizer.", choices=registry.OPTIMIZERS)
     lr: float = spec(0.01, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
     momentum: float = spec(0.9, "sgd and rmsprop: momentum.", ge=0, lt=1)
-    betas: tuple[float, ...] = spec((0.7, 0.9), "adam and adamw: the two decay rates of the moment estimates.",
-                                    ge=0, lt=1)
+    betas: tuple[float, ...] = spec(
+        (0.7, 0.9), "adam and adamw: the two decay rates of the moment estimates.", ge=0, lt=1
+    )
     cycle_momentum: bool = spec(
-        False, "onecycle: cycle the momentum (Adam's first beta) against the rate, 0.95 down to 0.85 and back.")
+        False,
+        "onecycle: cycle the momentum (Adam's first beta) against the rate, 0.95 down to 0.85 and "
+        "back.",
+    )
     nesterov: bool = spec(False, "sgd: Nesterov momentum.")
     weight_decay: float = spec(0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0)
-    loss: str = spec("cross_entropy", "Loss: cross_entropy on logits, or nll on log-softmax outputs.", choices=registry.LOSSES)
+    loss: str = spec(
+        "cross_entropy",
+        "Loss: cross_entropy on logits, or nll on log-softmax outputs.",
+        choices=registry.LOSSES,
+    )
     label_smoothing: float = spec(0.1, "Label smoothing (either loss).", ge=0, lt=1)
     batch_size: int = spec(256, "Training batch size.", ge=1)
     epochs: int = spec(2, "Maximum number of epochs.", ge=1)
     patience: int | None = spec(
         2, "Stop after this many epochs without a better validation accuracy; null = never.", ge=1
     )
-    min_delta: float = spec(0.0, "Smallest rise in validation accuracy that counts as better.", ge=0)
-    grad_clip: float | None = spec(None, "Clip the gradient norm to this value; null = no clipping.", gt=0)
+    min_delta: float = spec(
+        0.0, "Smallest rise in validation accuracy that counts as better.", ge=0
+    )
+    grad_clip: float | None = spec(
+        None, "Clip the gradient norm to this value; null = no clipping.", gt=0
+    )
     scheduler: str = spec(
-        "onecycle", "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.", choices=registry.SCHEDULERS
+        "onecycle",
+        "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.",
+        choices=registry.SCHEDULERS,
     )
     step_size: int = spec(1, "step: epochs between learning-rate decays.", ge=1)
     gamma: float = spec(0.7, "step: factor applied at each decay.", gt=0, lt=1)
     precision: str = spec(
-        "auto", "Autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32.", choices=PRECISIONS
+        "auto",
+        "Autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32.",
+        choices=PRECISIONS,
     )
     channels_last: bool = spec(True, "Use the channels_last memory format (faster convolutions).")
-    threads: int = spec(0, "CPU threads for torch (per process); 0 = one per core, shared out between train.processes.", ge=0)
+    threads: int = spec(
+        0,
+        "CPU threads for torch (per process); 0 = one per core, shared out between "
+        "train.processes.",
+        ge=0,
+    )
     processes: int = spec(
         1,
-        "Training processes on this machine (torchrun, gloo on CPU, NCCL on CUDA: one per GPU); each takes part "
-        "of every batch, so the batch size and the schedule stay the same. 1 = one plain process, no process group.",
+        "Training processes on this machine (torchrun, gloo on CPU, NCCL on CUDA: one per GPU); "
+        "each takes part "
+        "of every batch, so the batch size and the schedule stay the same. 1 = one plain process, "
+        "no process group.",
         ge=1,
     )
     portable: bool = spec(
         False,
-        "Byte-identical results on every x86 CPU with AVX2: pins ATen, oneDNN and MKL to AVX2 and runs fp32 "
+        "Byte-identical results on every x86 CPU with AVX2: pins ATen, oneDNN and MKL to AVX2 and "
+        "runs fp32 "
         "(needs train.threads >= 1; slower on AVX-512 CPUs, which lose bf16).",
     )
     device: str = spec("auto", "auto = cuda when available, else cpu.", choices=DEVICES)
@@ -139,20 +204,29 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class MlflowParams:
-    experiment_name: str = spec("image-classification", "MLflow experiment that every run lands in.")
+    experiment_name: str = spec(
+        "image-classification", "MLflow experiment that every run lands in."
+    )
     register_model: str | None = spec(
-        None, "Register the trained model under this name in the MLflow model registry; null = don't.",
+        None,
+        "Register the trained model under this name in the MLflow model registry; null = don't.",
         pattern=(MODEL_NAME_PATTERN, "a name without / or :"),
     )
     model_alias: str = spec(
-        "candidate", "Alias set on the registered model version.",
-        pattern=(ALIAS_PATTERN, "letters, digits, _ and - (not 'latest' or v<number>, which MLflow reserves)"),
+        "candidate",
+        "Alias set on the registered model version.",
+        pattern=(
+            ALIAS_PATTERN,
+            "letters, digits, _ and - (not 'latest' or v<number>, which MLflow reserves)",
+        ),
     )
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = spec(42, "Seed for the validation split, initialisation and shuffling.", ge=0, lt=1 << 32)
+    seed: int = spec(
+        42, "Seed for the validation split, initialisation and shuffling.", ge=0, lt=1 << 32
+    )
     data: DataParams = field(default_factory=DataParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
@@ -160,8 +234,11 @@ class Params:
 
 
 def dump_yaml(params: Params) -> str:
-    """The parameters as the text of a params.yaml file (every key; read back by read_yaml to equal values)."""
-    return write_yaml({k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()})
+    """The parameters as the text of a params.yaml file (every key; read back by read_yaml to equal
+    values)."""
+    return write_yaml(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()}
+    )
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -175,54 +252,74 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
     if len(data) > MAX_FILE_BYTES:
-        raise PipelineError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a parameters file")
+        raise PipelineError(
+            f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a parameters file"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PipelineError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     raw = read_yaml(text, str(path))
     if raw is None:
-        raise PipelineError(f"{path}: empty; it must hold the parameters (git checkout {path} restores them)")
+        raise PipelineError(
+            f"{path}: empty; it must hold the parameters (git checkout {path} restores them)"
+        )
     return parse_params(raw, source=str(path))
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
-    """Validate a plain mapping (as loaded from YAML) into Params, each value and then the combinations."""
+    """Validate a plain mapping (as loaded from YAML) into Params, each value and then the
+    combinations."""
     params = build(Params, raw, prefix="", source=source)
     train = params.train
     if train.portable and train.threads == 0:
-        raise PipelineError(f"{source}: train.threads must be >= 1 with train.portable (thread count changes sums)")
+        raise PipelineError(
+            f"{source}: train.threads must be >= 1 with train.portable (thread count changes sums)"
+        )
     if train.portable and (train.precision == "bf16" or train.device == "cuda"):
         key = "train.precision" if train.precision == "bf16" else "train.device"
-        raise PipelineError(f"{source}: {key} must not be {getattr(train, key.split('.')[1])} with train.portable (CPU fp32 only)")
+        raise PipelineError(
+            f"{source}: {key} must not be {getattr(train, key.split('.')[1])} with train.portable "
+            "(CPU fp32 only)"
+        )
     if train.batch_size < train.processes:
         raise PipelineError(
-            f"{source}: train.batch_size must be >= train.processes (each process takes part of every batch), "
+            f"{source}: train.batch_size must be >= train.processes (each process takes part of "
+            "every batch), "
             f"got {train.batch_size} < {train.processes}"
         )
     if len(train.betas) != 2:
-        raise PipelineError(f"{source}: train.betas must be a list of two numbers >= 0 and < 1, got {list(train.betas)}")
+        raise PipelineError(
+            f"{source}: train.betas must be a list of two numbers >= 0 and < 1, got "
+            f"{list(train.betas)}"
+        )
     data = params.data
     if data.channels == 2:
         raise PipelineError(f"{source}: data.channels must be 1, 3 or null, got 2")
     builtin = datasets.get(data.dataset)
     for key, own in (("image_size", builtin.image_size), ("channels", builtin.channels)):
         if not builtin.from_folder and getattr(data, key) not in (None, own):
-            raise PipelineError(f"{source}: data.{key} applies to data.dataset folder; {data.dataset} has its own "
-                                f"({own}), so leave it null, got {getattr(data, key)}")
+            raise PipelineError(
+                f"{source}: data.{key} applies to data.dataset folder; {data.dataset} has its own "
+                f"({own}), so leave it null, got {getattr(data, key)}"
+            )
     if params.data.val_size < train.processes:
         raise PipelineError(
-            f"{source}: data.val_size must be >= train.processes (each process scores part of the validation "
+            f"{source}: data.val_size must be >= train.processes (each process scores part of the "
+            "validation "
             f"images), got {params.data.val_size} < {train.processes}"
         )
     return params
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
-    """Parameters (a dataclass of them, or the nested mapping of a YAML file) as `{dotted.key: value}`,
-    the names `dvc exp run -S` and MLflow use."""
-    items = ({f.name: getattr(params, f.name) for f in dataclasses.fields(params)}.items()
-             if dataclasses.is_dataclass(params) else params.items())
+    """Parameters (a dataclass of them, or the nested mapping of a YAML file) as
+    `{dotted.key: value}`, the names `dvc exp run -S` and MLflow use."""
+    items = (
+        {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}.items()
+        if dataclasses.is_dataclass(params)
+        else params.items()
+    )
     out: dict[str, Any] = {}
     for name, value in items:
         if dataclasses.is_dataclass(value) or isinstance(value, dict):
@@ -259,7 +356,8 @@ def with_values(base: Params, values: dict[str, Any], source: str) -> Params:
 
 
 def cli_value(value: Any) -> str:
-    """A value as `dvc exp run -S key=VALUE` parses it back to the same YAML value (lists, true, null)."""
+    """A value as `dvc exp run -S key=VALUE` parses it back to the same YAML value (lists, true,
+    null)."""
     if isinstance(value, bool) or value is None or isinstance(value, (list, tuple)):
         return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
     return repr(value) if isinstance(value, float) else str(value)

@@ -1,4 +1,5 @@
 """Where the stages read and write, relative to the project root (DVC runs every stage there)."""
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,17 @@ PRECISION_RECALL_PLOT = Path("plots/precision_recall.csv")
 TEST_SAMPLES_PLOT = Path("plots/test_predictions.png")
 TRAIN_SAMPLES_PLOT = Path("plots/train_samples.png")
 CHECKPOINT = Path("checkpoints/train.pt")
-# What DVC and the stages rewrite during a plain run: not "code" when deciding whether a run's code was
-# committed (the outputs' folders, the lock file, and params.yaml, which `dvc exp run -S` edits).
-NOT_CODE = (PARAMS, Path("dvc.lock"), RAW.parent, MODEL.parent, TRAIN_METRICS.parent, TRAIN_PLOT.parent)  # not a DVC output: DVC would delete it before a resume
+# What DVC and the stages rewrite during a plain run: not "code" when deciding whether a run's code
+# was committed (the outputs' folders, the lock file, and params.yaml, which `dvc exp run -S`
+# edits).
+NOT_CODE = (
+    PARAMS,
+    Path("dvc.lock"),
+    RAW.parent,
+    MODEL.parent,
+    TRAIN_METRICS.parent,
+    TRAIN_PLOT.parent,
+)  # not a DVC output: DVC would delete it before a resume
 
 
 def project_root() -> Path:

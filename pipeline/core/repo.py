@@ -1,4 +1,5 @@
 """The git checkout and child processes: the one git helper and the one environment scrubber."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def git(*args: str, cwd: Path | None = None, check: bool = True) -> str:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child `dvc`/`python`: this interpreter's bin first on PATH, and none of the
-    MLFLOW_*/DVC_* variables of the caller (a child pipeline must pick its own store and root)."""
+    """The environment for a child `dvc`/`python`: this interpreter's bin first on PATH, and none of
+    the MLFLOW_*/DVC_* variables of the caller (a child pipeline must pick its own store and
+    root)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)

@@ -3,6 +3,7 @@
 What these decide changes the numbers a run produces (and how fast), so they are decided here alone,
 from the parameters and what this machine has, and recorded with every run (metrics/train.json).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,8 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def place(self, model: nn.Module) -> nn.Module:
-        """Move `model` to the device and memory format it is trained in (before its optimizer is built)."""
+        """Move `model` to the device and memory format it is trained in (before its optimizer is
+        built)."""
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -51,8 +53,8 @@ class Runtime:
 
 
 def bf16_native(device: torch.device) -> bool:
-    """Whether bf16 runs natively: the CPU has AVX512-BF16 or AMX-BF16 (cpu.native_bf16, from its own
-    flags), or the GPU supports it. Elsewhere bf16 autocast is emulated and slower than fp32."""
+    """Whether bf16 runs natively: the CPU has AVX512-BF16 or AMX-BF16 (cpu.native_bf16, from its
+    own flags), or the GPU supports it. Elsewhere bf16 autocast is emulated and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return cpu.native_bf16()
@@ -66,8 +68,8 @@ def uses_cuda(cfg: TrainParams) -> bool:
 
 
 def make_runtime(cfg: TrainParams, world: World | None = None) -> Runtime:
-    """Pick device, threads and precision from the parameters and what this machine has (and, for one of
-    several processes, its GPU or its share of the cores)."""
+    """Pick device, threads and precision from the parameters and what this machine has (and, for
+    one of several processes, its GPU or its share of the cores)."""
     cuda = uses_cuda(cfg)
     device = torch.device("cuda" if cuda else "cpu")
     if cuda and world is not None:
@@ -81,9 +83,9 @@ def make_runtime(cfg: TrainParams, world: World | None = None) -> Runtime:
 
 
 def uses_bf16(cfg: TrainParams, native: bool) -> bool:
-    """Whether training autocasts to bf16: asked for, or `auto` where the device computes bf16 natively
-    (`native`). Emulated bf16 (an AVX-512 CPU without AVX512-BF16/AMX) is slower than fp32, and a
-    portable run is fp32 by definition."""
+    """Whether training autocasts to bf16: asked for, or `auto` where the device computes bf16
+    natively (`native`). Emulated bf16 (an AVX-512 CPU without AVX512-BF16/AMX) is slower than fp32,
+    and a portable run is fp32 by definition."""
     return cfg.precision == "bf16" or (cfg.precision == "auto" and native and not cfg.portable)
 
 
@@ -98,8 +100,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # The same switch as torch.use_deterministic_algorithms(True) (its documented alternative interface),
-    # without importing torch._inductor's config for a compiler this pipeline never runs.
+    # The same switch as torch.use_deterministic_algorithms(True) (its documented alternative
+    # interface), without importing torch._inductor's config for a compiler this pipeline never
+    # runs.
     torch.set_deterministic_debug_mode("error")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True

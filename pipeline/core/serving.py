@@ -1,15 +1,17 @@
-"""The model MLflow serves and loads (`mlflow models serve -m models:/ID`, `mlflow.pyfunc.load_model`).
+"""The model MLflow serves and loads (`mlflow models serve -m models:/ID`,
+`mlflow.pyfunc.load_model`).
 
-A models-from-code file logged with this package as its code: it rebuilds the network from the run's models/model.pt exactly
-as evaluate and predict do. (Not a torch.export program: loading one imports torch._dynamo, about
-4 s of a 10 s server start.)
+A models-from-code file logged with this package as its code: it rebuilds the network from the run's
+models/model.pt exactly as evaluate and predict do. (Not a torch.export program: loading one imports
+torch._dynamo, about 4 s of a 10 s server start.)
 
-Input: images N×C×H×W (N×H×W for one channel), pixels either integers 0-255 or floats in [0, 1], of any
-height and width (resized and centre-cropped as the training pictures were).
+Input: images N×C×H×W (N×H×W for one channel), pixels either integers 0-255 or floats in [0, 1], of
+any height and width (resized and centre-cropped as the training pictures were).
 JSON keeps that difference only if MLflow does not cast the request to a dtype first, so the
 signature is an untyped tensor and this class checks shape, dtype and range itself: anything else
 is refused with HTTP 400 and one line naming what was expected, never answered with wrong logits.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,17 +27,18 @@ from mlflow.pyfunc import PythonModel
 if TYPE_CHECKING:
     import torch
 
-# torch is imported where the model is loaded or run, not at the top: MLflow also runs this file when
-# it stores the model (tracking.log_model), in a process that has no other use for torch's import of seconds.
+# torch is imported where the model is loaded or run, not at the top: MLflow also runs this file
+# when it stores the model (tracking.log_model), in a process that has no other use for torch's
+# import of seconds.
 
 
 class InputError(MlflowException):
     """A refused request: HTTP 400 whose JSON message is our one line.
 
-    MLflow's scoring server prefixes a model's error message with the whole input (`Failed to predict
-    data '<numpy repr>'`), many lines of digits; the JSON it answers with (MlflowException's public
-    `serialize_as_json`) carries the line this error was raised with instead. tests/test_serving.py
-    checks the answer of a real `mlflow models serve`.
+    MLflow's scoring server prefixes a model's error message with the whole input (`Failed to
+    predict data '<numpy repr>'`), many lines of digits; the JSON it answers with (MlflowException's
+    public `serialize_as_json`) carries the line this error was raised with instead.
+    tests/test_serving.py checks the answer of a real `mlflow models serve`.
     """
 
     def __init__(self, message: str) -> None:
@@ -47,8 +50,9 @@ class InputError(MlflowException):
 
 
 def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
-    """The request as a uint8 or float32 N×C×size×size tensor, or InputError naming what is wrong. Pictures of
-    another height and width are resized and centre-cropped as the training pictures were (core.images)."""
+    """The request as a uint8 or float32 N×C×size×size tensor, or InputError naming what is wrong.
+    Pictures of another height and width are resized and centre-cropped as the training pictures
+    were (core.images)."""
     import torch
 
     x = np.asarray(values)
@@ -56,13 +60,17 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
         try:
             x = np.array(x.tolist())
         except ValueError:
-            raise InputError("images must be a rectangular array (every image the same size)") from None
+            raise InputError(
+                "images must be a rectangular array (every image the same size)"
+            ) from None
     received = tuple(x.shape)  # as the client sent it (JSON carries no length for an empty row)
     if x.ndim == 3 and channels == 1:
         x = x[:, None]
     expected = f"(N, {channels}, H, W)" + (" or (N, H, W)" if channels == 1 else "")
     if x.ndim != 4 or x.shape[1] != channels or 0 in x.shape[2:]:
-        raise InputError(f"images must have shape {expected} (resized to {size}×{size}); got {received}")
+        raise InputError(
+            f"images must have shape {expected} (resized to {size}×{size}); got {received}"
+        )
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
             raise InputError(f"integer pixels must be 0-255; got {x.min()} to {x.max()}")
@@ -70,7 +78,8 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
     elif x.dtype.kind == "f":
         if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
             raise InputError(
-                f"float pixels must be in [0, 1] (send 0-255 values as integers); got {np.nanmin(x):g} to {np.nanmax(x):g}"
+                "float pixels must be in [0, 1] (send 0-255 values as integers); got "
+                f"{np.nanmin(x):g} to {np.nanmax(x):g}"
             )
         x = x.astype(np.float32)
     else:
@@ -81,7 +90,8 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
 
 
 def _resized(x: np.ndarray, channels: int, size: int) -> np.ndarray:
-    """Pictures N×C×H×W (uint8, or floats in [0, 1], taken to 0-255) through core.images.prepare, as uint8."""
+    """Pictures N×C×H×W (uint8, or floats in [0, 1], taken to 0-255) through core.images.prepare, as
+    uint8."""
     from PIL import Image
 
     from pipeline.core.images import prepare
@@ -101,8 +111,11 @@ class ImageModel(PythonModel):
         self.model, meta = models.load(Path(context.artifacts["model"]))
         self.channels, self.size = meta["in_channels"], meta["image_size"]
 
-    # np.ndarray is a hint MLflow passes through unchanged (no schema of its own): as_images is the validation.
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+    # np.ndarray is a hint MLflow passes through unchanged (no schema of its own): as_images is the
+    # validation.
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         from pipeline.core import models
 
         return models.logits(self.model, as_images(model_input, self.channels, self.size)).numpy()

@@ -1,9 +1,11 @@
-"""The `train` stage's work in-process: `train(params, tracker)`, called by the stage, the benchmark and the tests.
+"""The `train` stage's work in-process: `train(params, tracker)`, called by the stage, the benchmark
+and the tests.
 
 Loads the fitting and validation images, builds the model, runs the loop (resuming a matching
 checkpoint), and writes the model, the run file, the metrics and the curves. What it tells the
 tracker is all the tracking there is: with the base `Tracker` nothing is logged anywhere.
 """
+
 from __future__ import annotations
 
 import os
@@ -87,7 +89,8 @@ class Inputs:
     options: models.ModelOptions
     shape: tuple[str, int, int, int]  # architecture, channels, image size, classes
     norm: normalization.ChannelStats
-    images: Any  # uint8 N×C×H×W, the whole training split: a tensor, or datasets.PagedImages (a folder's)
+    # uint8 N×C×H×W, the whole training split: a tensor, or datasets.PagedImages (a folder's).
+    images: Any
     labels: torch.Tensor  # int64 N
     fit_idx: torch.Tensor
     val_images: torch.Tensor  # uint8, carved from the training split or a folder's val/
@@ -95,33 +98,53 @@ class Inputs:
 
 
 def load_inputs(params: Params) -> Inputs:
-    """The dataset, statistics and split of a run; refuses a model this machine cannot hold before any
-    data is loaded (PipelineError naming the parameter)."""
+    """The dataset, statistics and split of a run; refuses a model this machine cannot hold before
+    any data is loaded (PipelineError naming the parameter)."""
     cfg = params.train
     spec = datasets.describe(params.data.dataset, paths.RAW)
     if spec.from_folder:
-        want = (params.data.image_size or datasets.get("folder").image_size, params.data.channels or spec.channels)
+        want = (
+            params.data.image_size or datasets.get("folder").image_size,
+            params.data.channels or spec.channels,
+        )
         if want != (spec.image_size, spec.channels):
-            raise PipelineError(f"{paths.RAW}: its pictures are {spec.image_size} px with {spec.channels} channel(s), "
-                                f"not data.image_size {want[0]} with {want[1]}; rerun the download stage (dvc repro)")
+            raise PipelineError(
+                f"{paths.RAW}: its pictures are {spec.image_size} px with {spec.channels} "
+                "channel(s), "
+                f"not data.image_size {want[0]} with {want[1]}; rerun the download stage (dvc "
+                "repro)"
+            )
     options = models.options_from(cfg)
     shape = (cfg.model, spec.channels, spec.image_size, spec.num_classes)
-    blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(cfg.model, "train.batch_size")
+    blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(
+        cfg.model, "train.batch_size"
+    )
     models.check_fits(*shape, options, cfg.batch_size, blame)
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     own_val = datasets.read_validation(spec, paths.RAW)
     if own_val is not None:  # the folder's val/: every training picture is for fitting
-        fit_idx = torch.from_numpy(splits.limited(np.arange(len(labels)), params.seed, params.data.limit))
-        val_images, val_labels = torch.from_numpy(np.array(own_val[0])), torch.from_numpy(own_val[1])
+        fit_idx = torch.from_numpy(
+            splits.limited(np.arange(len(labels)), params.seed, params.data.limit)
+        )
+        val_images, val_labels = (
+            torch.from_numpy(np.array(own_val[0])),
+            torch.from_numpy(own_val[1]),
+        )
     else:
-        fit_idx, val_idx = map(torch.from_numpy, splits.split_indices(labels, params.data.val_size, params.seed,
-                                                                      params.data.limit, spec.from_folder))
+        fit_idx, val_idx = map(
+            torch.from_numpy,
+            splits.split_indices(
+                labels, params.data.val_size, params.seed, params.data.limit, spec.from_folder
+            ),
+        )
         val_images, val_labels = images[val_idx], labels[val_idx]
     return Inputs(spec, options, shape, norm, images, labels, fit_idx, val_images, val_labels)
 
 
-def logged_params(params: Params, world: World | None) -> tuple[dict[str, object], dict[str, object]]:
+def logged_params(
+    params: Params, world: World | None
+) -> tuple[dict[str, object], dict[str, object]]:
     """(the parameters the run logs, the fingerprint a resumable checkpoint must match)."""
     # evaluate.* are logged by the evaluate stage, which is the one that reads them.
     logged = {k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")}
@@ -131,7 +154,9 @@ def logged_params(params: Params, world: World | None) -> tuple[dict[str, object
     return logged, resumable
 
 
-def find_checkpoint(fingerprint: str, world: World | None, log: Callable[[str], None]) -> checkpoints.Checkpoint | None:
+def find_checkpoint(
+    fingerprint: str, world: World | None, log: Callable[[str], None]
+) -> checkpoints.Checkpoint | None:
     """The checkpoint this run resumes from, if one matches (rank 0's, for every rank)."""
     resume, notice = checkpoints.load(fingerprint) if world is None or world.lead else (None, None)
     if world is not None:
@@ -140,14 +165,19 @@ def find_checkpoint(fingerprint: str, world: World | None, log: Callable[[str], 
     if notice:
         log(notice)
     if resume is not None:
-        log(f"resuming from the checkpoint after epoch {resume.state.epoch} (MLflow run {resume.run_id})")
+        log(
+            f"resuming from the checkpoint after epoch {resume.state.epoch} (MLflow run "
+            f"{resume.run_id})"
+        )
     return resume
 
 
 def epoch_line(r: EpochResult, epochs: int) -> str:
     """The line a person reads after each epoch."""
-    return (f"epoch {r.epoch}/{epochs}: train_loss {r.train_loss:.4f} train_acc {r.train_accuracy:.4f} "
-            f"val_loss {r.val_loss:.4f} val_acc {r.val_accuracy:.4f} lr {r.lr:.2e} ({r.seconds:.1f}s)")
+    return (
+        f"epoch {r.epoch}/{epochs}: train_loss {r.train_loss:.4f} train_acc {r.train_accuracy:.4f} "
+        f"val_loss {r.val_loss:.4f} val_acc {r.val_accuracy:.4f} lr {r.lr:.2e} ({r.seconds:.1f}s)"
+    )
 
 
 def train(
@@ -159,49 +189,76 @@ def train(
     tags: Mapping[str, str] | None = None,
     world: World | None = None,
 ) -> TrainOutcome:
-    """Fit on the fitting split, validate every epoch, keep the best weights; write every train output.
+    """Fit on the fitting split, validate every epoch, keep the best weights; write every train
+    output.
 
-    `log` gets the lines a person reads (header, one per epoch, resume notices); `on_epoch` gets each
-    epoch's result as it finishes (while the run is open, on rank 0) and returns True to prune: training
-    stops there and ends like an early stop, with the best weights so far and every output written;
-    `progress` shows tqdm bars; `tags` are set on the run (e.g. the sweep trial it belongs to). With a
-    `world` (one of several processes under torchrun) every rank trains its part of each batch; only
-    rank 0 writes outputs and checkpoints, and the caller gives the other ranks the base Tracker.
-    Raises PipelineError for bad inputs, an unusable store, or training that diverged.
+    `log` gets the lines a person reads (header, one per epoch, resume notices); `on_epoch` gets
+    each epoch's result as it finishes (while the run is open, on rank 0) and returns True to prune:
+    training stops there and ends like an early stop, with the best weights so far and every output
+    written; `progress` shows tqdm bars; `tags` are set on the run (e.g. the sweep trial it belongs
+    to). With a `world` (one of several processes under torchrun) every rank trains its part of each
+    batch; only rank 0 writes outputs and checkpoints, and the caller gives the other ranks the base
+    Tracker. Raises PipelineError for bad inputs, an unusable store, or training that diverged.
     """
     cfg = params.train
     if cfg.portable and not cpu.pinned():
         cpu.pin()  # raises when torch is already loaded without the pins
     inputs = load_inputs(params)
     rt = runtime.make_runtime(cfg, world)
-    # Joined only now: an input error is found by every process alone, before any of them waits for another.
+    # Joined only now: an input error is found by every process alone, before any of them waits for
+    # another.
     with distributed.session(world, rt.device):
         runtime.seed_everything(params.seed)
         model = models.build(*inputs.shape, inputs.norm.mean, inputs.norm.std, inputs.options)
-        log(f"train: {cfg.model} on {inputs.spec.name}, {len(inputs.fit_idx)} fit / {len(inputs.val_labels)} val images, "
+        log(
+            f"train: {cfg.model} on {inputs.spec.name}, {len(inputs.fit_idx)} fit / "
+            f"{len(inputs.val_labels)} val images, "
             f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
-            + (f" in each of {world.size} processes" if world is not None else ""))
+            + (f" in each of {world.size} processes" if world is not None else "")
+        )
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
         resume = find_checkpoint(fingerprint, world, log)
-        kind = augment.kind_for(inputs.spec.channels, inputs.spec.from_folder) if params.data.augment else None
-        data = loop.TrainData.on(rt, inputs.images, inputs.labels, inputs.fit_idx,
-                                 (inputs.val_images, inputs.val_labels), augment=kind)
+        kind = (
+            augment.kind_for(inputs.spec.channels, inputs.spec.from_folder)
+            if params.data.augment
+            else None
+        )
+        data = loop.TrainData.on(
+            rt,
+            inputs.images,
+            inputs.labels,
+            inputs.fit_idx,
+            (inputs.val_images, inputs.val_labels),
+            augment=kind,
+        )
         model = rt.place(model)
         # Built before the run opens, so that the optimizer's first imports overlap a background
         # tracker opening the store.
         opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
         name = run_name(params)
-        with tracker.train_run(params.mlflow.experiment_name, name, logged, resume.run_id if resume else None) as run_id:
+        with tracker.train_run(
+            params.mlflow.experiment_name, name, logged, resume.run_id if resume else None
+        ) as run_id:
             run = Run(params, tracker, run_id, name, inputs, world, log, on_epoch, fingerprint)
             run.start(resume, tags)
             start = time.perf_counter()
             state = resume.state if resume else TrainState.start(params.seed)
-            state = loop.fit(model, data, opt, cfg, rt, state, run.after_epoch, progress=progress, world=world)
+            state = loop.fit(
+                model, data, opt, cfg, rt, state, run.after_epoch, progress=progress, world=world
+            )
             seconds = time.perf_counter() - start
-            if world is not None and not world.lead:  # rank 0 holds the same weights and writes everything
-                return TrainOutcome(run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
-                                    registered_version=None, machine={})
+            if (
+                world is not None and not world.lead
+            ):  # rank 0 holds the same weights and writes everything
+                return TrainOutcome(
+                    run_id,
+                    state,
+                    stopped_early=state.epoch < cfg.epochs,
+                    seconds=seconds,
+                    registered_version=None,
+                    machine={},
+                )
             outcome = run.finish(model, state, seconds, rt)
         checkpoints.remove()
         return outcome
@@ -209,7 +266,8 @@ def train(
 
 @dataclass
 class Run:
-    """One open train run: what it tells the tracker at its start, after each epoch and at its end."""
+    """One open train run: what it tells the tracker at its start, after each epoch and at its
+    end."""
 
     params: Params
     tracker: Tracker
@@ -228,65 +286,125 @@ class Run:
         return self.world is None or self.world.lead
 
     def start(self, resume: checkpoints.Checkpoint | None, tags: Mapping[str, str] | None) -> None:
-        """What the run records before its first epoch: the data, the environment, a resumed run's curves."""
+        """What the run records before its first epoch: the data, the environment, a resumed run's
+        curves."""
         tracker, inputs, world = self.tracker, self.inputs, self.world
-        if resume is not None and self.run_id != resume.run_id:  # a new run: give it the curves so far
+        if (
+            resume is not None and self.run_id != resume.run_id
+        ):  # a new run: give it the curves so far
             for r in resume.state.history:
                 tracker.log_metrics(r.metrics(), step=r.epoch)
-        digest = ("" if not self.lead else datasets.folder_digest(paths.RAW) if inputs.spec.from_folder
-                  else datasets.digest(inputs.images, inputs.labels))
-        tracker.log_dataset(inputs.spec.name, digest, paths.RAW,
-                            {"fit": len(inputs.fit_idx), "validation": len(inputs.val_labels)})
-        if inputs.spec.from_folder:  # what it learned from: pictures per class and split, the skipped files
+        digest = (
+            ""
+            if not self.lead
+            else datasets.folder_digest(paths.RAW)
+            if inputs.spec.from_folder
+            else datasets.digest(inputs.images, inputs.labels)
+        )
+        tracker.log_dataset(
+            inputs.spec.name,
+            digest,
+            paths.RAW,
+            {"fit": len(inputs.fit_idx), "validation": len(inputs.val_labels)},
+        )
+        if (
+            inputs.spec.from_folder
+        ):  # what it learned from: pictures per class and split, the skipped files
             tracker.log_file(paths.RAW / inputs.spec.folder / "report.json")
-        tracker.set_tags({"dataset": inputs.spec.name, "dataset.digest": digest,
-                          **({"world_size": str(world.size)} if world is not None else {}), **(tags or {})})
+        tracker.set_tags(
+            {
+                "dataset": inputs.spec.name,
+                "dataset.digest": digest,
+                **({"world_size": str(world.size)} if world is not None else {}),
+                **(tags or {}),
+            }
+        )
         tracker.log_text(package_versions(), "environment/pip-freeze.txt")
         tracker.log_text(dump_yaml(self.params), PARAMS_ARTIFACT)  # every value whole, however long
 
     def after_epoch(self, r: EpochResult, state: TrainState) -> bool:
-        """Checkpoint, record and print the epoch; True when the run is pruned (the same on every rank)."""
+        """Checkpoint, record and print the epoch; True when the run is pruned (the same on every
+        rank)."""
         if self.lead:
             checkpoints.save(state, self.fingerprint, self.run_id)
             self.tracker.log_metrics(r.metrics(), step=r.epoch)
-            # Recorded before the epoch's line is printed: a stage killed after it has the epoch in its
-            # checkpoint and its run alike, and a lost store stops training at once.
+            # Recorded before the epoch's line is printed: a stage killed after it has the epoch in
+            # its checkpoint and its run alike, and a lost store stops training at once.
             self.tracker.flush()
             self.log(epoch_line(r, self.params.train.epochs))
             self.pruned = bool(self.on_epoch(r))
-        if self.world is not None:  # rank 0's pruner decides for every rank, or they would wait forever
+        if (
+            self.world is not None
+        ):  # rank 0's pruner decides for every rank, or they would wait forever
             self.pruned = bool(self.world.broadcast(self.pruned))
         return self.pruned
 
-    def finish(self, model: nn.Module, state: TrainState, seconds: float, rt: runtime.Runtime) -> TrainOutcome:
-        """Record the result and write every output; models/model.pt only once the store holds the model."""
+    def finish(
+        self, model: nn.Module, state: TrainState, seconds: float, rt: runtime.Runtime
+    ) -> TrainOutcome:
+        """Record the result and write every output; models/model.pt only once the store holds the
+        model."""
         params, tracker, inputs, cfg = self.params, self.tracker, self.inputs, self.params.train
         # Timing goes to the tracker only: metrics files must be identical between identical runs.
-        tracker.log_metrics({"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
-                            step=state.best_epoch)
-        tracker.flush()  # a store lost during training fails the run here, before any output is replaced
-        atomic.write_bytes(paths.TRAIN_SAMPLES_PLOT, figures.training_samples(
-            inputs.images, inputs.labels, inputs.fit_idx, inputs.spec.class_names))
+        tracker.log_metrics(
+            {"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
+            step=state.best_epoch,
+        )
+        # A store lost during training fails the run here, before any output is replaced.
+        tracker.flush()
+        atomic.write_bytes(
+            paths.TRAIN_SAMPLES_PLOT,
+            figures.training_samples(
+                inputs.images, inputs.labels, inputs.fit_idx, inputs.spec.class_names
+            ),
+        )
         tracker.log_file(paths.TRAIN_SAMPLES_PLOT)
-        meta = {"architecture": cfg.model, "options": models.options_dict(inputs.options), "dataset": inputs.spec.name,
-                "in_channels": inputs.spec.channels, "image_size": inputs.spec.image_size,
-                "class_names": list(inputs.spec.class_names), "mean": list(inputs.norm.mean), "std": list(inputs.norm.std)}
+        meta = {
+            "architecture": cfg.model,
+            "options": models.options_dict(inputs.options),
+            "dataset": inputs.spec.name,
+            "in_channels": inputs.spec.channels,
+            "image_size": inputs.spec.image_size,
+            "class_names": list(inputs.spec.class_names),
+            "mean": list(inputs.norm.mean),
+            "std": list(inputs.norm.std),
+        }
         with atomic.staged(paths.MODEL) as model_file:
             models.save(model_file, model, meta)
             model_uri = tracker.log_model(model_file, self.name, meta)
             version = None
             if params.mlflow.register_model:
-                version = tracker.register(model_uri, params.mlflow.register_model, params.mlflow.model_alias)
+                version = tracker.register(
+                    model_uri, params.mlflow.register_model, params.mlflow.model_alias
+                )
         if version is not None:
-            self.log(f"registered {params.mlflow.register_model} version {version} as @{params.mlflow.model_alias}")
-        machine = {"cpu": cpu.flags(), "kernels": torch.backends.cpu.get_cpu_capability(),
-                   "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
-                   "threads": torch.get_num_threads(), "portable": cfg.portable,
-                   **({"world_size": self.world.size} if self.world is not None else {})}
-        outcome = TrainOutcome(self.run_id, state, stopped_early=state.epoch < cfg.epochs, seconds=seconds,
-                               registered_version=version, machine=machine, pruned=self.pruned)
-        write_run_file(paths.RUN_FILE, self.run_id, params.mlflow.experiment_name, self.name, model_uri)
+            self.log(
+                f"registered {params.mlflow.register_model} version {version} as "
+                f"@{params.mlflow.model_alias}"
+            )
+        machine = {
+            "cpu": cpu.flags(),
+            "kernels": torch.backends.cpu.get_cpu_capability(),
+            "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+            "portable": cfg.portable,
+            **({"world_size": self.world.size} if self.world is not None else {}),
+        }
+        outcome = TrainOutcome(
+            self.run_id,
+            state,
+            stopped_early=state.epoch < cfg.epochs,
+            seconds=seconds,
+            registered_version=version,
+            machine=machine,
+            pruned=self.pruned,
+        )
+        write_run_file(
+            paths.RUN_FILE, self.run_id, params.mlflow.experiment_name, self.name, model_uri
+        )
         atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
         columns = [f.name for f in fields(EpochResult)]
-        atomic.write_csv(paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history))
+        atomic.write_csv(
+            paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history)
+        )
         return outcome

@@ -1,11 +1,13 @@
-"""A train run that is one trial of an Optuna sweep: which trial (from the environment), its pruner, its reports.
+"""A train run that is one trial of an Optuna sweep: which trial (from the environment), its pruner,
+its reports.
 
-`python -m pipeline sweep` starts each trial as a DVC experiment with the variables of `TRIAL_ENV` set;
-the train stage then reports every epoch's validation accuracy to the study and stops when the
+`python -m pipeline sweep` starts each trial as a DVC experiment with the variables of `TRIAL_ENV`
+set; the train stage then reports every epoch's validation accuracy to the study and stops when the
 study's pruner says so. Optuna is imported only when a trial runs: a plain `dvc repro` never pays
 for it. The pruner is stored with the study (its `pipeline.pruner` attribute), so every worker and
 every trial of one study prune alike, whatever machine they run on.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +18,11 @@ from typing import Any
 from pipeline.core.errors import PipelineError, first_line
 
 # The sweep sets these for the experiments it starts; nothing else should.
-STORAGE_ENV, STUDY_ENV, NUMBER_ENV = "PIPELINE_TRIAL_STORAGE", "PIPELINE_TRIAL_STUDY", "PIPELINE_TRIAL_NUMBER"
+STORAGE_ENV, STUDY_ENV, NUMBER_ENV = (
+    "PIPELINE_TRIAL_STORAGE",
+    "PIPELINE_TRIAL_STUDY",
+    "PIPELINE_TRIAL_NUMBER",
+)
 TRIAL_ENV = (STORAGE_ENV, STUDY_ENV, NUMBER_ENV)
 PRUNER_ATTR = "pipeline.pruner"  # study user attribute: the pruner spec of the search-space file
 # MLflow tags that tie a run to its trial (the storage URL is left out: it may hold a password).
@@ -25,10 +31,18 @@ STUDY_TAG, TRIAL_TAG, PRUNED_TAG = "optuna.study", "optuna.trial", "optuna.prune
 PRUNERS: dict[str, tuple[str, ...]] = {
     "none": (),
     "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "percentile": (
+        "percentile",
+        "n_startup_trials",
+        "n_warmup_steps",
+        "interval_steps",
+        "n_min_trials",
+    ),
     "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps"),
 }
-SQLITE_TIMEOUT_S = 60  # several workers and their trials write one SQLite file; wait rather than fail
+SQLITE_TIMEOUT_S = (
+    60  # several workers and their trials write one SQLite file; wait rather than fail
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,9 @@ def link_from_env(environ: Mapping[str, str] | None = None) -> TrialLink | None:
         return None
     missing = [name for name, value in zip(TRIAL_ENV, values) if not value]
     if missing:
-        raise PipelineError(f"{', '.join(missing)} not set: a sweep trial needs all of {', '.join(TRIAL_ENV)}")
+        raise PipelineError(
+            f"{', '.join(missing)} not set: a sweep trial needs all of {', '.join(TRIAL_ENV)}"
+        )
     try:
         number = int(values[2])
     except ValueError:
@@ -65,7 +81,8 @@ def link_from_env(environ: Mapping[str, str] | None = None) -> TrialLink | None:
 
 
 def storage(url: str) -> Any:  # -> optuna.storages.RDBStorage
-    """Optuna's RDB storage at `url` (SQLite waits for locks; heartbeats let workers fail dead trials)."""
+    """Optuna's RDB storage at `url` (SQLite waits for locks; heartbeats let workers fail dead
+    trials)."""
     import optuna
 
     quiet()
@@ -74,20 +91,25 @@ def storage(url: str) -> Any:  # -> optuna.storages.RDBStorage
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as exc:  # SQLAlchemy's errors for bad URLs, missing drivers, refused connections
+    except (
+        Exception
+    ) as exc:  # SQLAlchemy's errors for bad URLs, missing drivers, refused connections
         raise PipelineError(f"Optuna storage {redact(url)}: {first_line(exc)}") from None
 
 
 def quiet() -> None:
     """Optuna's INFO lines and its warnings about what the sweep does on purpose: heartbeats (marked
-    experimental) recorded by the worker itself around ask/tell, which Optuna expects only from optimize()."""
+    experimental) recorded by the worker itself around ask/tell, which Optuna expects only from
+    optimize()."""
     import warnings
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings(
+        "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+    )
 
 
 def pruner(spec: Mapping[str, Any]) -> Any:  # -> optuna.pruners.BasePruner
@@ -96,8 +118,12 @@ def pruner(spec: Mapping[str, Any]) -> Any:  # -> optuna.pruners.BasePruner
 
     kind = spec.get("type", "none")
     args = {k: v for k, v in spec.items() if k != "type"}
-    classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-               "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner}
+    classes = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "threshold": optuna.pruners.ThresholdPruner,
+    }
     return classes[kind](**args)
 
 
@@ -111,12 +137,16 @@ def redact(url: str) -> str:
 
 
 def trial_id(rdb: Any, study: str, number: int) -> int:
-    """The storage's id of trial `number` of `study` (what a worker's heartbeat and the reporter address)."""
-    return int(rdb.get_trial_id_from_study_id_trial_number(rdb.get_study_id_from_name(study), number))
+    """The storage's id of trial `number` of `study` (what a worker's heartbeat and the reporter
+    address)."""
+    return int(
+        rdb.get_trial_id_from_study_id_trial_number(rdb.get_study_id_from_name(study), number)
+    )
 
 
 class TrialReporter:
-    """Reports a train run's epochs to its Optuna trial and asks the study's pruner whether to stop."""
+    """Reports a train run's epochs to its Optuna trial and asks the study's pruner whether to
+    stop."""
 
     def __init__(self, link: TrialLink) -> None:
         import optuna
@@ -125,26 +155,34 @@ class TrialReporter:
         self.link = link
         try:
             self.storage = storage(link.storage)
-            spec = optuna.load_study(study_name=link.study, storage=self.storage).user_attrs.get(PRUNER_ATTR, {})
+            spec = optuna.load_study(study_name=link.study, storage=self.storage).user_attrs.get(
+                PRUNER_ATTR, {}
+            )
             self.pruner = pruner(spec)
-            self.study = optuna.load_study(study_name=link.study, storage=self.storage, pruner=self.pruner)
+            self.study = optuna.load_study(
+                study_name=link.study, storage=self.storage, pruner=self.pruner
+            )
             self.trial_id = trial_id(self.storage, link.study, link.number)
         except PipelineError:
             raise
         except Exception as exc:  # unknown study or trial, lost connection
             raise PipelineError(
-                f"sweep trial {link.number} of study {link.study!r} in {redact(link.storage)}: {first_line(exc)}"
+                f"sweep trial {link.number} of study {link.study!r} in {redact(link.storage)}: "
+                f"{first_line(exc)}"
             ) from None
 
     def report(self, epoch: int, val_accuracy: float) -> bool:
-        """Record the epoch's validation accuracy; True when the pruner says to stop the trial here."""
+        """Record the epoch's validation accuracy; True when the pruner says to stop the trial
+        here."""
         try:
-            # What Trial.report and Trial.should_prune do, through the storage's and the pruner's public
-            # methods: this process did not ask for the trial, the sweep worker did. A resumed epoch overwrites.
+            # What Trial.report and Trial.should_prune do, through the storage's and the pruner's
+            # public methods: this process did not ask for the trial, the sweep worker did. A
+            # resumed epoch overwrites.
             self.storage.set_trial_intermediate_value(self.trial_id, epoch, float(val_accuracy))
             return bool(self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)))
         except Exception as exc:  # a locked or lost database, a trial another worker marked failed
             raise PipelineError(
-                f"sweep trial {self.link.number} of study {self.link.study}: cannot report epoch {epoch} "
+                f"sweep trial {self.link.number} of study {self.link.study}: cannot report epoch "
+                f"{epoch} "
                 f"({first_line(exc)})"
             ) from None

@@ -5,6 +5,7 @@ text. `build` checks a plain mapping (as read from YAML) against such a dataclas
 and raises PipelineError naming the dotted key, what it must be and what it got. `describe` says the
 same in words, for messages and the generated parameter reference.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,19 +34,31 @@ def spec(
 
     `pattern` is (regular expression a string must match in full, how to say it in a message).
     """
-    meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le, "pattern": pattern}
+    meta = {
+        "help": help,
+        "choices": choices,
+        "gt": gt,
+        "ge": ge,
+        "lt": lt,
+        "le": le,
+        "pattern": pattern,
+    }
     return field(default=default, metadata=meta)
 
 
 def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
-        raise PipelineError(f"{source}: {where} must be a mapping of keys to values, got {_show(raw)}")
+        raise PipelineError(
+            f"{source}: {where} must be a mapping of keys to values, got {_show(raw)}"
+        )
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
             known = ", ".join(f"{prefix}{n}" for n in names)
-            raise PipelineError(f"{source}: unknown parameter '{prefix}{key}' (known here: {known})")
+            raise PipelineError(
+                f"{source}: unknown parameter '{prefix}{key}' (known here: {known})"
+            )
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -69,7 +82,9 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
         if not isinstance(value, list) or not value:
             raise bad()
         try:
-            return tuple(_check(key, typing.get_args(base)[0], meta, item, source) for item in value)
+            return tuple(
+                _check(key, typing.get_args(base)[0], meta, item, source) for item in value
+            )
         except PipelineError:
             raise bad() from None
     if value is None:
@@ -84,7 +99,11 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
     elif base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise bad()
         value = float(value)
     elif base is str:
@@ -94,7 +113,12 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
             raise bad()
         if meta["pattern"] and not re.fullmatch(meta["pattern"][0], value):
             raise bad()
-    for bound, holds in (("gt", operator.gt), ("ge", operator.ge), ("lt", operator.lt), ("le", operator.le)):
+    for bound, holds in (
+        ("gt", operator.gt),
+        ("ge", operator.ge),
+        ("lt", operator.lt),
+        ("le", operator.le),
+    ):
         if meta[bound] is not None and not holds(value, meta[bound]):
             raise bad()
     return value
@@ -109,7 +133,8 @@ def _unwrap(hint: Any) -> tuple[Any, bool]:
 
 
 def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, field, type hint) of every parameter of `cls`, nested dataclasses walked, in order."""
+    """(dotted key, field, type hint) of every parameter of `cls`, nested dataclasses walked, in
+    order."""
     out: list[tuple[str, Any, Any]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -124,13 +149,20 @@ def describe(hint: Any, meta: Any) -> str:
     """What a value of this field must be, in words: "an integer >= 1 or null", "one of a, b"."""
     base, optional = _unwrap(hint)
     if typing.get_origin(base) is tuple:
-        return "a non-empty list of " + describe(typing.get_args(base)[0], meta).replace("an integer", "integers")
+        return "a non-empty list of " + describe(typing.get_args(base)[0], meta).replace(
+            "an integer", "integers"
+        )
     if meta["choices"]:
         text = "one of " + ", ".join(meta["choices"])
     elif meta["pattern"]:
         text = meta["pattern"][1]
     else:
-        text = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[base]
+        text = {
+            bool: "true or false",
+            int: "an integer",
+            float: "a number",
+            str: "a non-empty string",
+        }[base]
         signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
         bounds = [f"{sign} {_number(meta[b])}" for b, sign in signs.items() if meta[b] is not None]
         if bounds:

@@ -1,9 +1,11 @@
-"""YAML files read and written as DVC does: ruamel.yaml, YAML 1.2 (`dvc.utils.serialize.parse_yaml`).
+"""YAML files read and written as DVC does: ruamel.yaml, YAML 1.2
+(`dvc.utils.serialize.parse_yaml`).
 
-params.yaml, dvc.lock, presets and search spaces are all read here, so a value means what DVC records:
-`dvc exp run -S seed=4:2` writes the string '4:2' (PyYAML's YAML 1.1 would read sexagesimal 242), and
-`off`, `yes`, `no`, `on` are strings, not booleans.
+params.yaml, dvc.lock, presets and search spaces are all read here, so a value means what DVC
+records: `dvc exp run -S seed=4:2` writes the string '4:2' (PyYAML's YAML 1.1 would read sexagesimal
+242), and `off`, `yes`, `no`, `on` are strings, not booleans.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,7 +16,8 @@ from pipeline.core.errors import PipelineError
 
 
 def read_yaml(text: str, source: str = "YAML") -> Any:
-    """YAML text as plain values, read as DVC reads params.yaml (ruamel.yaml's safe loader, YAML 1.2).
+    """YAML text as plain values, read as DVC reads params.yaml (ruamel.yaml's safe loader, YAML
+    1.2).
 
     Aliases are refused before anything is built: nested aliases ("billion laughs") expand
     exponentially, and a parameters file never needs them. Raises PipelineError naming `source`.
@@ -24,11 +27,15 @@ def read_yaml(text: str, source: str = "YAML") -> Any:
 
     yaml = YAML(typ="safe")
     try:
-        # Without a '*' there is no alias: the event pass, as long as the load itself, is skipped (dvc.lock).
+        # Without a '*' there is no alias: the event pass, as long as the load itself, is skipped
+        # (dvc.lock).
         for event in yaml.parse(text) if "*" in text else ():
             if isinstance(event, AliasEvent):
                 line = event.start_mark.line + 1 if event.start_mark else "?"
-                raise PipelineError(f"{source}: YAML alias *{event.anchor} at line {line}; aliases are not allowed here")
+                raise PipelineError(
+                    f"{source}: YAML alias *{event.anchor} at line {line}; aliases are not allowed "
+                    "here"
+                )
         return yaml.load(text)
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -38,8 +45,8 @@ def read_yaml(text: str, source: str = "YAML") -> Any:
 
 
 def update_yaml(path: Path, override: dict[str, Any]) -> None:
-    """Write the nested values of `override` into the YAML file at `path`, keeping its comments and order
-    (ruamel.yaml's round trip, as `dvc exp run -S` edits params.yaml)."""
+    """Write the nested values of `override` into the YAML file at `path`, keeping its comments and
+    order (ruamel.yaml's round trip, as `dvc exp run -S` edits params.yaml)."""
     from ruamel.yaml import YAML
 
     yaml = YAML()
@@ -58,7 +65,8 @@ def update_yaml(path: Path, override: dict[str, Any]) -> None:
 
 
 def write_yaml(flat: dict[str, Any]) -> str:
-    """{dotted.key: value} as the text of a nested YAML file, in the given order, lists of scalars on one line."""
+    """{dotted.key: value} as the text of a nested YAML file, in the given order, lists of scalars
+    on one line."""
     from ruamel.yaml import YAML
 
     nested: dict[str, Any] = {}

@@ -1,4 +1,6 @@
-"""Stage `download`: the dataset's original files, verified and extracted, into data/raw; or your pictures, decoded."""
+"""Stage `download`: the dataset's original files, verified and extracted, into data/raw; or your
+pictures, decoded."""
+
 from __future__ import annotations
 
 import os
@@ -18,27 +20,37 @@ from pipeline.core.params import load_params
 @params_option
 @reports_errors
 def main(params_file: Path) -> None:
-    """Put the dataset named by data.dataset into data/raw (offline first, MD5-checked); for `folder`, decode
-    the pictures of data.folder once, with every core.
+    """Put the dataset named by data.dataset into data/raw (offline first, MD5-checked); for
+    `folder`, decode the pictures of data.folder once, with every core.
 
     Reads data.dataset, data.mirror, data.folder, data.image_size, data.channels and data.test_size.
     """
     params = load_params(params_file)
-    # Imported once the parameters are valid: a typo is reported at once, not after seconds of imports.
+    # Imported once the parameters are valid: a typo is reported at once, not after seconds of
+    # imports.
     from pipeline.core import acquisition
 
     if params.data.dataset == "folder":
         report = acquisition.decode_folder(params, len(os.sched_getaffinity(0)), progress_printer())
         splits = ", ".join(f"{name} {split['count']:,}" for name, split in report["splits"].items())
-        click.echo(f"{params.data.folder}: {len(report['classes'])} classes, {splits} pictures, "
-                   f"{report['image_size']} px, {report['channels']} channel(s) -> {paths.RAW / 'folder'}")
+        click.echo(
+            f"{params.data.folder}: {len(report['classes'])} classes, {splits} pictures, "
+            f"{report['image_size']} px, {report['channels']} channel(s) -> {paths.RAW / 'folder'}"
+        )
         if report["skipped"]:
-            click.echo(f"skipped {len(report['skipped'])} file(s), each with its reason in "
-                       f"{paths.RAW / 'folder' / 'report.json'}; first: {report['skipped'][0]['path']} "
-                       f"({report['skipped'][0]['reason']})")
+            click.echo(
+                f"skipped {len(report['skipped'])} file(s), each with its reason in "
+                f"{paths.RAW / 'folder' / 'report.json'}; first: {report['skipped'][0]['path']} "
+                f"({report['skipped'][0]['reason']})"
+            )
         if report["duplicates"]["count"]:
-            click.echo(f"warning: {report['duplicates']['count']} picture(s) appear with the same pixels in two splits "
-                       f"(e.g. {' and '.join(report['duplicates']['pairs'][0])}): the test accuracy is inflated", err=True)
+            click.echo(
+                f"warning: {report['duplicates']['count']} picture(s) appear with the same pixels "
+                "in two splits "
+                f"(e.g. {' and '.join(report['duplicates']['pairs'][0])}): the test accuracy is "
+                "inflated",
+                err=True,
+            )
         return
     spec, source, notices = acquisition.acquire(params)
     for notice in notices:
@@ -48,8 +60,8 @@ def main(params_file: Path) -> None:
 
 
 def progress_printer(every: float = 2.0) -> Callable[[int, int, float], None]:
-    """A `progress(done, total, seconds)` that shows a count and a rate: redrawn in place on a terminal, a
-    line every `every` seconds in a log."""
+    """A `progress(done, total, seconds)` that shows a count and a rate: redrawn in place on a
+    terminal, a line every `every` seconds in a log."""
     last = [0.0]
     tty = sys.stdout.isatty()
 

@@ -1,4 +1,6 @@
-"""Stage `evaluate`: test-set metrics, DVC plots, and the test results in the train stage's MLflow run."""
+"""Stage `evaluate`: test-set metrics, DVC plots, and the test results in the train stage's MLflow
+run."""
+
 from __future__ import annotations
 
 import os
@@ -16,16 +18,17 @@ from pipeline.core.params import load_params
 def main(params_file: Path) -> None:
     """Evaluate models/model.pt on the test split; everything but evaluate.* comes with the model.
 
-    Reads evaluate.*, and train.portable and train.threads (the same kernels and threads as training).
+    Reads evaluate.*, and train.portable and train.threads (the same kernels and threads as
+    training).
     """
     params = load_params(params_file)
     if params.train.portable:
         from pipeline.core import cpu
 
         cpu.pin()  # before torch loads
-    # Inference shares the two cores with the tracking process, which imports mlflow meanwhile: OpenMP
-    # threads spinning at every barrier take the core it needs and then wait for it, several times slower
-    # than passive waiting. Read when torch loads; a user's setting wins.
+    # Inference shares the two cores with the tracking process, which imports mlflow meanwhile:
+    # OpenMP threads spinning at every barrier take the core it needs and then wait for it, several
+    # times slower than passive waiting. Read when torch loads; a user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pipeline.core.tracking import background
 
@@ -40,9 +43,16 @@ def main(params_file: Path) -> None:
         tracker.close()
     click.echo(per_class_table(rep))
     if rep.at_chance_level:
-        click.echo(f"warning: the model is at chance level (test accuracy {rep.accuracy:.4f}): it learned nothing "
-                   "usable; look at its training curves and try a lower train.lr", err=True)
-    click.echo(f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}")
+        click.echo(
+            f"warning: the model is at chance level (test accuracy {rep.accuracy:.4f}): it learned "
+            "nothing "
+            "usable; look at its training curves and try a lower train.lr",
+            err=True,
+        )
+    click.echo(
+        f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; "
+        f"MLflow run {run_id}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Stage `normalization-stats`: per-channel mean and std of the fitting part of the training split."""
+"""Stage `normalization-stats`: per-channel mean and std of the fitting part of the training
+split."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,13 +21,17 @@ def main(params_file: Path) -> None:
     Reads seed, data.dataset, data.val_size and data.limit.
     """
     params = load_params(params_file)
-    # Imported once the parameters are valid: a typo is reported at once, not after seconds of imports.
+    # Imported once the parameters are valid: a typo is reported at once, not after seconds of
+    # imports.
     from pipeline.core import normalization
 
     result = normalization.compute(params)
     mean = ", ".join(f"{m:.4f}" for m in result.mean)
     std = ", ".join(f"{s:.4f}" for s in result.std)
-    click.echo(f"{params.data.dataset}: mean [{mean}], std [{std}] over {result.count} images -> {paths.STATS}")
+    click.echo(
+        f"{params.data.dataset}: mean [{mean}], std [{std}] over {result.count} images -> "
+        f"{paths.STATS}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Stage `train`: fit the model, track the run in MLflow, write the model and training curves."""
+
 from __future__ import annotations
 
 import sys
@@ -32,9 +33,12 @@ def main(params_file: Path) -> None:
         cpu.pin()  # before torch loads (the workers inherit the pins)
     world = distributed.World.from_env()
     if world is None and distributed.wanted(params.train):
-        distributed.launch(params.train, ["-m", "pipeline.stages.train", "--params", str(params_file)])
+        distributed.launch(
+            params.train, ["-m", "pipeline.stages.train", "--params", str(params_file)]
+        )
         return
-    # Imported once the parameters are valid: a typo is reported at once, not after seconds of imports.
+    # Imported once the parameters are valid: a typo is reported at once, not after seconds of
+    # imports.
     from pipeline.core import tracking
     from pipeline.core.tracking import background
 
@@ -42,15 +46,23 @@ def main(params_file: Path) -> None:
 
     def on_epoch(result: EpochResult) -> bool:
         # A pruned trial ends like an early stop: outputs written, run FINISHED, tagged pruned.
-        if reporter is None or link is None or not reporter.report(result.epoch, result.val_accuracy):
+        if (
+            reporter is None
+            or link is None
+            or not reporter.report(result.epoch, result.val_accuracy)
+        ):
             return False
         tracker.set_tags({trial.PRUNED_TAG: "true"})
-        click.echo(f"pruned: trial {link.number} of study {link.study} stops after epoch {result.epoch}")
+        click.echo(
+            f"pruned: trial {link.number} of study {link.study} stops after epoch {result.epoch}"
+        )
         return True
 
     tracker: tracking.Tracker | None = None
     try:  # inside: a worker's error (an unreachable store too) reaches the launcher as its one line
-        link = trial.link_from_env() if lead else None  # set when `python -m pipeline sweep` runs this as a trial
+        link = (
+            trial.link_from_env() if lead else None
+        )  # set when `python -m pipeline sweep` runs this as a trial
         # Started first: the tracking process imports mlflow while this one imports torch.
         tracker = background.BackgroundTracker() if lead else tracking.Tracker()
         from pipeline.core import trainer
@@ -59,7 +71,8 @@ def main(params_file: Path) -> None:
         if world is not None:
             world.check(params.train)
         outcome = trainer.train(
-            params, tracker,
+            params,
+            tracker,
             log=click.echo if lead else lambda line: None,
             on_epoch=on_epoch,
             progress=lead and sys.stderr.isatty(),  # bars for people; plain epoch lines in CI logs

@@ -1,4 +1,6 @@
-"""A stack folder: its generated ports and credentials (mode 0600), and the URLs and exports derived from them."""
+"""A stack folder: its generated ports and credentials (mode 0600), and the URLs and exports derived
+from them."""
+
 from __future__ import annotations
 
 import json
@@ -76,10 +78,11 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        """What a shell that runs the pipeline needs: MLflow over HTTP with basic auth, and Optuna's storage.
+        """What a shell that runs the pipeline needs: MLflow over HTTP with basic auth, and Optuna's
+        storage.
 
-        No S3 variables: MLflow's server proxies every artifact, and DVC reaches the store through the
-        remote `stack start` (or `stack remote`) writes into the clone's `.dvc/config.local`.
+        No S3 variables: MLflow's server proxies every artifact, and DVC reaches the store through
+        the remote `stack start` (or `stack remote`) writes into the clone's `.dvc/config.local`.
         """
         return {
             "MLFLOW_TRACKING_URI": self.mlflow_url,
@@ -102,7 +105,8 @@ def free_port() -> int:
 
 
 def load(stack_dir: Path, create: bool = False) -> Stack:
-    """The stack in `stack_dir`; with `create`, a new configuration is generated when there is none."""
+    """The stack in `stack_dir`; with `create`, a new configuration is generated when there is
+    none."""
     stack_dir = Path(stack_dir).resolve()
     file = stack_dir / CONFIG_FILE
     if file.exists():
@@ -110,12 +114,18 @@ def load(stack_dir: Path, create: bool = False) -> Stack:
             data = json.loads(file.read_text())
             return Stack(stack_dir, StackConfig(**data))
         except (ValueError, TypeError):
-            raise PipelineError(f"{file}: not a stack configuration; remove the folder to start a new stack") from None
+            raise PipelineError(
+                f"{file}: not a stack configuration; remove the folder to start a new stack"
+            ) from None
     if not create:
-        raise PipelineError(f"{stack_dir}: no stack here; start one with `python -m pipeline stack start`, or name the "
-                            f"folder of the one that runs with --dir (or {DIR_ENV})")
+        raise PipelineError(
+            f"{stack_dir}: no stack here; start one with `python -m pipeline stack start`, or name "
+            "the "
+            f"folder of the one that runs with --dir (or {DIR_ENV})"
+        )
     stack_dir.mkdir(parents=True, exist_ok=True)
-    # Others may traverse (the postgres user must reach its data folder) but not list the data or logs.
+    # Others may traverse (the postgres user must reach its data folder) but not list the data or
+    # logs.
     stack_dir.chmod(0o711)
     stack = Stack(stack_dir, StackConfig.generate())
     write_private(file, json.dumps(stack.config.__dict__, indent=2))

@@ -1,4 +1,6 @@
-"""The stack's PostgreSQL 15 cluster: Debian's binaries, run as the postgres user when root, TCP on 127.0.0.1 only."""
+"""The stack's PostgreSQL 15 cluster: Debian's binaries, run as the postgres user when root, TCP on
+127.0.0.1 only."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +23,11 @@ PG_BIN_DEFAULT = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15 pa
 
 def pg_bin() -> Path:
     """The folder of PostgreSQL 15's server binaries (PIPELINE_PG_BIN overrides Debian's path)."""
-    candidates = [Path(os.environ["PIPELINE_PG_BIN"])] if os.environ.get("PIPELINE_PG_BIN") else [PG_BIN_DEFAULT]
+    candidates = (
+        [Path(os.environ["PIPELINE_PG_BIN"])]
+        if os.environ.get("PIPELINE_PG_BIN")
+        else [PG_BIN_DEFAULT]
+    )
     if not os.environ.get("PIPELINE_PG_BIN") and shutil.which("pg_ctl"):
         candidates.append(Path(shutil.which("pg_ctl")).resolve().parent)  # type: ignore[arg-type]
     for folder in candidates:
@@ -34,14 +40,17 @@ def pg_bin() -> Path:
 
 
 def _as_postgres() -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run its binaries as the `postgres` system user."""
+    """PostgreSQL refuses to run as root: as root, run its binaries as the `postgres` system
+    user."""
     if os.geteuid() != 0:
         return []
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise PipelineError("as root, PostgreSQL must run as the `postgres` system user, which does not exist: "
-                            "apt-get install postgresql creates it") from None
+        raise PipelineError(
+            "as root, PostgreSQL must run as the `postgres` system user, which does not exist: "
+            "apt-get install postgresql creates it"
+        ) from None
     return ["runuser", "-u", "postgres", "--"]
 
 
@@ -51,9 +60,15 @@ def _pg_dirs(stack: Stack) -> tuple[Path, Path, Path]:
 
 
 def _pg_run(stack: Stack, *args: str) -> None:
-    """Run a PostgreSQL binary (as the postgres user when root); its output's last line on failure."""
-    proc = subprocess.run([*_as_postgres(), str(pg_bin() / args[0]), *args[1:]], capture_output=True, text=True,
-                          timeout=180, check=False)
+    """Run a PostgreSQL binary (as the postgres user when root); its output's last line on
+    failure."""
+    proc = subprocess.run(
+        [*_as_postgres(), str(pg_bin() / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip() or "failed").splitlines()
         _, _, log = _pg_dirs(stack)
@@ -74,31 +89,56 @@ def _init_postgres(stack: Stack) -> None:
     if os.geteuid() == 0:
         shutil.chown(pwfile, "postgres", "postgres")
     try:
-        _pg_run(stack, "initdb", "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
-                "-E", "UTF8", "--locale=C")
+        _pg_run(
+            stack,
+            "initdb",
+            "-D",
+            str(data),
+            "-U",
+            PG_USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
     finally:
         pwfile.unlink(missing_ok=True)
     with open(data / "postgresql.conf", "a") as fh:
-        # A socket in /var/run/postgresql would need that folder; TCP on loopback is all the stack uses.
-        fh.write(f"\n# python -m pipeline stack\nlisten_addresses = '127.0.0.1'\nport = {stack.config.ports['postgres']}\n"
-                 "unix_socket_directories = ''\nmax_connections = 50\n")
+        # A socket in /var/run/postgresql would need that folder; TCP on loopback is all the stack
+        # uses.
+        fh.write(
+            "\n# python -m pipeline stack\nlisten_addresses = '127.0.0.1'\nport = "
+            f"{stack.config.ports['postgres']}\n"
+            "unix_socket_directories = ''\nmax_connections = 50\n"
+        )
 
 
 def _check_reachable_by_postgres(folder: Path) -> None:
     """The postgres user must be able to traverse every parent folder (a tmp folder may be 0700)."""
     for parent in folder.parents:
         if not os.stat(parent).st_mode & 0o001:
-            raise PipelineError(f"{parent}: the postgres user cannot enter this folder (mode "
-                                f"{oct(os.stat(parent).st_mode & 0o777)}); use a --dir below folders others can traverse")
+            raise PipelineError(
+                f"{parent}: the postgres user cannot enter this folder (mode "
+                f"{oct(os.stat(parent).st_mode & 0o777)}); use a --dir below folders others can "
+                "traverse"
+            )
 
 
 def create_databases(stack: Stack) -> None:
-    """The databases of the stack, created once (CREATE DATABASE cannot run inside a transaction)."""
+    """The databases of the stack, created once (CREATE DATABASE cannot run inside a
+    transaction)."""
     import psycopg2
 
     try:
-        conn = psycopg2.connect(host="127.0.0.1", port=stack.config.ports["postgres"], user=PG_USER,
-                                password=stack.config.pg_password, dbname="postgres", connect_timeout=10)
+        conn = psycopg2.connect(
+            host="127.0.0.1",
+            port=stack.config.ports["postgres"],
+            user=PG_USER,
+            password=stack.config.pg_password,
+            dbname="postgres",
+            connect_timeout=10,
+        )
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -111,7 +151,9 @@ def create_databases(stack: Stack) -> None:
             conn.close()
     except psycopg2.Error as exc:
         _, _, log = _pg_dirs(stack)
-        raise PipelineError(f"postgres: creating the databases: {first_line(exc)} (log {log})") from None
+        raise PipelineError(
+            f"postgres: creating the databases: {first_line(exc)} (log {log})"
+        ) from None
 
 
 def start(stack: Stack) -> int:
@@ -120,10 +162,25 @@ def start(stack: Stack) -> int:
     _init_postgres(stack)
     _, data, log = _pg_dirs(stack)
     try:
-        _pg_run(stack, "pg_ctl", "start", "-D", str(data), "-l", str(log), "-w", "-t", str(int(WAIT_SECONDS)))
+        _pg_run(
+            stack,
+            "pg_ctl",
+            "start",
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            str(int(WAIT_SECONDS)),
+        )
     except BaseException:  # a timeout may leave the server coming up, with no pid recorded yet
-        subprocess.run([*_as_postgres(), str(pg_bin() / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"],
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [*_as_postgres(), str(pg_bin() / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         raise
     return int((data / "postmaster.pid").read_text().splitlines()[0])
 

@@ -1,10 +1,11 @@
-"""The stack's processes, found and stopped by psutil: each server leads a session of its own, and every
-process in that session (its workers too, even once the leader is gone) belongs to the stack.
+"""The stack's processes, found and stopped by psutil: each server leads a session of its own, and
+every process in that session (its workers too, even once the leader is gone) belongs to the stack.
 
 A record is the leader's pid and creation time. Linux does not hand out a pid again while a session
 still uses it as its id, so the processes of a recorded session are ours for as long as any remain;
 once the leader is gone and a new, unrelated session leader took its pid, its creation time differs.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ STOP_SECONDS = 20.0
 
 @dataclass(frozen=True)
 class Record:
-    """A started server: its pid, the kernel's creation time of it, and whether it leads a session of its
-    own (then the session is what belongs to the stack; otherwise the process and its descendants)."""
+    """A started server: its pid, the kernel's creation time of it, and whether it leads a session
+    of its own (then the session is what belongs to the stack; otherwise the process and its
+    descendants)."""
 
     pid: int
     created: float
@@ -38,13 +40,15 @@ class Record:
         """Whether the recorded process itself still runs (not a zombie, not a reused pid)."""
         try:
             process = psutil.Process(self.pid)
-            return process.create_time() == self.created and process.status() != psutil.STATUS_ZOMBIE
+            return (
+                process.create_time() == self.created and process.status() != psutil.STATUS_ZOMBIE
+            )
         except psutil.NoSuchProcess:
             return False
 
     def members(self) -> list[psutil.Process]:
-        """Every live process of the recorded session: the leader and whatever it started (a worker left
-        behind by a leader killed with SIGKILL too)."""
+        """Every live process of the recorded session: the leader and whatever it started (a worker
+        left behind by a leader killed with SIGKILL too)."""
         try:
             leader = psutil.Process(self.pid)
             if leader.create_time() != self.created:
@@ -74,7 +78,8 @@ class Record:
         return total / 2**20
 
     def stop(self) -> None:
-        """SIGTERM to every process of the session, SIGKILL to those still there after STOP_SECONDS."""
+        """SIGTERM to every process of the session, SIGKILL to those still there after
+        STOP_SECONDS."""
         members = self.members()
         for process in members:
             try:
@@ -97,7 +102,12 @@ def listener(port: int) -> psutil.Process | None:
     except psutil.Error:
         return None
     for conn in connections:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+        if (
+            conn.status == psutil.CONN_LISTEN
+            and conn.laddr
+            and conn.laddr.port == port
+            and conn.pid
+        ):
             try:
                 return psutil.Process(conn.pid)
             except psutil.NoSuchProcess:

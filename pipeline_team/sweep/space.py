@@ -1,8 +1,10 @@
-"""A sweep's search space (`sweeps/space.yaml`): dotted params.yaml keys, each a range or a list of choices, and a pruner.
+"""A sweep's search space (`sweeps/space.yaml`): dotted params.yaml keys, each a range or a list of
+choices, and a pruner.
 
-Checked against the parameters' own rules (core.params) before anything starts: an unknown key, a bad
-range or a value params.yaml would refuse stops the sweep with one line naming the key.
+Checked against the parameters' own rules (core.params) before anything starts: an unknown key, a
+bad range or a value params.yaml would refuse stops the sweep with one line naming the key.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +26,8 @@ FIXED_KEYS = ("mlflow.", "data.mirror")
 
 @dataclass(frozen=True)
 class Dimension:
-    """One parameter of the search space: a range (int or float, as the parameter is) or a list of choices."""
+    """One parameter of the search space: a range (int or float, as the parameter is) or a list of
+    choices."""
 
     key: str
     kind: str  # "int", "float" or "choices"
@@ -39,7 +42,9 @@ class Dimension:
         from optuna import distributions as d
 
         if self.kind == "int":
-            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return d.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         if self.kind == "float":
             return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
         # Optuna's choices must be scalars: lists (layer sizes) travel as their JSON text.
@@ -60,9 +65,14 @@ class SearchSpace:
     pruner: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-able description, stored with the study so every worker can check it samples the same space."""
-        return {"params": {d.key: {k: v for k, v in vars(d).items() if k != "key"} for d in self.dimensions},
-                "pruner": self.pruner}
+        """A JSON-able description, stored with the study so every worker can check it samples the
+        same space."""
+        return {
+            "params": {
+                d.key: {k: v for k, v in vars(d).items() if k != "key"} for d in self.dimensions
+            },
+            "pruner": self.pruner,
+        }
 
 
 def _choice_token(choice: Any) -> Any:
@@ -70,8 +80,9 @@ def _choice_token(choice: Any) -> Any:
 
 
 def load_space(path: Path, base: Params) -> SearchSpace:
-    """Read and check a search-space file against the parameters' rules (core.params) on top of `base`:
-    unknown keys, bad ranges and values params.yaml would refuse stop here with one line naming the key."""
+    """Read and check a search-space file against the parameters' rules (core.params) on top of
+    `base`: unknown keys, bad ranges and values params.yaml would refuse stop here with one line
+    naming the key."""
     where = str(path)
     try:
         raw = read_yaml(Path(path).read_text(), str(path))
@@ -80,22 +91,35 @@ def load_space(path: Path, base: Params) -> SearchSpace:
     except (OSError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{where}: cannot read ({first_line(exc)})") from None
     if not isinstance(raw, dict) or set(raw) - {"params", "pruner"}:
-        raise PipelineError(f"{where}: must be a mapping with the keys params and (optionally) pruner")
+        raise PipelineError(
+            f"{where}: must be a mapping with the keys params and (optionally) pruner"
+        )
     entries = raw.get("params")
     if not isinstance(entries, dict) or not entries:
-        raise PipelineError(f"{where}: params must map dotted params.yaml keys to a range or choices")
+        raise PipelineError(
+            f"{where}: params must map dotted params.yaml keys to a range or choices"
+        )
     defaults = flatten(base)
     dims = tuple(_dimension(where, key, spec, defaults, base) for key, spec in entries.items())
     return SearchSpace(dims, _pruner_spec(where, raw.get("pruner") or {"type": "none"}))
 
 
-def _dimension(where: str, key: Any, spec: Any, defaults: Mapping[str, Any], base: Params) -> Dimension:
+def _dimension(
+    where: str, key: Any, spec: Any, defaults: Mapping[str, Any], base: Params
+) -> Dimension:
     if not isinstance(key, str) or key not in defaults:
-        raise PipelineError(f"{where}: unknown parameter {key!r} (see the parameter table in README.md)")
+        raise PipelineError(
+            f"{where}: unknown parameter {key!r} (see the parameter table in README.md)"
+        )
     if key.startswith(FIXED_KEYS):
-        raise PipelineError(f"{where}: {key} cannot be swept (every trial logs to the project's store and reads its data)")
+        raise PipelineError(
+            f"{where}: {key} cannot be swept (every trial logs to the project's store and reads "
+            "its data)"
+        )
     if not isinstance(spec, dict):
-        raise PipelineError(f"{where}: {key} must be {{low: …, high: …}} or {{choices: […]}}, got {spec!r}")
+        raise PipelineError(
+            f"{where}: {key} must be {{low: …, high: …}} or {{choices: […]}}, got {spec!r}"
+        )
     if "choices" in spec:
         if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
             raise PipelineError(f"{where}: {key}: choices must be a non-empty list and stand alone")
@@ -106,19 +130,28 @@ def _dimension(where: str, key: Any, spec: Any, defaults: Mapping[str, Any], bas
         return Dimension(key, "choices", choices=tuple(spec["choices"]))
     unknown = set(spec) - {"low", "high", "log", "step"}
     if unknown or not {"low", "high"} <= set(spec):
-        raise PipelineError(f"{where}: {key} must have low and high (and optionally log or step), or choices")
+        raise PipelineError(
+            f"{where}: {key} must have low and high (and optionally log or step), or choices"
+        )
     kind = _number_kind(key)
     if kind is None:
         raise PipelineError(f"{where}: {key} is not a number; give it choices instead of a range")
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
     numbers = (int,) if kind == "int" else (int, float)
     for name, value in (("low", low), ("high", high), ("step", step)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers) or not math.isfinite(value)):
-            raise PipelineError(f"{where}: {key}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers) or not math.isfinite(value)
+        ):
+            raise PipelineError(
+                f"{where}: {key}: {name} must be {'an integer' if kind == 'int' else 'a number'}, "
+                f"got {value!r}"
+            )
     if not isinstance(log, bool):
         raise PipelineError(f"{where}: {key}: log must be true or false, got {log!r}")
     if not low < high:
-        raise PipelineError(f"{where}: {key}: low must be < high, got low {low!r} and high {high!r}")
+        raise PipelineError(
+            f"{where}: {key}: low must be < high, got low {low!r} and high {high!r}"
+        )
     if log and low <= 0:
         raise PipelineError(f"{where}: {key}: a log range needs low > 0, got {low!r}")
     if step is not None and (step <= 0 or log):
@@ -130,7 +163,7 @@ def _dimension(where: str, key: Any, spec: Any, defaults: Mapping[str, Any], bas
 
 
 def _number_kind(key: str) -> str | None:
-    """"int" or "float" for a numeric parameter (null allowed or not), None for any other type."""
+    """ "int" or "float" for a numeric parameter (null allowed or not), None for any other type."""
     import typing
 
     cls: Any = Params
@@ -143,7 +176,8 @@ def _number_kind(key: str) -> str | None:
 
 
 def _check_value(where: str, key: str, value: Any, base: Params) -> None:
-    # core.params names the key and what it allows: "space.yaml: train.lr must be a number > 0, got -1".
+    # core.params names the key and what it allows: "space.yaml: train.lr must be a number > 0, got
+    # -1".
     with_values(base, {key: value}, source=where)
 
 
@@ -154,8 +188,10 @@ def _pruner_spec(where: str, spec: Any) -> dict[str, Any]:
     allowed = trial.PRUNERS[spec["type"]]
     for key in spec:
         if key != "type" and key not in allowed:
-            raise PipelineError(f"{where}: pruner.{key} is not an argument of the {spec['type']} pruner "
-                                f"({', '.join(allowed) or 'it takes none'})")
+            raise PipelineError(
+                f"{where}: pruner.{key} is not an argument of the {spec['type']} pruner "
+                f"({', '.join(allowed) or 'it takes none'})"
+            )
     try:
         trial.pruner(spec)  # Optuna's own checks (ranges, a threshold needs lower or upper)
     except (TypeError, ValueError) as exc:

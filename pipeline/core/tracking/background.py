@@ -10,9 +10,11 @@ it) and `flush` wait for everything queued before them. An error in the tracking
 raised in the stage at the next waiting call or when the run closes, as the same one-line
 PipelineError, and the run ends FAILED (KILLED on Ctrl-C or SIGTERM), as with MlflowTracker.
 
-Run as `python -m pipeline.core.tracking.background URI [MODULE ...]`, it is that child: commands arrive pickled on
-stdin, answers leave pickled on the stdout it had (MLflow's own prints go to stderr).
+Run as `python -m pipeline.core.tracking.background URI [MODULE ...]`, it is that child: commands
+arrive pickled on stdin, answers leave pickled on the stdout it had (MLflow's own prints go to
+stderr).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,7 +40,8 @@ from pipeline.core.tracking.store import (
     tracking_uri,
 )
 
-# A waiting command's answer is ("ok", value) or (kind, message) of the first error since the last answer.
+# A waiting command's answer is ("ok", value) or (kind, message) of the first error since the last
+# answer.
 _ERRORS = {"pipeline": PipelineError, "interrupt": KeyboardInterrupt}
 
 
@@ -52,20 +55,34 @@ class BackgroundTracker(Tracker):
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)  # here, in seconds, before the stage starts its work
         package_parent = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [package_parent, os.environ.get("PYTHONPATH")])
+            ),
+        }
         # MLflow's usage telemetry has nowhere to go from a CI runner or an offline machine, and its
-        # sender thread would delay the end of every stage; a user can still set the variable to false.
+        # sender thread would delay the end of every stage; a user can still set the variable to
+        # false.
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        env.setdefault("MPLBACKEND", "Agg")  # figures are drawn to files, also when matplotlib is prepared
-        # A session of its own: a Ctrl-C meant for the stage reaches the stage, which ends the run KILLED.
-        # "" = the default store, which the child works out as MlflowTracker() does. It works at the project
-        # root: a SQLite store it creates gets its default artifact folder (experiment 0's, `./mlruns`) there,
-        # not in the copy under .dvc/tmp/exps/ where DVC runs a queued experiment. Paths it gets are absolute.
-        self._child = subprocess.Popen([sys.executable, "-m", "pipeline.core.tracking.background", uri or "", *prepare],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True,
-                                       cwd=paths.project_root())
-        # Commands are written by a thread: a large one (a figure's points) must not make the stage wait
-        # for the child to read the pipe while it is busy with earlier work.
+        env.setdefault(
+            "MPLBACKEND", "Agg"
+        )  # figures are drawn to files, also when matplotlib is prepared
+        # A session of its own: a Ctrl-C meant for the stage reaches the stage, which ends the run
+        # KILLED. "" = the default store, which the child works out as MlflowTracker() does. It
+        # works at the project root: a SQLite store it creates gets its default artifact folder
+        # (experiment 0's, `./mlruns`) there, not in the copy under .dvc/tmp/exps/ where DVC runs a
+        # queued experiment. Paths it gets are absolute.
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.core.tracking.background", uri or "", *prepare],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            cwd=paths.project_root(),
+        )
+        # Commands are written by a thread: a large one (a figure's points) must not make the stage
+        # wait for the child to read the pipe while it is busy with earlier work.
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write, daemon=True, name="tracking-writer")
         self._writer.start()
@@ -103,10 +120,14 @@ class BackgroundTracker(Tracker):
             code = self._child.wait(timeout=10)
         except subprocess.TimeoutExpired:
             code = None
-        raise PipelineError(f"MLflow store {self.uri}: the tracking process ended unexpectedly (exit code {code})")
+        raise PipelineError(
+            f"MLflow store {self.uri}: the tracking process ended unexpectedly (exit code {code})"
+        )
 
     def _call(self, method: str, *args: Any, wait: bool = False, **kwargs: Any) -> Any:
-        self._send("call", method, args, kwargs, wait)  # every command: (kind, name, args, kwargs, wait)
+        self._send(
+            "call", method, args, kwargs, wait
+        )  # every command: (kind, name, args, kwargs, wait)
         return self._wait() if wait else None
 
     def flush(self) -> None:
@@ -121,7 +142,13 @@ class BackgroundTracker(Tracker):
             try:
                 yield run_id
             except BaseException as exc:
-                self._send("close", "interrupt" if isinstance(exc, KeyboardInterrupt) else "error", (), {}, True)
+                self._send(
+                    "close",
+                    "interrupt" if isinstance(exc, KeyboardInterrupt) else "error",
+                    (),
+                    {},
+                    True,
+                )
                 try:
                     self._wait()
                 except (PipelineError, RuntimeError, KeyboardInterrupt):
@@ -130,11 +157,18 @@ class BackgroundTracker(Tracker):
             self._send("close", None, (), {}, True)
             self._wait()
 
-    def train_run(self, experiment_name: str, run_name: str, params: Mapping[str, Any],
-                  resume_run_id: str | None = None) -> AbstractContextManager[str]:
+    def train_run(
+        self,
+        experiment_name: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        resume_run_id: str | None = None,
+    ) -> AbstractContextManager[str]:
         return self._run("train_run", experiment_name, run_name, dict(params), resume_run_id)
 
-    def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> AbstractContextManager[str]:
+    def evaluate_run(
+        self, run_info: Mapping[str, Any], params: Mapping[str, Any]
+    ) -> AbstractContextManager[str]:
         return self._run("evaluate_run", dict(run_info), dict(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -175,8 +209,8 @@ def serve(uri: str | None, prepare: list[str], commands: BinaryIO, answers: Bina
     """The tracking process: get ready while the stage starts, then run each command on an
     MlflowTracker, in order, until stdin closes.
 
-    After an error, queued calls are skipped until a waiting command reports it (as in-process, where
-    the error would have stopped the stage at once).
+    After an error, queued calls are skipped until a waiting command reports it (as in-process,
+    where the error would have stopped the stage at once).
     """
     error: BaseException | None = None
     tracker: MlflowTracker | None = None
@@ -214,9 +248,14 @@ def serve(uri: str | None, prepare: list[str], commands: BinaryIO, answers: Bina
         result = None
         if kind == "close":
             if run is not None:
-                failure = error or {"interrupt": KeyboardInterrupt(), "error": RuntimeError("the stage failed")}.get(name)
+                failure = error or {
+                    "interrupt": KeyboardInterrupt(),
+                    "error": RuntimeError("the stage failed"),
+                }.get(name)
                 try:
-                    run.__exit__(type(failure) if failure else None, failure, None)  # ends it FINISHED/FAILED/KILLED
+                    run.__exit__(
+                        type(failure) if failure else None, failure, None
+                    )  # ends it FINISHED/FAILED/KILLED
                 except BaseException as exc:
                     error = error or exc
                 run = None

@@ -1,5 +1,5 @@
-"""MlflowTracker: the Tracker that records into an MLflow store, in this process.
-"""
+"""MlflowTracker: the Tracker that records into an MLflow store, in this process."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +25,8 @@ from pipeline.core.tracking.store import (
     tracking_uri,
 )
 
-# MLflow 3 opens an experiment on its GenAI view (traces, prompts) unless told it holds training runs.
+# MLflow 3 opens an experiment on its GenAI view (traces, prompts) unless told it holds training
+# runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SYSTEM_METRICS_SECONDS = 2
 
@@ -33,7 +34,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _store_errors(method: F) -> F:
-    """Turn a failure of the store (refused request, lost connection, database error) into one line."""
+    """Turn a failure of the store (refused request, lost connection, database error) into one
+    line."""
 
     @functools.wraps(method)
     def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
@@ -57,7 +59,8 @@ class MlflowTracker(Tracker):
 
     def __init__(self, uri: str | None = None) -> None:
         # Decided before set_tracking_uri, which also exports MLFLOW_TRACKING_URI to this process: a
-        # queued experiment that creates the experiment must still pin its artifacts at the real root.
+        # queued experiment that creates the experiment must still pin its artifacts at the real
+        # root.
         check_environment()
         self.uri = uri or tracking_uri()
         self._default_store = uri is None and "MLFLOW_TRACKING_URI" not in os.environ
@@ -81,9 +84,9 @@ class MlflowTracker(Tracker):
 
     @_store_errors
     def _experiment_id(self, name: str) -> str:
-        """The id of experiment `name`, created if needed. On a SQLite store, creating the database, its
-        migrations and the experiment happen under a file lock: parallel first runs (`dvc queue start -j 2`
-        on a fresh clone) would otherwise race in the schema migration."""
+        """The id of experiment `name`, created if needed. On a SQLite store, creating the database,
+        its migrations and the experiment happen under a file lock: parallel first runs (`dvc queue
+        start -j 2` on a fresh clone) would otherwise race in the schema migration."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -92,18 +95,26 @@ class MlflowTracker(Tracker):
             client = MlflowClient(self.uri)
             exp = client.get_experiment_by_name(name)
             if exp is None:
-                # The default store would put artifacts in ./mlruns of whatever folder the stage runs in
-                # (a throwaway copy for queued experiments); pin them beside the database instead.
-                location = (paths.project_root() / "mlruns").as_uri() if self._default_store else None
+                # The default store would put artifacts in ./mlruns of whatever folder the stage
+                # runs in (a throwaway copy for queued experiments); pin them beside the database
+                # instead.
+                location = (
+                    (paths.project_root() / "mlruns").as_uri() if self._default_store else None
+                )
                 try:
-                    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+                    return client.create_experiment(
+                        name, artifact_location=location, tags=EXPERIMENT_KIND
+                    )
                 except MlflowException:
-                    exp = client.get_experiment_by_name(name)  # created meanwhile by a run on another machine
+                    exp = client.get_experiment_by_name(
+                        name
+                    )  # created meanwhile by a run on another machine
                     if exp is None:
                         raise
         if exp.lifecycle_stage == "deleted":
             raise PipelineError(
-                f"mlflow.experiment_name: experiment {name!r} is deleted in {self.uri}; restore it or choose another name"
+                f"mlflow.experiment_name: experiment {name!r} is deleted in {self.uri}; restore it "
+                "or choose another name"
             )
         check_artifact_location(name, exp.artifact_location)
         for key, value in EXPERIMENT_KIND.items():
@@ -114,24 +125,31 @@ class MlflowTracker(Tracker):
     @_store_errors
     def open_store(self) -> None:
         """Import mlflow and open an existing store (on SQLite: the engine and its schema check, the
-        longest part), so that the first run starts without that wait. A SQLite file that does not exist yet is
-        left to the first run: a stage that stops on bad input creates nothing."""
+        longest part), so that the first run starts without that wait. A SQLite file that does not
+        exist yet is left to the first run: a stage that stops on bad input creates nothing."""
         from mlflow.tracking import MlflowClient
 
         self._connect()
-        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+        if (
+            self.uri.startswith("sqlite:///")
+            and not Path(self.uri.removeprefix("sqlite:///")).exists()
+        ):
             return
-        with sqlite_lock(self.uri):  # another run may be creating it this moment: see _experiment_id
+        with sqlite_lock(
+            self.uri
+        ):  # another run may be creating it this moment: see _experiment_id
             MlflowClient(self.uri).search_experiments(max_results=1)
 
     def ensure_experiment(self, name: str) -> str:
-        """The id of experiment `name`, created now if missing. For callers that start runs in other folders
-        (a sweep's worker clones): created here, the default store pins its artifacts at this project root."""
+        """The id of experiment `name`, created now if missing. For callers that start runs in other
+        folders (a sweep's worker clones): created here, the default store pins its artifacts at
+        this project root."""
         return self._experiment_id(name)
 
     @contextmanager
     def _run(self, **start_kwargs: Any) -> Iterator[Any]:
-        """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never RUNNING."""
+        """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never
+        RUNNING."""
         mlflow = self._connect()
         from mlflow.entities import RunStatus
         from mlflow.exceptions import MlflowException
@@ -145,11 +163,15 @@ class MlflowTracker(Tracker):
             try:
                 yield run
             except BaseException as exc:
-                status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+                status = (
+                    RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+                )
                 try:
                     _last_system_sample(run.info.run_id)
                     mlflow.end_run(RunStatus.to_string(status))
-                except Exception:  # the store may be what failed; the original error is the one to report
+                except (
+                    Exception
+                ):  # the store may be what failed; the original error is the one to report
                     pass
                 raise
             else:
@@ -163,21 +185,30 @@ class MlflowTracker(Tracker):
 
     @contextmanager
     def train_run(
-        self, experiment_name: str, run_name: str, params: Mapping[str, Any], resume_run_id: str | None = None
+        self,
+        experiment_name: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        resume_run_id: str | None = None,
     ) -> Iterator[str]:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         experiment_id = self._experiment_id(experiment_name)
         wanted = {k: param_value(v) for k, v in params.items()}
-        start: dict[str, Any] = {"experiment_id": experiment_id, "run_name": run_name, "tags": origin_tags(params)}
+        start: dict[str, Any] = {
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "tags": origin_tags(params),
+        }
         if resume_run_id is not None:
             try:
                 old = MlflowClient(self.uri).get_run(resume_run_id)
             except MlflowException:
                 old = None  # the store lost it: resume the training, in a new run
             # MLflow parameters are immutable: a checkpoint resumed with other mlflow.* values (the
-            # only ones its fingerprint leaves out) continues in a new run that points to the old one.
+            # only ones its fingerprint leaves out) continues in a new run that points to the old
+            # one.
             if old is not None and all(old.data.params.get(k, v) == v for k, v in wanted.items()):
                 start = {"run_id": resume_run_id}
             else:
@@ -192,9 +223,10 @@ class MlflowTracker(Tracker):
 
     @contextmanager
     def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
-        """As Tracker.evaluate_run; a new run, tagged with the original id and carrying its parameters, is
-        opened instead when the store does not know that run (a fresh store, a clone) or when the run was
-        already evaluated with other evaluate.* values (MLflow parameters cannot change)."""
+        """As Tracker.evaluate_run; a new run, tagged with the original id and carrying its
+        parameters, is opened instead when the store does not know that run (a fresh store, a clone)
+        or when the run was already evaluated with other evaluate.* values (MLflow parameters cannot
+        change)."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -204,7 +236,9 @@ class MlflowTracker(Tracker):
             original = MlflowClient(self.uri).get_run(run_info["run_id"])
         except MlflowException:
             original = None
-        if original is not None and all(original.data.params.get(k, v) == v for k, v in wanted.items()):
+        if original is not None and all(
+            original.data.params.get(k, v) == v for k, v in wanted.items()
+        ):
             start: dict[str, Any] = {"run_id": run_info["run_id"]}
             inherited: dict[str, str] = {}
         else:
@@ -213,7 +247,11 @@ class MlflowTracker(Tracker):
                 "run_name": run_info.get("run_name"),
                 "tags": {**origin_tags(params), "original_run_id": run_info["run_id"]},
             }
-            inherited = {k: v for k, v in original.data.params.items() if k not in wanted} if original else {}
+            inherited = (
+                {k: v for k, v in original.data.params.items() if k not in wanted}
+                if original
+                else {}
+            )
         with self._run(**start) as run:
             self._log_params({**inherited, **wanted})
             yield run.info.run_id
@@ -231,8 +269,12 @@ class MlflowTracker(Tracker):
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.data.sources import LocalArtifactDatasetSource
 
-        dataset = MetaDataset(LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36])
-        self._connect().log_input(dataset, context="training", tags={k: str(v) for k, v in rows.items()})
+        dataset = MetaDataset(
+            LocalArtifactDatasetSource(str(Path(source).resolve())), name=name, digest=digest[:36]
+        )
+        self._connect().log_input(
+            dataset, context="training", tags={k: str(v) for k, v in rows.items()}
+        )
 
     @_store_errors
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -273,13 +315,17 @@ class MlflowTracker(Tracker):
 
 
 def _last_system_sample(run_id: str) -> None:
-    """Record what MLflow's system-metrics monitor sampled since its last report. end_run drops it: a
-    run (or an evaluate stage's reopening of one) shorter than SYSTEM_METRICS_SECONDS, as on a fast
-    machine, would have no system/* metrics at all. end_run's finish() writes it with the rest."""
+    """Record what MLflow's system-metrics monitor sampled since its last report. end_run drops it:
+    a run (or an evaluate stage's reopening of one) shorter than SYSTEM_METRICS_SECONDS, as on a
+    fast machine, would have no system/* metrics at all. end_run's finish() writes it with the
+    rest."""
     from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
 
     monitor = run_id_to_system_metrics_monitor.get(run_id)
     if monitor is not None:
-        with contextlib.suppress(Exception):  # as MLflow's own monitor: a lost sample never fails a run
-            monitor.collect_metrics()  # the state at the end; averaged with the partial interval's samples
+        with contextlib.suppress(
+            Exception
+        ):  # as MLflow's own monitor: a lost sample never fails a run
+            # The state at the end; averaged with the partial interval's samples.
+            monitor.collect_metrics()
             monitor.publish_metrics(monitor.aggregate_metrics())

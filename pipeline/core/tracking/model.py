@@ -1,5 +1,6 @@
-"""The trained model as an MLflow pyfunc model (see core.serving), logged from the run that trained it.
-"""
+"""The trained model as an MLflow pyfunc model (see core.serving), logged from the run that trained
+it."""
+
 from __future__ import annotations
 
 import re
@@ -16,9 +17,9 @@ def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
     core.serving), with this package as its code; returns its URI. torch is not imported here: a
     background tracker's process would pay for it.
 
-    Named after the run (MLflow forbids `/:.%"'` in model names: `_` instead), so its model lists say
-    which run each model came from. No input example: MLflow would load and run the model once more
-    at logging time only to re-check what the tests check.
+    Named after the run (MLflow forbids `/:.%"'` in model names: `_` instead), so its model lists
+    say which run each model came from. No input example: MLflow would load and run the model once
+    more at logging time only to re-check what the tests check.
     """
     import numpy as np
     from mlflow.models import ModelSignature
@@ -31,11 +32,15 @@ def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
 
     c, s = meta["in_channels"], meta["image_size"]
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),  # untyped on purpose: see core.serving
+        inputs=Schema(
+            [TensorSpec(np.dtype(object), (-1,))]
+        ),  # untyped on purpose: see core.serving
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["class_names"])))]),
     )
     with warnings.catch_warnings(), _without_mismatch_check():
-        warnings.filterwarnings("ignore", message=".*input example was not provided")  # left out on purpose
+        warnings.filterwarnings(
+            "ignore", message=".*input example was not provided"
+        )  # left out on purpose
         info = log_model(
             name=re.sub(r"[/:.%\"']", "_", name),
             python_model=serving.__file__,

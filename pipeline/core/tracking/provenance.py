@@ -1,5 +1,6 @@
-"""Where a run came from: git and DVC tags, the parameters that differ from the commit, the run file, the packages.
-"""
+"""Where a run came from: git and DVC tags, the parameters that differ from the commit, the run
+file, the packages."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,13 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.repo import git
 
 RUN_FILE_VERSION = 1
-# MLflow stores at most this many characters of a parameter value (and cuts longer ones with a warning).
+# MLflow stores at most this many characters of a parameter value (and cuts longer ones with a
+# warning).
 PARAM_VALUE_LIMIT = 6000
 TRUNCATED = " …[cut]"
-PARAMS_ARTIFACT = "params.yaml"  # every run's parameters, whole, as a file: what `reproduce` reads first
+PARAMS_ARTIFACT = (
+    "params.yaml"  # every run's parameters, whole, as a file: what `reproduce` reads first
+)
 
 
 def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
@@ -24,12 +28,15 @@ def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
 
     `git.commit` is the commit the code came from: for a DVC experiment its baseline (a queued one
     runs on a temporary commit of DVC's). `git.dirty` says whether the code differs from it; the
-    parameters and the pipeline's outputs do not count, since DVC itself rewrites them during a plain
-    run (dvc.lock, metrics, `-S` values). `params.changed` lists the parameters (of `params`) whose
-    value differs from that commit's params.yaml.
+    parameters and the pipeline's outputs do not count, since DVC itself rewrites them during a
+    plain run (dvc.lock, metrics, `-S` values). `params.changed` lists the parameters (of `params`)
+    whose value differs from that commit's params.yaml.
     """
     tags: dict[str, str] = {}
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     commit = os.environ.get("DVC_EXP_BASELINE_REV") or git("rev-parse", "HEAD", check=False)
@@ -40,7 +47,9 @@ def origin_tags(params: Mapping[str, Any]) -> dict[str, str]:
     edited = git("diff", "--name-only", commit, "--", ".", *not_code, check=False)
     new = git("ls-files", "--others", "--exclude-standard", "--", "pipeline", check=False)
     tags["git.dirty"] = str(bool(edited or new)).lower()
-    changed = changed_params(git("show", f"{commit}:{paths.PARAMS.as_posix()}", check=False), params)
+    changed = changed_params(
+        git("show", f"{commit}:{paths.PARAMS.as_posix()}", check=False), params
+    )
     if changed:
         tags["params.changed"] = ", ".join(f"{k}={v}" for k, v in changed.items())[:5000]
     return tags
@@ -53,7 +62,9 @@ def changed_params(committed_yaml: str, params: Mapping[str, Any]) -> dict[str, 
     from pipeline.core.yamlio import read_yaml
 
     try:
-        committed = {k: param_value(v) for k, v in flatten(parse_params(read_yaml(committed_yaml))).items()}
+        committed = {
+            k: param_value(v) for k, v in flatten(parse_params(read_yaml(committed_yaml))).items()
+        }
     except PipelineError:
         committed = {}
     current = {k: param_value(v) for k, v in params.items()}
@@ -61,24 +72,37 @@ def changed_params(committed_yaml: str, params: Mapping[str, Any]) -> dict[str, 
 
 
 def param_value(value: Any) -> str:
-    """A parameter as MLflow should show it: YAML spelling for null, booleans and lists. A value longer than
-    MLflow stores is cut with a note saying so (MLflow would cut it silently): the run's `params.yaml`
-    artifact (PARAMS_ARTIFACT) holds every value whole."""
-    text = json.dumps(list(value) if isinstance(value, tuple) else value) if value is None or isinstance(
-        value, (bool, tuple)) else str(value)
+    """A parameter as MLflow should show it: YAML spelling for null, booleans and lists. A value
+    longer than MLflow stores is cut with a note saying so (MLflow would cut it silently): the run's
+    `params.yaml` artifact (PARAMS_ARTIFACT) holds every value whole."""
+    text = (
+        json.dumps(list(value) if isinstance(value, tuple) else value)
+        if value is None or isinstance(value, (bool, tuple))
+        else str(value)
+    )
     if len(text) > PARAM_VALUE_LIMIT:
-        note = f"{TRUNCATED} ({len(text):,} characters; the whole value is in the run's {PARAMS_ARTIFACT})"
+        note = (
+            f"{TRUNCATED} ({len(text):,} characters; "
+            f"the whole value is in the run's {PARAMS_ARTIFACT})"
+        )
         text = text[: PARAM_VALUE_LIMIT - len(note)] + note
     return text
 
 
-def write_run_file(path: Path, run_id: str, experiment_name: str, run_name: str, model_uri: str) -> None:
+def write_run_file(
+    path: Path, run_id: str, experiment_name: str, run_name: str, model_uri: str
+) -> None:
     """Record the run id so that evaluate appends to the same run, and the logged model's URI (what
     `mlflow models serve -m` takes)."""
     atomic.write_json(
         path,
-        {"version": RUN_FILE_VERSION, "run_id": run_id, "experiment_name": experiment_name, "run_name": run_name,
-         "model_uri": model_uri},
+        {
+            "version": RUN_FILE_VERSION,
+            "run_id": run_id,
+            "experiment_name": experiment_name,
+            "run_name": run_name,
+            "model_uri": model_uri,
+        },
     )
 
 
@@ -129,7 +153,11 @@ def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
     except (OSError, PipelineError):
         return {}
     tags = {}
-    for stage, out in (("download", paths.RAW), ("normalization-stats", paths.STATS), ("train", paths.MODEL)):
+    for stage, out in (
+        ("download", paths.RAW),
+        ("normalization-stats", paths.STATS),
+        ("train", paths.MODEL),
+    ):
         for entry in stages.get(stage, {}).get("outs", []):
             if entry.get("path") == out.as_posix() and entry.get("md5"):
                 tags[f"dvc.lock.{out.as_posix()}"] = entry["md5"]

@@ -4,6 +4,7 @@ The store is `MLFLOW_TRACKING_URI` when set, else SQLite at the *project root*: 
 there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so `dvc repro`,
 `dvc exp run` and queued runs all land in one store.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -21,8 +22,9 @@ from pipeline.core.errors import PipelineError
 SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql")
 
 
-# Variables that make MLflow log into a run, experiment or model the pipeline did not choose (a leftover of a
-# notebook or a wrapper): the pipeline opens its own runs in mlflow.experiment_name, so it refuses them.
+# Variables that make MLflow log into a run, experiment or model the pipeline did not choose (a
+# leftover of a notebook or a wrapper): the pipeline opens its own runs in mlflow.experiment_name,
+# so it refuses them.
 FOREIGN_TARGETS = {
     "MLFLOW_RUN_ID": "MLflow would resume that run instead of opening the stage's own",
     "MLFLOW_EXPERIMENT_NAME": "the pipeline logs into mlflow.experiment_name of params.yaml",
@@ -33,21 +35,29 @@ FOREIGN_TARGETS = {
 # A dead part behind a tracking server (its S3 store, say) must surface in seconds: MLflow's client
 # retries a failed request 7 times with backoff (about 5 minutes) and waits 120 s for each answer.
 # Set for the pipeline's tracking only; a user's own setting wins.
-CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+CLIENT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 
 
 def check_environment(environ: dict[str, str] | None = None) -> None:
-    """Refuse, in one line naming it, a variable that would make MLflow act on a run the pipeline did not open."""
+    """Refuse, in one line naming it, a variable that would make MLflow act on a run the pipeline
+    did not open."""
     environ = dict(os.environ) if environ is None else environ
     for name, why in FOREIGN_TARGETS.items():
         if environ.get(name):
-            raise PipelineError(f"{name} is set ({environ[name][:40]}): {why}; unset it (`unset {name}`)")
+            raise PipelineError(
+                f"{name} is set ({environ[name][:40]}): {why}; unset it (`unset {name}`)"
+            )
 
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, or the SQLite store at the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.project_root() / 'mlflow.db'}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.project_root() / 'mlflow.db'}"
+    )
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -60,7 +70,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
     if scheme not in SCHEMES:
         raise PipelineError(
-            f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; use http(s)://HOST:PORT of an MLflow server, "
+            f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; use http(s)://HOST:PORT of an "
+            "MLflow server, "
             "sqlite:///PATH, postgresql+psycopg2://… or unset the variable"
         )
     if scheme not in ("http", "https"):
@@ -71,9 +82,14 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
     base = uri.rstrip("/")
     request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    user, password = (
+        os.environ.get("MLFLOW_TRACKING_USERNAME"),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+    )
     if user and password:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        request.add_header(
+            "Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        )
     try:
         # A fresh opener reads the proxy settings now; urlopen's global one keeps the first it saw.
         opener = urllib.request.build_opener()
@@ -89,19 +105,27 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 f"MLFLOW_TRACKING_URI={uri}: the server refused the credentials (HTTP {exc.code}); "
                 "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
             ) from None
-        raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (HTTP {exc.code} from its API)") from None
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (HTTP {exc.code} from its "
+            "API)"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PipelineError(
-            f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); start it or unset the variable"
+            f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); start it or unset "
+            "the variable"
         ) from None
     except ValueError:
-        raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (its API does not answer JSON)") from None
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI={uri}: not an MLflow tracking server (its API does not answer "
+            "JSON)"
+        ) from None
 
 
 @contextmanager
 def sqlite_lock(uri: str) -> Iterator[None]:
-    """An exclusive file lock beside a SQLite store's database for the block (nothing for other stores)."""
+    """An exclusive file lock beside a SQLite store's database for the block (nothing for other
+    stores)."""
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -118,8 +142,8 @@ def sqlite_lock(uri: str) -> Iterator[None]:
 
 @contextmanager
 def interrupts_as_keyboard() -> Iterator[None]:
-    """SIGTERM (a kill, a CI timeout) raises KeyboardInterrupt meanwhile, as Ctrl-C does: an open run
-    then ends KILLED, not RUNNING."""
+    """SIGTERM (a kill, a CI timeout) raises KeyboardInterrupt meanwhile, as Ctrl-C does: an open
+    run then ends KILLED, not RUNNING."""
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -133,9 +157,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def check_artifact_location(name: str, location: str) -> None:
-    """Refuse an experiment whose artifacts would land inside DVC's own folder (.dvc/tmp/exps/… is where a
-    queued or --temp experiment runs, and DVC deletes it): its models and figures would be lost. MLflow
-    cannot move an experiment's artifact location, so another experiment name is the way out."""
+    """Refuse an experiment whose artifacts would land inside DVC's own folder (.dvc/tmp/exps/… is
+    where a queued or --temp experiment runs, and DVC deletes it): its models and figures would be
+    lost. MLflow cannot move an experiment's artifact location, so another experiment name is the
+    way out."""
     from urllib.parse import urlparse
     from urllib.request import url2pathname
 
@@ -146,6 +171,8 @@ def check_artifact_location(name: str, location: str) -> None:
     dvc_dir = (paths.project_root() / ".dvc").resolve()
     if folder.is_relative_to(dvc_dir):
         raise PipelineError(
-            f"mlflow.experiment_name: experiment {name!r} keeps its artifacts in {folder}, inside DVC's temporary "
-            "folder, which DVC deletes; choose another mlflow.experiment_name (dvc exp run -S mlflow.experiment_name=…)"
+            f"mlflow.experiment_name: experiment {name!r} keeps its artifacts in {folder}, inside "
+            "DVC's temporary "
+            "folder, which DVC deletes; choose another mlflow.experiment_name (dvc exp run -S "
+            "mlflow.experiment_name=…)"
         )
