@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/python -m pip install --disable-pip-version-check
 # Stage commands in dvc.yaml call plain `python`/`dvc`; put the venv first on PATH for them.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-team setup-dev repro test test-fast repro-check
+.PHONY: setup setup-team setup-dev repro test test-fast repro-check lint format
 
 # What `dvc repro` and predict need (torch's CUDA build, which also runs on the CPU: about 6.5 GB).
 setup: $(BASE) $(PLOTS_PAGE)
@@ -51,3 +51,12 @@ test-fast: setup-dev
 # with repro/reference.json (needs a clean work tree).
 repro-check: setup
 	python -m pipeline repro-check
+
+# One formatter and linter (ruff, configured in pyproject.toml): `make lint` checks, `make format` fixes.
+lint: setup-dev
+	ruff check .
+	ruff format --check .
+
+format: setup-dev
+	ruff format .
+	ruff check --fix .

@@ -31,9 +31,12 @@ def machine() -> dict[str, Any]:
     import torch
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    field = lambda name: next(
-        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(name)), ""
-    )
+
+    def field(name):
+        return next(
+            (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(name)), ""
+        )
+
     return {
         "cpu": field("model name") or platform.processor(),
         "flags": cpu.flags(),

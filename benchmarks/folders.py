@@ -27,7 +27,7 @@ def mnist_pngs(root: Path) -> Path:
         pixels, labels = datasets.read_split(spec, paths.RAW, train=train)
         for digit in range(10):
             (root / split / str(digit)).mkdir(parents=True, exist_ok=True)
-        for i, (picture, label) in enumerate(zip(pixels, labels)):
+        for i, (picture, label) in enumerate(zip(pixels, labels, strict=False)):
             Image.fromarray(picture[0]).save(root / split / str(int(label)) / f"{i:05d}.png")
     return root
 
@@ -61,7 +61,7 @@ def big_jpegs(count: int = 40) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "jpegs"
-        for k, name in enumerate(("astronaut.png", "coffee.png")):
+        for _k, name in enumerate(("astronaut.png", "coffee.png")):
             (folder / name.split(".")[0]).mkdir(parents=True)
             big = (
                 Image.open(Path(skimage.data_dir) / name)

@@ -242,4 +242,4 @@ def write(stored: dict[str, Any], page: Path = PAGE) -> None:
     sections = [HEADER]
     for family, r in sorted(stored["families"].items()):
         sections.append(f"## `{family}`\n\n" + "\n".join(rows(r)) + "\n\n" + where_time_goes(r))
-    page.write_text("\n".join(sections + [GAPS]))
+    page.write_text("\n".join([*sections, GAPS]))

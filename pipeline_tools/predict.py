@@ -75,10 +75,10 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
             "path": str(f),
             "predictions": [
                 {"class": names[i], "probability": float(p)}
-                for p, i in zip(ps.tolist(), idx.tolist())
+                for p, i in zip(ps.tolist(), idx.tolist(), strict=False)
             ],
         }
-        for f, ps, idx in zip(files, top.values, top.indices)
+        for f, ps, idx in zip(files, top.values, top.indices, strict=False)
     ]
     if as_json:
         click.echo(json.dumps(results, indent=2))

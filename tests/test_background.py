@@ -85,13 +85,14 @@ def test_a_failed_record_is_raised_as_one_line_and_fails_the_run(
     uri, client = store
     tracker = BackgroundTracker(uri)
     try:
-        with pytest.raises(PipelineError) as caught:
-            with tracker.train_run("exp", "run-b", {}) as run_id:
-                tracker.log_metrics({"bad name?!": 1.0})  # MLflow refuses the name, in the child
-                tracker.log_metrics(
-                    {"never_logged": 1.0}
-                )  # skipped: the error stops the run as in-process
-                tracker.flush()
+        with (
+            pytest.raises(PipelineError) as caught,
+            tracker.train_run("exp", "run-b", {}) as run_id,
+        ):
+            tracker.log_metrics({"bad name?!": 1.0})  # MLflow refuses the name, in the child
+            # Skipped: the error stops the run as in-process.
+            tracker.log_metrics({"never_logged": 1.0})
+            tracker.flush()
     finally:
         tracker.close()
     message = str(caught.value)
@@ -104,9 +105,8 @@ def test_an_interrupt_ends_the_run_killed(store: tuple[str, MlflowClient]) -> No
     uri, client = store
     tracker = BackgroundTracker(uri)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            with tracker.train_run("exp", "run-c", {}) as run_id:
-                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt), tracker.train_run("exp", "run-c", {}) as run_id:
+            raise KeyboardInterrupt
     finally:
         tracker.close()
     assert client.get_run(run_id).info.status == "KILLED"
@@ -117,9 +117,12 @@ def test_a_dead_tracking_process_is_one_line(store: tuple[str, MlflowClient]) ->
     tracker = BackgroundTracker(uri)
     tracker._child.kill()
     tracker._child.wait()
-    with pytest.raises(
-        PipelineError, match=r"the tracking process ended unexpectedly \(exit code -9\)"
-    ), tracker.train_run("exp", "run-d", {}):
+    with (
+        pytest.raises(
+            PipelineError, match=r"the tracking process ended unexpectedly \(exit code -9\)"
+        ),
+        tracker.train_run("exp", "run-d", {}),
+    ):
         pass
     tracker.close()
 

@@ -50,7 +50,7 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     capped_fit, capped_val = splits.split_indices(labels, val_size=1000, seed=0, folder=True)
     assert len(capped_val) == 200 and len(capped_fit) == 800
     with pytest.raises(
-        PipelineError, match="data.val_size must be smaller than the 1000 training images"
+        PipelineError, match=r"data.val_size must be smaller than the 1000 training images"
     ):
         splits.split_indices(labels, val_size=1000, seed=0)
     with pytest.raises(PipelineError, match="at least two"):
@@ -104,7 +104,7 @@ def test_model_file_round_trip_is_byte_stable(tmp_path: Path) -> None:
     x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     torch.testing.assert_close(loaded(x), model.eval()(x))
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(PipelineError, match="junk.pt: not a model written by the train stage"):
+    with pytest.raises(PipelineError, match=r"junk.pt: not a model written by the train stage"):
         models.load(tmp_path / "junk.pt")
     # A file whose options describe a far larger network than the weights it holds (hostile, or
     # edited): refused from the counts, before a weight is allocated.

@@ -164,7 +164,7 @@ def test_tar_member_escaping_the_target_is_refused(tmp_path: Path) -> None:
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     (tmp_path / "dest").mkdir()
-    with pytest.raises(PipelineError, match="refusing to extract '../escaped.txt'"):
+    with pytest.raises(PipelineError, match=r"refusing to extract '../escaped.txt'"):
         acquisition.safe_extract(archive, tmp_path / "dest")
     assert not (tmp_path / "escaped.txt").exists()
 
@@ -200,7 +200,7 @@ def test_pretrained_weights_offline_fail_in_one_line(
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # and no way to download them
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     with pytest.raises(
-        PipelineError, match="train.pretrained: could not get the ImageNet weights"
+        PipelineError, match=r"train.pretrained: could not get the ImageNet weights"
     ) as err:
         models.build(
             "resnet18",

@@ -407,7 +407,7 @@ def test_decode_writes_what_read_split_reads_back(tmp_path: Path) -> None:
         and y.dtype == np.int64
     )
     files = json.loads((tmp_path / "out" / "all" / "files.json").read_text())
-    for row, (rel, label) in enumerate(zip(files, y)):
+    for row, (rel, label) in enumerate(zip(files, y, strict=False)):
         assert (
             np.array_equal(x[row], images.read(root / rel, 3, 24))
             and report["classes"][label] == rel.split("/")[0]
@@ -456,7 +456,7 @@ def test_duplicates_across_splits_are_counted_and_a_class_left_empty_stops(tmp_p
             exc
         ) and "rerun the decoding stage" in one_line(exc)
     with pytest.raises(
-        PipelineError, match="data.channels must be 1 or 3 and data.image_size at least 1"
+        PipelineError, match=r"data.channels must be 1 or 3 and data.image_size at least 1"
     ):
         folders.decode(folders.scan(root), 2, 32, tmp_path / "out", 2, quiet)
     for picture in (root / "test" / "coffee").iterdir():

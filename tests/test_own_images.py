@@ -82,7 +82,8 @@ def test_photographs_train_end_to_end_and_predict_names_held_out_pictures(tmp_pa
     )
     named = [item["predictions"][0]["class"] for item in out]
     truth = [RENAMED.get(name, name) for _, name in pictures]
-    assert sum(a == b for a, b in zip(named, truth)) >= 6, list(zip(named, truth))
+    pairs = list(zip(named, truth, strict=True))
+    assert sum(a == b for a, b in pairs) >= 6, pairs
 
     # The folder is the download stage's dependency: nothing reruns untouched, one new picture
     # reruns the chain.

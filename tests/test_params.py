@@ -112,7 +112,7 @@ def test_null_and_defaults() -> None:
 
 
 def test_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="missing.yaml: file not found"):
+    with pytest.raises(PipelineError, match=r"missing.yaml: file not found"):
         params.load_params(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("train:\n  lr: [0.1\n")
@@ -120,7 +120,7 @@ def test_file_errors(tmp_path: Path) -> None:
         params.load_params(broken)
     empty = tmp_path / "empty.yaml"
     empty.write_text("# only a comment\n")
-    with pytest.raises(PipelineError, match="empty.yaml: empty; it must hold the parameters"):
+    with pytest.raises(PipelineError, match=r"empty.yaml: empty; it must hold the parameters"):
         params.load_params(empty)  # not "all defaults": an emptied file is a mistake, not a choice
     assert (
         params.load_params(_write(tmp_path / "partial.yaml", "train: {lr: 0.1}\n")).train.lr == 0.1

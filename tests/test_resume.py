@@ -62,7 +62,7 @@ def test_killed_train_resumes_to_identical_weights(make_project) -> None:
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("image-classification")
-    first, second = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    _first, second = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     assert second.info.status == "FINISHED"  # the killed run was resumed, not left RUNNING
     steps = sorted({m.step for m in client.get_metric_history(second.info.run_id, "val_accuracy")})
     assert steps == [1, 2, 3]

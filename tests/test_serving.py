@@ -48,7 +48,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     run(["dvc", "repro", "train"], root)
     model_uri = json.loads((root / "models/mlflow_run.json").read_text())["model_uri"]
     port = free_port()
-    log = open(root.parent / "serve.log", "w")
+    # The server outlives this statement; the file closes with the process.
+    log = open(root.parent / "serve.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             "mlflow",

@@ -4,6 +4,7 @@ errors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -102,7 +103,7 @@ def assert_trials(
         assert "test_accuracy" in r.data.metrics  # evaluated, but never the objective
     # The workers really ran side by side: some two runs overlap in time.
     spans = sorted((r.info.start_time, r.info.end_time) for r in tagged)
-    assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+    assert any(a_end > b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans)), spans
     best = max(trials, key=lambda t: t.value)
     assert f"best trial {best.number}: val_accuracy {best.value:.4f}" in out
     assert (
@@ -164,10 +165,10 @@ def test_search_space_is_checked_against_the_parameters(tmp_path: Path) -> None:
     ]  # lists travel as JSON text
     assert space.pruner == {"type": "none"}
     path.write_text("params:\n  train.epochs: {low: 1, high: 4.5}\n")
-    with pytest.raises(PipelineError, match="train.epochs: high must be an integer"):
+    with pytest.raises(PipelineError, match=r"train.epochs: high must be an integer"):
         load_space(path, Params())
     path.write_text("params:\n  train.model: {low: 1, high: 4}\n")
-    with pytest.raises(PipelineError, match="train.model is not a number"):
+    with pytest.raises(PipelineError, match=r"train.model is not a number"):
         load_space(path, Params())
 
 

@@ -18,10 +18,10 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import PipelineError
 
@@ -305,7 +305,7 @@ class World:
         torch.manual_seed(base + self.rank)
 
 
-def session(world: World | None, device: torch.device) -> ContextManager[None]:
+def session(world: World | None, device: torch.device) -> AbstractContextManager[None]:
     """Join the process group for the duration: NCCL when training on CUDA `device`, else gloo (a
     no-op without a world)."""
     return nullcontext() if world is None else _process_group(device)

@@ -108,7 +108,7 @@ def write_outputs(
     atomic.write_csv(
         paths.CONFUSION_PLOT,
         ["actual", "predicted"],
-        ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())),
+        ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist(), strict=False)),
     )
     atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
     atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)

@@ -63,7 +63,7 @@ def curves(
         (right, pr, ("recall", "precision")),
     ):
         for name in dict.fromkeys(p[0] for p in points):
-            xs, ys = zip(*((x, y) for n, x, y in points if n == name))
+            xs, ys = zip(*((x, y) for n, x, y in points if n == name), strict=False)
             ax.plot(xs, ys, label=name, linewidth=1)
         ax.set(xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.01))
         ax.grid(alpha=0.3)

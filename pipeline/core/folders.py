@@ -157,7 +157,7 @@ def carve(layout: Layout, test_size: float, seed: int = 0) -> Layout:
     test: set[int] = set()
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
-        test.update(rng.permutation(rows)[: max(1, int(round(test_size * len(rows))))].tolist())
+        test.update(rng.permutation(rows)[: max(1, round(test_size * len(rows)))].tolist())
     return Layout(
         layout.folder,
         layout.classes,
@@ -304,7 +304,8 @@ def decode(
             split: stack.enter_context(open(tmp / split / "images.u8", "wb"))
             for split in layout.splits
         }
-        for done, ((split, path, label), result) in enumerate(zip(entries, results), 1):
+        pairs = zip(entries, results, strict=False)
+        for done, ((split, path, label), result) in enumerate(pairs, 1):
             rel = path.relative_to(layout.folder).as_posix()
             if isinstance(result, str):
                 skipped.append((rel, result))
@@ -330,7 +331,7 @@ def decode(
             "image_size": size,
             "channels": channels,
             "splits": {
-                s: {"count": sum(c), "per_class": dict(zip(layout.classes, c))}
+                s: {"count": sum(c), "per_class": dict(zip(layout.classes, c, strict=False))}
                 for s, c in counts.items()
             },
             "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],

@@ -114,7 +114,7 @@ def prepare(img: Image.Image, channels: int, size: int) -> np.ndarray:
     img = img.resize(
         (new_w, new_h), Image.Resampling.BILINEAR
     )  # a copy when the size is already right
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
     array = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return np.ascontiguousarray(array[None] if channels == 1 else array.transpose(2, 0, 1))
 
@@ -129,10 +129,8 @@ def read(path: Path, channels: int, size: int) -> np.ndarray:
                 img.draft("L" if channels == 1 else "RGB", (size, size))
             img.load()
             return prepare(img, channels, size)
+    except (ImageError, MemoryError):
+        raise
     # Cut or damaged files fail in many ways: OSError, SyntaxError, ValueError, struct.error…
     except Exception as exc:
-        raise (
-            exc
-            if isinstance(exc, (ImageError, MemoryError))
-            else ImageError(f"truncated or damaged ({first_line(exc)})")
-        )
+        raise ImageError(f"truncated or damaged ({first_line(exc)})") from exc

@@ -134,7 +134,7 @@ def report(
         top_k=top_k,
         top_k_accuracy=float(in_top_k.double().mean()),
         roc_auc=_roc_auc(logits, labels, k),
-        per_class_accuracy={name: float(r) for name, r in zip(class_names, recall)},
+        per_class_accuracy={name: float(r) for name, r in zip(class_names, recall, strict=False)},
         confusion=confusion,
     )
 

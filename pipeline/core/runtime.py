@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ class Runtime:
     autocast_dtype: torch.dtype | None  # None = plain fp32
     channels_last: bool
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self) -> AbstractContextManager[Any]:
         """Autocast context for forward passes (a no-op in fp32)."""
         if self.autocast_dtype is None:
             return nullcontext()

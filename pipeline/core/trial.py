@@ -68,7 +68,7 @@ def link_from_env(environ: Mapping[str, str] | None = None) -> TrialLink | None:
     values = [environ.get(name, "") for name in TRIAL_ENV]
     if not any(values):
         return None
-    missing = [name for name, value in zip(TRIAL_ENV, values) if not value]
+    missing = [name for name, value in zip(TRIAL_ENV, values, strict=False) if not value]
     if missing:
         raise PipelineError(
             f"{', '.join(missing)} not set: a sweep trial needs all of {', '.join(TRIAL_ENV)}"

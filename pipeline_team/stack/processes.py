@@ -8,6 +8,7 @@ once the leader is gone and a new, unrelated session leader took its pid, its cr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -82,16 +83,12 @@ class Record:
         STOP_SECONDS."""
         members = self.members()
         for process in members:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 process.terminate()
-            except psutil.NoSuchProcess:
-                pass
         _, alive = psutil.wait_procs(members, timeout=STOP_SECONDS)
         for process in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(alive, timeout=5)
 
 
