@@ -1,17 +1,17 @@
-"""The architectures train.model names (one function each; core.registry lists the names), the model
-every run trains and ships, and model.pt I/O. torch is imported inside the functions that use it.
+"""The architectures train.model names (one function each, in ARCHITECTURES), the model every run
+trains and ships, and model.pt I/O. torch is imported inside the functions that use it.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import atomic, registry
+from pipeline.core import atomic
 from pipeline.core.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
@@ -153,7 +153,14 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOpti
     return net
 
 
-ARCHITECTURES = registry.implementations(globals(), registry.ARCHITECTURES)
+# train.model's name → (in_channels, image_size, num_classes, options) → the network; core.params
+# lists the same names as that parameter's choices.
+ARCHITECTURES: dict[str, Callable[[int, int, int, ModelOptions], nn.Module]] = {
+    "cnn": cnn,
+    "mlp": mlp,
+    "resnet": resnet,
+    "resnet18": resnet18,
+}
 
 
 def build(
