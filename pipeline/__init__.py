@@ -1,2 +1,2 @@
-"""Image-classification pipeline: `stages/` (the DVC stage commands), `core/` (the work), `tools/`
-(other commands)."""
+"""Image-classification pipeline: `stages/` (the DVC stage commands) and `core/` (the work); the
+other commands live in the packages pipeline_tools and pipeline_team."""

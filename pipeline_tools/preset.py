@@ -45,7 +45,7 @@ def check(params_file: Path, raw: dict[str, Any], source: str) -> dict[str, Any]
     unknown = [k for k in values if k not in flatten(parse_params(base, str(params_file)))]
     if unknown:
         raise PipelineError(
-            f"{source}: {', '.join(unknown)} is not a parameter (see README, Parameters)"
+            f"{source}: {', '.join(unknown)} is not a parameter (see docs/parameters.md)"
         )
     parse_params(merge(base, raw), source)
     return values

@@ -3,8 +3,8 @@ need real pictures.
 
 Each class is one photograph: random crops of different sizes and aspect ratios, saved in the
 formats and modes users' folders hold (RGB JPEG, grey PNG, RGBA PNG, palette GIF, TIFF), so a
-classifier can learn the classes and the decoding stage meets every path it has. Everything is made
-from a seed: the same call, the same bytes.
+classifier can learn the classes and the download stage's decoding meets every path it has.
+Everything is made from a seed: the same call, the same bytes.
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from helpers import fit_tiny, model_uri
 from mlflow.tracking import MlflowClient
 
-from pipeline.core import acquisition, datasets, models
-from pipeline.core.acquisition import md5sum
+from pipeline.core import datasets, models, originals
 from pipeline.core.errors import PipelineError
+from pipeline.core.originals import md5sum
 from pipeline.core.params import TrainParams
 from pipeline.stages import download, evaluate, normalization_stats, train
 
@@ -165,7 +165,7 @@ def test_tar_member_escaping_the_target_is_refused(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b"x"))
     (tmp_path / "dest").mkdir()
     with pytest.raises(PipelineError, match=r"refusing to extract '../escaped.txt'"):
-        acquisition.safe_extract(archive, tmp_path / "dest")
+        originals.safe_extract(archive, tmp_path / "dest")
     assert not (tmp_path / "escaped.txt").exists()
 
 

@@ -140,8 +140,9 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         page.get_by_text("test_class_accuracy/0").first.wait_for(timeout=90_000)
         body = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "compare-view.png"), full_page=True)
-        # The README's path by hand: the experiment opens on its table of training runs (not on
-        # MLflow's GenAI overview); tick both runs, Compare, then "Show diff only" under Parameters.
+        # docs/tracking.md's path (Comparing runs in the MLflow UI) by hand: the experiment opens on
+        # its table of training runs (not on MLflow's GenAI overview); tick both runs, Compare, then
+        # "Show diff only" under Parameters.
         page.goto(runs_url)
         page.get_by_text("Run Name").first.wait_for(timeout=90_000)
         for name in names:  # the table's header is drawn before its rows arrive

@@ -160,8 +160,8 @@ def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
     root = make_project()
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    from pipeline.core.acquisition import local_source
     from pipeline.core.datasets import get
+    from pipeline.core.originals import local_source
 
     packaged = local_source(get("mnist"))
     assert packaged is not None

@@ -454,7 +454,7 @@ def test_duplicates_across_splits_are_counted_and_a_class_left_empty_stops(tmp_p
             folders.read_split(tmp_path / "out", split)
         assert "decoded pictures missing or damaged" in one_line(
             exc
-        ) and "rerun the decoding stage" in one_line(exc)
+        ) and "rerun the download stage (dvc repro -f download)" in one_line(exc)
     with pytest.raises(
         PipelineError, match=r"data.channels must be 1 or 3 and data.image_size at least 1"
     ):

@@ -126,8 +126,8 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project, tmp_path
     assert len(runs(root)) == 1
 
     # dvc.yaml's deps are the stages' imports. Editing a network or an optimizer reruns what trains
-    # and evaluates, never the decoding of the pictures (the parameter check reads core.registry's
-    # names only)...
+    # and evaluates, never the decoding of the pictures (the parameter check reads the names in
+    # core.params only)...
     code = {
         name: root / "pipeline" / "core" / name for name in ("models.py", "optim.py", "layers.py")
     }

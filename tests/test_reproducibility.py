@@ -1,5 +1,5 @@
-"""`pipeline.repro_check` passes on identical reruns and fails, with a diff, when training is not
-seeded."""
+"""`pipeline_tools.repro_check` passes on identical reruns and fails, with a diff, when training is
+not seeded."""
 
 from __future__ import annotations
 

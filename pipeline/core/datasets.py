@@ -1,8 +1,9 @@
 """Dataset registry (name → files, shape, class names) and reading a split as uint8 arrays.
 
-Getting the files onto the disk is `core.acquisition`'s job; this module only reads what is there,
-with NumPy alone: the original idx and CIFAR files are simple enough that importing torchvision
-(about 3 s, most of it torch._dynamo) to read them would cost more than the reading.
+Getting the files onto the disk is core.originals' job (core.decoding's for a folder); this module
+only reads what is there, with NumPy alone: the original idx and CIFAR files are simple enough that
+importing torchvision (about 3 s, most of it torch._dynamo) to read them would cost more than the
+reading.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class DatasetSpec:
 
     @property
     def torchvision_class(self) -> Any:
-        """The torchvision dataset class (imported on first use: only acquisition needs it)."""
+        """The torchvision dataset class (imported on first use: only core.originals needs it)."""
         import torchvision.datasets
 
         return getattr(torchvision.datasets, self.torchvision_name)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # (another machine gone silent) ends the run after this long instead of hanging it. Rank 0 works
 # alone between collectives for seconds at most (opening the MLflow run, a checkpoint per epoch).
 TIMEOUT_SECONDS = 300
-# Several machines: the stage reads these and hands them to the launcher (see README).
+# Several machines: the stage reads these and hands them to the launcher (docs/distributed.md).
 NODES_ENV, NODE_RANK_ENV, MASTER_ENV = "PIPELINE_NNODES", "PIPELINE_NODE_RANK", "PIPELINE_MASTER"
 RUN_ID = (
     "pipeline-train"  # the static rendezvous keys its store by this; every node must use the same

@@ -17,7 +17,9 @@ from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
 
 
-def test_logits(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict]:
+def logits_on_test_split(
+    params: Params,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict]:
     """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model
     metadata) of models/model.pt; PipelineError when the model's outputs are not finite or
     evaluate.top_k does not fit."""
@@ -62,7 +64,7 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     With train.portable the kernels and thread count are those of training, so the metrics are as
     portable as the model. Raises PipelineError for a missing or unusable model, data or run file.
     """
-    images, labels, logits, names, _ = test_logits(params)
+    images, labels, logits, names, _ = logits_on_test_split(params)
     run_info = read_run_file(paths.RUN_FILE)
     rep = report(logits, labels, names, params.evaluate.top_k)
     roc, pr = curves(logits, labels, names)

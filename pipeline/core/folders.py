@@ -367,7 +367,7 @@ def read_split(out: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     ) as exc:  # ValueError: sizes disagree (or an empty file)
         raise PipelineError(
             f"{folder}: decoded pictures missing or damaged ({first_line(exc)}); "
-            "rerun the decoding stage"
+            "rerun the download stage (dvc repro -f download)"
         ) from None
 
 

@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 
-class ImageClassifier(nn.Module):
+class NormalizedModel(nn.Module):
     """A network behind its own input normalisation.
 
     Takes raw images, N×C×H×W, either uint8 (0–255) or float (0–1), so whoever uses the model
     (the evaluate stage, MLflow's pyfunc, `predict`) needs neither this package nor the statistics.
+    model.pt holds its state dict (`net.*`, `mean`, `std`), never this class's name, so a model
+    saved while it was called ImageClassifier loads unchanged (tests/test_model_file.py).
     """
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:

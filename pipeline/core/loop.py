@@ -355,12 +355,14 @@ def fit(
                     trained, batch_iter, opt, rt, bar if progress else None, world
                 )
             except Diverged as exc:
+                # Only remedies not in use already: onecycle is the default schedule.
+                tries = [f"lower train.lr (e.g. {exc.lr / 10:.3g})"]
+                tries += ["set train.grad_clip (e.g. 1.0)"] if cfg.grad_clip is None else []
+                tries += ["use train.scheduler onecycle"] if cfg.scheduler != "onecycle" else []
                 raise PipelineError(
                     f"train: the training loss became NaN or infinite at epoch {epoch}, step "
-                    f"{exc.step} "
-                    f"(learning rate {exc.lr:.3g}): training diverged; lower train.lr (e.g. "
-                    f"{exc.lr / 10:.3g}), "
-                    "set train.grad_clip (e.g. 1.0), or use train.scheduler onecycle"
+                    f"{exc.step} (learning rate {exc.lr:.3g}): training diverged; "
+                    + "; ".join(tries)
                 ) from None
         opt.after_epoch()
         val_loss, val_acc = validate(model, data, rt, world)

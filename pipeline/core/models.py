@@ -1,24 +1,24 @@
-"""The architectures train.model names (one function each; core.registry lists the names), the model
-every run trains and ships, and model.pt I/O. torch is imported inside the functions that use it.
+"""The architectures train.model names (one function each, in ARCHITECTURES), the model every run
+trains and ships, and model.pt I/O. torch is imported inside the functions that use it.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import atomic, registry
+from pipeline.core import atomic
 from pipeline.core.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from pipeline.core.layers import ImageClassifier
+    from pipeline.core.layers import NormalizedModel
     from pipeline.core.params import TrainParams
 
 
@@ -153,7 +153,14 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOpti
     return net
 
 
-ARCHITECTURES = registry.implementations(globals(), registry.ARCHITECTURES)
+# train.model's name → (in_channels, image_size, num_classes, options) → the network; core.params
+# lists the same names as that parameter's choices.
+ARCHITECTURES: dict[str, Callable[[int, int, int, ModelOptions], nn.Module]] = {
+    "cnn": cnn,
+    "mlp": mlp,
+    "resnet": resnet,
+    "resnet18": resnet18,
+}
 
 
 def build(
@@ -164,16 +171,16 @@ def build(
     mean: Sequence[float],
     std: Sequence[float],
     options: ModelOptions,
-) -> ImageClassifier:
-    """An ImageClassifier of the named architecture, freshly initialised from torch's global RNG."""
+) -> NormalizedModel:
+    """A NormalizedModel of the named architecture, freshly initialised from torch's global RNG."""
     if architecture not in ARCHITECTURES:
         raise PipelineError(
             f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
         )
-    from pipeline.core.layers import ImageClassifier
+    from pipeline.core.layers import NormalizedModel
 
     net = ARCHITECTURES[architecture](in_channels, image_size, num_classes, options)
-    return ImageClassifier(net, mean, std)
+    return NormalizedModel(net, mean, std)
 
 
 def options_from(cfg: TrainParams) -> ModelOptions:
@@ -186,7 +193,7 @@ def options_dict(options: ModelOptions) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
 
 
-def save(path: Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
+def save(path: Path, model: NormalizedModel, meta: dict[str, Any]) -> None:
     """Write weights plus everything needed to rebuild the model (architecture, shapes, classes).
 
     Serialised in memory first: torch.save names its archive after the file, and a fixed name keeps
@@ -200,7 +207,7 @@ def save(path: Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
-def load(path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
+def load(path: Path) -> tuple[NormalizedModel, dict[str, Any]]:
     """Rebuild the model saved by `save`, in eval mode on the CPU, and return it with its
     metadata."""
     import torch

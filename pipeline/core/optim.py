@@ -1,6 +1,7 @@
 """Optimizer, learning-rate schedule and loss: one function per name train.optimizer,
-train.scheduler and train.loss accept (core.registry lists the names). torch is imported inside
-them: a stage that only checks its parameters does not pay for it.
+train.scheduler and train.loss accept (the dicts OPTIMIZERS, SCHEDULERS and LOSSES; core.params
+lists the same names as those parameters' choices). torch is imported inside them: a stage that only
+checks its parameters does not pay for it.
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from pipeline.core import registry
 
 if TYPE_CHECKING:
     import torch
@@ -64,31 +63,35 @@ def rmsprop(p: Iterable[nn.Parameter], c: TrainParams) -> Optimizer:
     return RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], TrainParams], Optimizer]] = (
-    registry.implementations(globals(), registry.OPTIMIZERS)
-)
+OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], TrainParams], Optimizer]] = {
+    "adam": adam,
+    "adamw": adamw,
+    "sgd": sgd,
+    "adadelta": adadelta,
+    "rmsprop": rmsprop,
+}
 
 
-def none(o: Optimizer, c: TrainParams, steps: int) -> None:
+def constant(o: Optimizer, c: TrainParams, steps: int) -> None:
     """No schedule: a constant rate."""
     return None
 
 
-def step(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+def step_lr(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     """torch's StepLR: the rate times train.gamma every train.step_size epochs."""
     from torch.optim.lr_scheduler import StepLR
 
     return StepLR(o, step_size=c.step_size, gamma=c.gamma)
 
 
-def cosine(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+def cosine_annealing(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     """torch's CosineAnnealingLR over train.epochs."""
     from torch.optim.lr_scheduler import CosineAnnealingLR
 
     return CosineAnnealingLR(o, T_max=c.epochs)
 
 
-def onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
+def one_cycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     """torch's OneCycleLR up to train.lr and down over train.epochs × `steps` batches (Smith &
     Topin, 2017)."""
     from torch.optim.lr_scheduler import OneCycleLR
@@ -101,9 +104,13 @@ def onecycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
 
 
 # (optimizer, train params, batches per epoch) -> schedule; None = a constant rate.
-SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None]] = (
-    registry.implementations(globals(), registry.SCHEDULERS)
-)
+SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None]] = {
+    "none": constant,
+    "step": step_lr,
+    "cosine": cosine_annealing,
+    "onecycle": one_cycle,
+}
+PER_BATCH_SCHEDULERS = frozenset({"onecycle"})  # the others step once per epoch
 
 
 def cross_entropy(c: TrainParams) -> Loss:
@@ -131,9 +138,7 @@ def nll(c: TrainParams) -> Loss:
     return loss
 
 
-LOSSES: dict[str, Callable[[TrainParams], Loss]] = registry.implementations(
-    globals(), registry.LOSSES
-)
+LOSSES: dict[str, Callable[[TrainParams], Loss]] = {"cross_entropy": cross_entropy, "nll": nll}
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,8 @@ class Optimization:
     @classmethod
     def build(cls, model: nn.Module, cfg: TrainParams, steps_per_epoch: int) -> Optimization:
         """Optimizer (over the parameters that are not frozen), schedule and loss named by `cfg`,
-        for `model` as it will be trained (device, layout). Raises KeyError for a name no registry
-        holds (core.params refuses those first)."""
+        for `model` as it will be trained (device, layout). Raises KeyError for a name none of
+        the dicts holds (core.params refuses those first)."""
         optimizer = OPTIMIZERS[cfg.optimizer](
             [p for p in model.parameters() if p.requires_grad], cfg
         )
@@ -159,7 +164,7 @@ class Optimization:
         return cls(
             optimizer,
             scheduler,
-            cfg.scheduler in registry.PER_BATCH_SCHEDULERS,
+            cfg.scheduler in PER_BATCH_SCHEDULERS,
             LOSSES[cfg.loss](cfg),
             cfg.grad_clip,
         )

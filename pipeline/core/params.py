@@ -4,9 +4,15 @@ DVC reads it.
 `params.yaml` is read here and nowhere else, with ruamel.yaml's safe loader exactly as DVC parses it
 (`dvc.utils.serialize.parse_yaml`, YAML 1.2): what `dvc exp run -S seed=4:2` records is what the
 stages see (`'4:2'`, refused as a seed), not PyYAML's YAML 1.1 reading (sexagesimal 242, `off` as
-false). Each field carries its default (the only place it is written down), its allowed values (for
-names: core.registry's) and a one-line help text; the parameter
-reference in docs/ is generated from the same fields (`python -m pipeline params-reference`).
+false). Each field carries its default (the only place it is written down), its allowed values and a
+one-line help text; the parameter reference in docs/ is generated from the same fields
+(`python -m pipeline params-reference`).
+
+The names train.model, train.optimizer, train.scheduler and train.loss accept are written here, as
+their fields' choices; the functions they name are in core.models and core.optim, as dicts from name
+to function (tests/test_params.py checks that the two agree). This module imports neither: every
+stage checks the whole params.yaml, and DVC reruns a stage when a module it imports changes, so
+editing a network or an optimizer reruns train and evaluate, never the decoding of your pictures.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import datasets, registry
+from pipeline.core import datasets
 from pipeline.core.errors import PipelineError
 from pipeline.core.validation import build, spec
 from pipeline.core.yamlio import read_yaml, write_yaml
@@ -94,7 +100,7 @@ class TrainParams:
         "cnn",
         "Architecture: cnn (conv blocks), mlp, resnet (small residual net for 28/32 px), "
         "resnet18 (torchvision's, adapted to small inputs).",
-        choices=registry.ARCHITECTURES,
+        choices=("cnn", "mlp", "resnet", "resnet18"),
     )
     mlp_hidden: tuple[int, ...] = spec(
         (512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20
@@ -111,7 +117,7 @@ class TrainParams:
         "stride2 = a "
         "5×5 convolution with stride 2 (a quarter of the work), the later blocks unpadded (LeNet's "
         "shape).",
-        choices=registry.CNN_STEMS,
+        choices=("pool", "stride2"),
     )
     cnn_hidden: int = spec(
         256, "cnn: units of the fully connected layer before the output.", ge=1, le=1 << 16
@@ -131,7 +137,9 @@ class TrainParams:
         False, "resnet18: start from torchvision's ImageNet weights (needs the network)."
     )
     freeze_backbone: bool = spec(False, "resnet18: train only the final classifier layer.")
-    optimizer: str = spec("adam", "Optimizer.", choices=registry.OPTIMIZERS)
+    optimizer: str = spec(
+        "adam", "Optimizer.", choices=("adam", "adamw", "sgd", "adadelta", "rmsprop")
+    )
     lr: float = spec(0.01, "Learning rate (the peak rate with the onecycle scheduler).", gt=0)
     momentum: float = spec(0.9, "sgd and rmsprop: momentum.", ge=0, lt=1)
     betas: tuple[float, ...] = spec(
@@ -147,7 +155,7 @@ class TrainParams:
     loss: str = spec(
         "cross_entropy",
         "Loss: cross_entropy on logits, or nll on log-softmax outputs.",
-        choices=registry.LOSSES,
+        choices=("cross_entropy", "nll"),
     )
     label_smoothing: float = spec(0.1, "Label smoothing (either loss).", ge=0, lt=1)
     batch_size: int = spec(256, "Training batch size.", ge=1)
@@ -164,7 +172,7 @@ class TrainParams:
     scheduler: str = spec(
         "onecycle",
         "Learning-rate schedule: step and cosine step per epoch, onecycle per batch.",
-        choices=registry.SCHEDULERS,
+        choices=("none", "step", "cosine", "onecycle"),
     )
     step_size: int = spec(1, "step: epochs between learning-rate decays.", ge=1)
     gamma: float = spec(0.7, "step: factor applied at each decay.", gt=0, lt=1)

@@ -19,6 +19,7 @@ ROC_PLOT = Path("plots/roc.csv")
 PRECISION_RECALL_PLOT = Path("plots/precision_recall.csv")
 TEST_SAMPLES_PLOT = Path("plots/test_predictions.png")
 TRAIN_SAMPLES_PLOT = Path("plots/train_samples.png")
+# Not a DVC output: DVC would delete it before a resume.
 CHECKPOINT = Path("checkpoints/train.pt")
 # What DVC and the stages rewrite during a plain run: not "code" when deciding whether a run's code
 # was committed (the outputs' folders, the lock file, and params.yaml, which `dvc exp run -S`
@@ -30,7 +31,7 @@ NOT_CODE = (
     MODEL.parent,
     TRAIN_METRICS.parent,
     TRAIN_PLOT.parent,
-)  # not a DVC output: DVC would delete it before a resume
+)
 
 
 def project_root() -> Path:

@@ -30,7 +30,7 @@ def spec(
     le: float | None = None,
     pattern: tuple[str, str] | None = None,
 ) -> Any:
-    """A dataclass field with a default, constraints and the help text used in the README.
+    """A dataclass field with a default, constraints and the help text docs/parameters.md shows.
 
     `pattern` is (regular expression a string must match in full, how to say it in a message).
     """

@@ -28,10 +28,10 @@ def main(params_file: Path) -> None:
     params = load_params(params_file)
     # Imported once the parameters are valid: a typo is reported at once, not after seconds of
     # imports.
-    from pipeline.core import acquisition
+    from pipeline.core import decoding, originals
 
     if params.data.dataset == "folder":
-        report = acquisition.decode_folder(params, len(os.sched_getaffinity(0)), progress_printer())
+        report = decoding.decode_folder(params, len(os.sched_getaffinity(0)), progress_printer())
         splits = ", ".join(f"{name} {split['count']:,}" for name, split in report["splits"].items())
         click.echo(
             f"{params.data.folder}: {len(report['classes'])} classes, {splits} pictures, "
@@ -52,7 +52,7 @@ def main(params_file: Path) -> None:
                 err=True,
             )
         return
-    spec, source, notices = acquisition.acquire(params)
+    spec, source, notices = originals.fetch(params)
     for notice in notices:
         click.echo(notice)
     how = f"copied from {source}" if source else "downloaded by torchvision"

@@ -2,7 +2,7 @@
 and an MLflow run.
 
 Run it in several shells or on several machines with one `--storage` and `--study` and they share
-the study; `--workers N` starts N such workers here. See README, section Sweeps.
+the study; `--workers N` starts N such workers here. See docs/sweeps.md.
 """
 
 from __future__ import annotations

@@ -108,9 +108,7 @@ def _dimension(
     where: str, key: Any, spec: Any, defaults: Mapping[str, Any], base: Params
 ) -> Dimension:
     if not isinstance(key, str) or key not in defaults:
-        raise PipelineError(
-            f"{where}: unknown parameter {key!r} (see the parameter table in README.md)"
-        )
+        raise PipelineError(f"{where}: unknown parameter {key!r} (see docs/parameters.md)")
     if key.startswith(FIXED_KEYS):
         raise PipelineError(
             f"{where}: {key} cannot be swept (every trial logs to the project's store and reads "

