@@ -45,22 +45,22 @@ def run_train(
     from pipeline.core import hooks, tracking
     from pipeline.core.tracking import background
 
-    main = distributed.is_main_process(world)
+    main_process = distributed.is_main_process(world)
     tracker: tracking.Tracker | None = None
     try:  # inside: a worker's error (an unreachable store too) reaches the launcher as its one line
         # Started first: the tracking process imports mlflow while this one imports torch.
-        tracker = background.BackgroundTracker() if main else tracking.Tracker()
+        tracker = background.BackgroundTracker() if main_process else tracking.Tracker()
         from pipeline.core import trainer
 
-        hook = hooks.from_env() if main else None
+        hook = hooks.from_env() if main_process else None
         if world is not None:
             world.check(params.train)
         outcome = trainer.train(
             params,
             tracker,
-            log=log if main else lambda line: None,
+            log=log if main_process else lambda line: None,
             hook=hook,
-            progress=progress and main,
+            progress=progress and main_process,
             world=world,
         )
     except PipelineError as exc:
@@ -70,4 +70,4 @@ def run_train(
     finally:
         if tracker is not None:
             tracker.close()
-    return outcome if main else None
+    return outcome if main_process else None

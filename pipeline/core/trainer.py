@@ -156,11 +156,11 @@ def logged_params(
 
 
 def find_checkpoint(
-    fingerprint: str, main: bool, world: World | None, log: Callable[[str], None]
+    fingerprint: str, main_process: bool, world: World | None, log: Callable[[str], None]
 ) -> checkpoints.Checkpoint | None:
-    """The checkpoint this run resumes from, if one matches (rank zero's, for every rank; `main`
-    says whether this process is rank zero)."""
-    resume, notice = checkpoints.load(fingerprint) if main else (None, None)
+    """The checkpoint this run resumes from, if one matches (rank zero's, for every rank;
+    `main_process` says whether this process is rank zero)."""
+    resume, notice = checkpoints.load(fingerprint) if main_process else (None, None)
     if world is not None:
         # Rank 0's checkpoint for everyone: other machines have no checkpoints/ folder of their own.
         resume, notice = world.broadcast((resume, notice))
@@ -231,7 +231,7 @@ def train(
     cfg = params.train
     inputs = load_inputs(params)
     rt = runtime.make_runtime(cfg, world)
-    main = distributed.is_main_process(world)
+    main_process = distributed.is_main_process(world)
     # Joined only now: an input error is found by every process alone, before any of them waits for
     # another.
     with distributed.session(world, rt.device):
@@ -240,7 +240,7 @@ def train(
         log(header_line(cfg, inputs, rt, world))
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
-        resume = find_checkpoint(fingerprint, main, world, log)
+        resume = find_checkpoint(fingerprint, main_process, world, log)
         data = train_data(params, inputs, rt)
         model = rt.place(model)
         # Built before the run opens, so that the optimizer's first imports overlap a background
@@ -250,9 +250,11 @@ def train(
         with tracker.train_run(
             params.mlflow.experiment_name, name, logged, resume.run_id if resume else None
         ) as run_id:
-            run = Run(params, tracker, run_id, name, inputs, world, main, log, hook, fingerprint)
+            run = Run(
+                params, tracker, run_id, name, inputs, world, main_process, log, hook, fingerprint
+            )
             outcome = run.fit(model, data, opt, rt, resume, progress)
-            if not main:  # rank zero holds the same weights and writes everything
+            if not main_process:  # rank zero holds the same weights and writes everything
                 return outcome
         checkpoints.remove()
         return outcome
