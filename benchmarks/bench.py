@@ -186,12 +186,15 @@ def main(
 def once(stage: str, tracker: str) -> None:
     """The workflow of `stage` with MLflow's client in this process (no tracking process), or
     untracked."""
+    from pipeline.core import cpu
+
+    params = load_params(paths.PARAMS)
+    cpu.pin_portable(params.train.portable)  # as the stages do (raises once torch is loaded)
     from pipeline.core import evaluator, trainer
     from pipeline.core.tracking import Tracker
     from pipeline.core.tracking.client import MlflowTracker
 
     chosen = MlflowTracker() if tracker == "inprocess" else Tracker()
-    params = load_params(paths.PARAMS)
     if stage == "train":
         trainer.train(params, chosen)
     else:

@@ -12,7 +12,7 @@ from typing import TypeVar
 import click
 
 from pipeline.core import paths
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, ReportedError
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -29,7 +29,8 @@ params_option = click.option(
 
 
 def reports_errors(func: F) -> F:
-    """Turn a PipelineError into `error: …` on stderr and exit code 2, with no traceback.
+    """Turn a PipelineError into `error: …` on stderr and exit code 2, with no traceback (a
+    ReportedError, printed elsewhere, into exit code 2 alone).
 
     Anything else is a bug in this package and keeps its traceback.
     """
@@ -39,7 +40,8 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except PipelineError as exc:
-            click.echo(f"error: {exc}", err=True)
+            if not isinstance(exc, ReportedError):
+                click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)

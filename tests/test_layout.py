@@ -151,6 +151,18 @@ def test_the_pipeline_imports_neither_tools_nor_team() -> None:
         assert not any(n.startswith("pipeline_team") for n in project_imports(path)), path.name
 
 
+def test_the_pipeline_holds_no_sweep_machinery() -> None:
+    # A sweep reaches training through pipeline.core.hooks; Optuna and its trials live in the team
+    # layer (`python -m pipeline`'s list of commands names the sweep command, nothing more).
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        names = dvc_deps.imported_names(path)
+        assert not any(n.split(".")[0] == "optuna" for n in names), path.name
+        text = path.read_text().lower()
+        assert "optuna" not in text and "trial" not in text, path.relative_to(REPO)
+
+
 def test_no_import_cycles() -> None:
     graph: dict[str, set[str]] = {}
     for path in python_files():

@@ -172,6 +172,55 @@ def test_search_space_is_checked_against_the_parameters(tmp_path: Path) -> None:
         load_space(path, Params())
 
 
+HOOK_CASES = {
+    "not importable": (
+        {"PIPELINE_TRAIN_HOOK": "pipeline_team.sweep.nothing_here"},
+        "cannot import",
+    ),
+    "no factory": ({"PIPELINE_TRAIN_HOOK": "pipeline_team.sweep.space"}, "has no train_hook()"),
+    "trial variables missing": (
+        {"PIPELINE_TRAIN_HOOK": "pipeline_team.sweep.trial"},
+        "none of PIPELINE_TRIAL_STORAGE",
+    ),
+    "one trial variable missing": (
+        {
+            "PIPELINE_TRAIN_HOOK": "pipeline_team.sweep.trial",
+            "PIPELINE_TRIAL_STORAGE": "sqlite:///x.db",
+            "PIPELINE_TRIAL_STUDY": "s",
+        },
+        "PIPELINE_TRIAL_NUMBER not set",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOOK_CASES))
+def test_a_bad_train_hook_is_one_error_naming_the_variable(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The train stage imports the hook module only when PIPELINE_TRAIN_HOOK names one.
+    from pipeline.core import hooks
+    from pipeline.core.errors import PipelineError
+
+    environ, needle = HOOK_CASES[case]
+    for name in ("PIPELINE_TRIAL_STORAGE", "PIPELINE_TRIAL_STUDY", "PIPELINE_TRIAL_NUMBER"):
+        monkeypatch.delenv(name, raising=False)
+    assert hooks.from_env({}) is None
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(PipelineError, match=r"^PIPELINE_(TRAIN_HOOK|TRIAL_\w+)\b") as raised:
+        hooks.from_env()
+    assert needle in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_trial_names_its_hook_for_the_train_stage() -> None:
+    from pipeline.core import hooks
+    from pipeline_team.sweep import trial
+
+    env = trial.TrialLink("sqlite:///x.db", "s", 3).env()
+    assert env[hooks.HOOK_ENV] == "pipeline_team.sweep.trial"
+    assert trial.link_from_env(env) == trial.TrialLink("sqlite:///x.db", "s", 3)
+
+
 @pytest.mark.e2e
 def test_bad_search_space_is_one_line(tmp_path: Path) -> None:
     root = create_project(tmp_path / "project")

@@ -5,8 +5,8 @@ Kernels pick their instruction set at run time (ATen by CPU capability, oneDNN b
 path), so the same fp32 training differs in the last bits between an AVX2-only and an AVX-512 CPU,
 and those bits grow into different weights. `train.portable` pins all three to AVX2, which every
 x86 CPU of both families runs. They are read when torch first computes, so they must be in the
-environment before torch is imported: the stage commands set them right after reading the
-parameters. This module must not import torch.
+environment before torch is imported: the stage processes set them right after reading the
+parameters (`pin_portable`). This module must not import torch.
 """
 
 from __future__ import annotations
@@ -49,10 +49,13 @@ def native_bf16(words: set[str] | None = None) -> bool:
     return bool(words) and any(f in words for f in NATIVE_BF16_FLAGS)
 
 
-def pin() -> None:
-    """Put the pins into this process's environment, before torch is imported (or fail saying
-    so)."""
-    if "torch" in sys.modules and not pinned():
+def pin_portable(portable: bool) -> None:
+    """For a portable run (`train.portable`), put the pins into this process's environment before
+    torch is imported; processes it starts (torchrun's workers) inherit them. The one place a
+    stage's process pins its CPU. Raises PipelineError when torch is already loaded without them."""
+    if not portable or pinned():
+        return
+    if "torch" in sys.modules:
         raise PipelineError(
             "train.portable: torch was imported before the CPU pins could be set; run the stage "
             "command "

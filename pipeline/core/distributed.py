@@ -1,12 +1,12 @@
 """Multi-process training (`train.processes` > 1): launching the workers with torchrun's launcher,
-and what a worker does differently.
+which process is rank zero, where a worker's error goes, and what a worker does differently.
 
-The train stage becomes torchrun's agent for its own workers: `launch` runs torch's elastic launcher
-in-process with `python -m pipeline.stages.train` as the worker command, so every worker is the same
-stage command a manual `torchrun` would start. Each worker holds the whole split, draws the same
-shuffled global batches as a single process would and trains on its `part` of every batch; DDP
-all-reduces the gradients (gloo on the CPU, NCCL on CUDA). Rank 0 alone talks to MLflow and writes
-outputs; the others use the base Tracker.
+The train stage (pipeline.core.train_process) becomes torchrun's agent for its own workers: `launch`
+runs torch's elastic launcher in-process with `python -m pipeline.stages.train` as the worker
+command, so every worker is the same stage command a manual `torchrun` would start. Each worker
+holds the whole split, draws the same shuffled global batches as a single process would and trains
+on its `part` of every batch; DDP all-reduces the gradients (gloo on the CPU, NCCL on CUDA). Rank
+zero (the main process) alone talks to MLflow and writes outputs; the others use the base Tracker.
 
 Nothing here imports torch at module level: with one process the train stage only asks `wanted`.
 """
@@ -77,6 +77,12 @@ class Nodes:
                 f"{MASTER_ENV} must be HOST:PORT of node 0 when {NODES_ENV} > 1, got {master!r}"
             )
         return cls(count, rank, master)
+
+
+def is_main_process(world: World | None) -> bool:
+    """Whether this process is rank zero, or the only one: the one that logs to MLflow and writes
+    outputs and checkpoints."""
+    return world is None or world.rank == 0
 
 
 def wanted(cfg: TrainParams) -> bool:
@@ -227,11 +233,6 @@ class World:
             int(env["LOCAL_RANK"]),
             int(env["LOCAL_WORLD_SIZE"]),
         )
-
-    @property
-    def lead(self) -> bool:
-        """Rank 0: the one that logs to MLflow and writes outputs."""
-        return self.rank == 0
 
     def check(self, cfg: TrainParams) -> None:
         """The parameters fit the world torchrun started (a manual torchrun may disagree with

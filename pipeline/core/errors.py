@@ -1,10 +1,15 @@
-"""The one exception type that commands turn into a one-line error, and a helper to shorten
-causes."""
+"""The exception type that commands turn into a one-line error (and its kind printed elsewhere),
+and a helper to shorten causes."""
 
 
 class PipelineError(Exception):
     """A problem the user can fix (a bad parameter, a missing file), reported without a
     traceback."""
+
+
+class ReportedError(PipelineError):
+    """A PipelineError whose line someone else prints: a torchrun worker hands its error to the
+    launcher, which prints it once for all workers. The command exits 2 and prints nothing."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.core import atomic, cpu, datasets, figures, models, paths
+from pipeline.core import atomic, datasets, figures, models, paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import Report, curves, report
 from pipeline.core.params import Params, flatten
@@ -23,8 +23,6 @@ def logits_on_test_split(
     """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model
     metadata) of models/model.pt; PipelineError when the model's outputs are not finite or
     evaluate.top_k does not fit."""
-    if params.train.portable and not cpu.pinned():
-        cpu.pin()  # raises when torch is already loaded without the pins
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)

@@ -161,6 +161,40 @@ class Diverged(Exception):
         self.step, self.steps, self.lr = step, steps, lr
 
 
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: Optimization,
+    rt: Runtime,
+    world: World | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One optimizer step on a batch (uint8 images N×C×H×W, int64 labels N); with a `world`, on
+    this rank's part of the global batch. Returns (the mean loss, float32 scalar; the logits,
+    float32 n×classes; the n labels trained on, on the device; the learning rate of the step), the
+    tensors detached."""
+    scale = 1.0
+    if world is not None:
+        size = len(y)
+        x, y = world.part(x), world.part(y)
+        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share makes
+        # that average the gradient of the global batch's mean loss, also when the parts differ
+        # by one.
+        scale = len(y) * world.size / size
+    x, y = rt.images(x), y.to(rt.device, non_blocking=True)
+    with rt.autocast():
+        logits = model(x)
+        loss = opt.loss(logits.float(), y)
+    opt.optimizer.zero_grad(set_to_none=True)
+    (loss if world is None else loss * scale).backward()
+    if opt.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+    rate = opt.optimizer.param_groups[0]["lr"]
+    opt.optimizer.step()
+    opt.after_batch()
+    return loss.detach(), logits.detach(), y, rate
+
+
 def train_one_epoch(
     model: nn.Module,
     batch_iter: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -184,31 +218,12 @@ def train_one_epoch(
     rates: list[float] = []
     seen = 0
     for x, y in batch_iter:
-        scale = 1.0
-        if world is not None:
-            size = len(y)
-            x, y = world.part(x), world.part(y)
-            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share makes
-            # that average the gradient of the global batch's mean loss, also when the parts differ
-            # by one.
-            scale = len(y) * world.size / size
-        x, y = rt.images(x), y.to(rt.device, non_blocking=True)
-        with rt.autocast():
-            logits = model(x)
-            loss = opt.loss(logits.float(), y)
-        opt.optimizer.zero_grad(set_to_none=True)
-        (loss if world is None else loss * scale).backward()
-        if opt.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
-        rates.append(opt.optimizer.param_groups[0]["lr"])
-        opt.optimizer.step()
-        opt.after_batch()
+        loss, logits, y, rate = train_step(model, x, y, opt, rt, world)
+        rates.append(rate)
         # Accumulate on the device: no host sync per batch.
-        total_loss += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        first_bad = torch.where(
-            (first_bad < 0) & ~torch.isfinite(loss.detach()), len(rates), first_bad
-        )
+        total_loss += loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), len(rates), first_bad)
         seen += len(y)
         if len(rates) % CHECK_EVERY == 0 and int(first_bad) > 0:
             raise Diverged(int(first_bad), len(rates), rates[int(first_bad) - 1])
@@ -220,18 +235,26 @@ def train_one_epoch(
                 )
     if int(first_bad) > 0:
         raise Diverged(int(first_bad), len(rates), rates[int(first_bad) - 1])
-    if world is not None:
-        totals = world.sum(
-            torch.stack(
-                [
-                    total_loss,
-                    correct.double(),
-                    torch.tensor(float(seen), device=rt.device, dtype=torch.float64),
-                ]
-            )
+    return epoch_means(total_loss, correct, seen, rt, world)
+
+
+def epoch_means(
+    total_loss: torch.Tensor, correct: torch.Tensor, seen: int, rt: Runtime, world: World | None
+) -> tuple[float, float]:
+    """(mean loss, accuracy) from this process's sums (float64 loss × items, int64 correct, items
+    seen); with a `world`, over every rank's."""
+    if world is None:
+        return float(total_loss) / seen, int(correct) / seen
+    totals = world.sum(
+        torch.stack(
+            [
+                total_loss,
+                correct.double(),
+                torch.tensor(float(seen), device=rt.device, dtype=torch.float64),
+            ]
         )
-        return float(totals[0]) / float(totals[2]), float(totals[1]) / float(totals[2])
-    return float(total_loss) / seen, int(correct) / seen
+    )
+    return float(totals[0]) / float(totals[2]), float(totals[1]) / float(totals[2])
 
 
 def validate(
@@ -326,7 +349,7 @@ def fit(
     world: World | None = None,
 ) -> TrainState:
     """Train from `state` (fresh or a checkpoint) until the epochs or the patience run out, or
-    `on_epoch` returns True (a sweep's pruner stopping a trial); the model ends with its best
+    `on_epoch` returns True (a per-epoch hook stopping the run); the model ends with its best
     weights. Resuming a state an interrupted run handed to `on_epoch` ends with exactly the weights
     of an uninterrupted run. With a `world` (several processes), every rank calls this with the same
     state and data: they draw the same global batches and each trains on its part of them (and

@@ -35,9 +35,10 @@ from pipeline.core import (
 )
 from pipeline.core.distributed import World
 from pipeline.core.errors import PipelineError
+from pipeline.core.hooks import EpochHook
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
-from pipeline.core.params import Params, dump_yaml, flatten
+from pipeline.core.params import Params, TrainParams, dump_yaml, flatten
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import (
     PARAMS_ARTIFACT,
@@ -56,7 +57,7 @@ class TrainOutcome:
     seconds: float  # inside the loop
     registered_version: str | None
     machine: dict[str, object]  # what the numbers depend on besides code, data and parameters
-    pruned: bool = False  # stopped by `on_epoch` (a sweep trial its pruner stopped)
+    pruned: bool = False  # stopped by the run's per-epoch hook (pipeline.core.hooks)
 
     def summary(self) -> dict[str, object]:
         """The content of metrics/train.json (no timings: identical runs give identical files)."""
@@ -155,10 +156,11 @@ def logged_params(
 
 
 def find_checkpoint(
-    fingerprint: str, world: World | None, log: Callable[[str], None]
+    fingerprint: str, main_process: bool, world: World | None, log: Callable[[str], None]
 ) -> checkpoints.Checkpoint | None:
-    """The checkpoint this run resumes from, if one matches (rank 0's, for every rank)."""
-    resume, notice = checkpoints.load(fingerprint) if world is None or world.lead else (None, None)
+    """The checkpoint this run resumes from, if one matches (rank zero's, for every rank;
+    `main_process` says whether this process is rank zero)."""
+    resume, notice = checkpoints.load(fingerprint) if main_process else (None, None)
     if world is not None:
         # Rank 0's checkpoint for everyone: other machines have no checkpoints/ folder of their own.
         resume, notice = world.broadcast((resume, notice))
@@ -180,58 +182,66 @@ def epoch_line(r: EpochResult, epochs: int) -> str:
     )
 
 
+def header_line(cfg: TrainParams, inputs: Inputs, rt: runtime.Runtime, world: World | None) -> str:
+    """The line a person reads before the first epoch: what trains on what, where, how."""
+    return (
+        f"train: {cfg.model} on {inputs.spec.name}, {len(inputs.fit_idx)} fit / "
+        f"{len(inputs.val_labels)} val images, "
+        f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
+        + (f" in each of {world.size} processes" if world is not None else "")
+    )
+
+
+def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.TrainData:
+    """The run's images on the device, with the augmentation data.augment asks for."""
+    kind = (
+        augment.kind_for(inputs.spec.channels, inputs.spec.from_folder)
+        if params.data.augment
+        else None
+    )
+    return loop.TrainData.on(
+        rt,
+        inputs.images,
+        inputs.labels,
+        inputs.fit_idx,
+        (inputs.val_images, inputs.val_labels),
+        augment=kind,
+    )
+
+
 def train(
     params: Params,
     tracker: Tracker,
     log: Callable[[str], None] = lambda line: None,
-    on_epoch: Callable[[EpochResult], bool | None] = lambda result: None,
+    hook: EpochHook | None = None,
     progress: bool = False,
-    tags: Mapping[str, str] | None = None,
     world: World | None = None,
 ) -> TrainOutcome:
     """Fit on the fitting split, validate every epoch, keep the best weights; write every train
     output.
 
-    `log` gets the lines a person reads (header, one per epoch, resume notices); `on_epoch` gets
-    each epoch's result as it finishes (while the run is open, on rank 0) and returns True to prune:
-    training stops there and ends like an early stop, with the best weights so far and every output
-    written; `progress` shows tqdm bars; `tags` are set on the run (e.g. the sweep trial it belongs
-    to). With a `world` (one of several processes under torchrun) every rank trains its part of each
-    batch; only rank 0 writes outputs and checkpoints, and the caller gives the other ranks the base
-    Tracker. Raises PipelineError for bad inputs, an unusable store, or training that diverged.
+    `log` gets the lines a person reads (header, one per epoch, resume notices); `hook` (on rank
+    zero) sets its tags on the run and gets each epoch's result as it finishes, while the run is
+    open; when it answers Stop, training ends there like an early stop, with the best weights so
+    far and every output written; `progress` shows tqdm bars. With a `world` (one of several
+    processes under torchrun) every rank trains its part of each batch; only rank zero writes
+    outputs and checkpoints, and the caller gives the other ranks the base Tracker. Raises
+    PipelineError for bad inputs, an unusable store, or training that diverged.
     """
     cfg = params.train
-    if cfg.portable and not cpu.pinned():
-        cpu.pin()  # raises when torch is already loaded without the pins
     inputs = load_inputs(params)
     rt = runtime.make_runtime(cfg, world)
+    main_process = distributed.is_main_process(world)
     # Joined only now: an input error is found by every process alone, before any of them waits for
     # another.
     with distributed.session(world, rt.device):
         runtime.seed_everything(params.seed)
         model = models.build(*inputs.shape, inputs.norm.mean, inputs.norm.std, inputs.options)
-        log(
-            f"train: {cfg.model} on {inputs.spec.name}, {len(inputs.fit_idx)} fit / "
-            f"{len(inputs.val_labels)} val images, "
-            f"{rt.device.type}, {rt.autocast_dtype or 'fp32'}, {torch.get_num_threads()} threads"
-            + (f" in each of {world.size} processes" if world is not None else "")
-        )
+        log(header_line(cfg, inputs, rt, world))
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
-        resume = find_checkpoint(fingerprint, world, log)
-        kind = (
-            augment.kind_for(inputs.spec.channels, inputs.spec.from_folder)
-            if params.data.augment
-            else None
-        )
-        data = loop.TrainData.on(
-            rt,
-            inputs.images,
-            inputs.labels,
-            inputs.fit_idx,
-            (inputs.val_images, inputs.val_labels),
-            augment=kind,
-        )
+        resume = find_checkpoint(fingerprint, main_process, world, log)
+        data = train_data(params, inputs, rt)
         model = rt.place(model)
         # Built before the run opens, so that the optimizer's first imports overlap a background
         # tracker opening the store.
@@ -240,26 +250,12 @@ def train(
         with tracker.train_run(
             params.mlflow.experiment_name, name, logged, resume.run_id if resume else None
         ) as run_id:
-            run = Run(params, tracker, run_id, name, inputs, world, log, on_epoch, fingerprint)
-            run.start(resume, tags)
-            start = time.perf_counter()
-            state = resume.state if resume else TrainState.start(params.seed)
-            state = loop.fit(
-                model, data, opt, cfg, rt, state, run.after_epoch, progress=progress, world=world
+            run = Run(
+                params, tracker, run_id, name, inputs, world, main_process, log, hook, fingerprint
             )
-            seconds = time.perf_counter() - start
-            if (
-                world is not None and not world.lead
-            ):  # rank 0 holds the same weights and writes everything
-                return TrainOutcome(
-                    run_id,
-                    state,
-                    stopped_early=state.epoch < cfg.epochs,
-                    seconds=seconds,
-                    registered_version=None,
-                    machine={},
-                )
-            outcome = run.finish(model, state, seconds, rt)
+            outcome = run.fit(model, data, opt, rt, resume, progress)
+            if not main_process:  # rank zero holds the same weights and writes everything
+                return outcome
         checkpoints.remove()
         return outcome
 
@@ -275,15 +271,41 @@ class Run:
     name: str
     inputs: Inputs
     world: World | None
+    is_main_process: bool  # rank zero, or the only process: writes outputs and checkpoints
     log: Callable[[str], None]
-    on_epoch: Callable[[EpochResult], bool | None]
+    hook: EpochHook | None
     fingerprint: str
-    pruned: bool = False
+    pruned: bool = False  # the hook stopped the run
 
-    @property
-    def lead(self) -> bool:
-        """This process writes outputs and checkpoints (rank 0, or the only process)."""
-        return self.world is None or self.world.lead
+    def fit(
+        self,
+        model: nn.Module,
+        data: loop.TrainData,
+        opt: Optimization,
+        rt: runtime.Runtime,
+        resume: checkpoints.Checkpoint | None,
+        progress: bool,
+    ) -> TrainOutcome:
+        """Train from `resume` (or the start) in this run; on rank zero, record and write the
+        result."""
+        cfg = self.params.train
+        self.start(resume, self.hook.tags() if self.hook is not None else None)
+        start = time.perf_counter()
+        state = resume.state if resume else TrainState.start(self.params.seed)
+        state = loop.fit(
+            model, data, opt, cfg, rt, state, self.after_epoch, progress=progress, world=self.world
+        )
+        seconds = time.perf_counter() - start
+        if not self.is_main_process:
+            return TrainOutcome(
+                self.run_id,
+                state,
+                stopped_early=state.epoch < cfg.epochs,
+                seconds=seconds,
+                registered_version=None,
+                machine={},
+            )
+        return self.finish(model, state, seconds, rt)
 
     def start(self, resume: checkpoints.Checkpoint | None, tags: Mapping[str, str] | None) -> None:
         """What the run records before its first epoch: the data, the environment, a resumed run's
@@ -296,7 +318,7 @@ class Run:
                 tracker.log_metrics(r.metrics(), step=r.epoch)
         digest = (
             ""
-            if not self.lead
+            if not self.is_main_process
             else datasets.folder_digest(paths.RAW)
             if inputs.spec.from_folder
             else datasets.digest(inputs.images, inputs.labels)
@@ -323,19 +345,21 @@ class Run:
         tracker.log_text(dump_yaml(self.params), PARAMS_ARTIFACT)  # every value whole, however long
 
     def after_epoch(self, r: EpochResult, state: TrainState) -> bool:
-        """Checkpoint, record and print the epoch; True when the run is pruned (the same on every
-        rank)."""
-        if self.lead:
+        """Checkpoint, record and print the epoch, then ask the hook; True when the hook stopped the
+        run (the same on every rank)."""
+        if self.is_main_process:
             checkpoints.save(state, self.fingerprint, self.run_id)
             self.tracker.log_metrics(r.metrics(), step=r.epoch)
             # Recorded before the epoch's line is printed: a stage killed after it has the epoch in
             # its checkpoint and its run alike, and a lost store stops training at once.
             self.tracker.flush()
             self.log(epoch_line(r, self.params.train.epochs))
-            self.pruned = bool(self.on_epoch(r))
-        if (
-            self.world is not None
-        ):  # rank 0's pruner decides for every rank, or they would wait forever
+            stop = self.hook.after_epoch(r) if self.hook is not None else None
+            if stop is not None:
+                self.tracker.set_tags(dict(stop.tags))
+                self.log(stop.reason)
+                self.pruned = True
+        if self.world is not None:  # rank zero's hook decides for every rank, or they would wait
             self.pruned = bool(self.world.broadcast(self.pruned))
         return self.pruned
 
@@ -344,7 +368,7 @@ class Run:
     ) -> TrainOutcome:
         """Record the result and write every output; models/model.pt only once the store holds the
         model."""
-        params, tracker, inputs, cfg = self.params, self.tracker, self.inputs, self.params.train
+        tracker, inputs, cfg = self.tracker, self.inputs, self.params.train
         # Timing goes to the tracker only: metrics files must be identical between identical runs.
         tracker.log_metrics(
             {"best_val_accuracy": state.best.val_accuracy, "train_seconds": seconds},
@@ -359,8 +383,32 @@ class Run:
             ),
         )
         tracker.log_file(paths.TRAIN_SAMPLES_PLOT)
+        model_uri, version = self.save_model(model)
+        outcome = TrainOutcome(
+            self.run_id,
+            state,
+            stopped_early=state.epoch < cfg.epochs,
+            seconds=seconds,
+            registered_version=version,
+            machine=machine(cfg, rt, self.world),
+            pruned=self.pruned,
+        )
+        write_run_file(
+            paths.RUN_FILE, self.run_id, self.params.mlflow.experiment_name, self.name, model_uri
+        )
+        atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
+        columns = [f.name for f in fields(EpochResult)]
+        atomic.write_csv(
+            paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history)
+        )
+        return outcome
+
+    def save_model(self, model: nn.Module) -> tuple[str, str | None]:
+        """Write models/model.pt once the store holds the model (and registered it when
+        mlflow.register_model asks); (the logged model's URI, its registered version or None)."""
+        params, inputs = self.params, self.inputs
         meta = {
-            "architecture": cfg.model,
+            "architecture": params.train.model,
             "options": models.options_dict(inputs.options),
             "dataset": inputs.spec.name,
             "in_channels": inputs.spec.channels,
@@ -371,10 +419,10 @@ class Run:
         }
         with atomic.staged(paths.MODEL) as model_file:
             models.save(model_file, model, meta)
-            model_uri = tracker.log_model(model_file, self.name, meta)
+            model_uri = self.tracker.log_model(model_file, self.name, meta)
             version = None
             if params.mlflow.register_model:
-                version = tracker.register(
+                version = self.tracker.register(
                     model_uri, params.mlflow.register_model, params.mlflow.model_alias
                 )
         if version is not None:
@@ -382,29 +430,16 @@ class Run:
                 f"registered {params.mlflow.register_model} version {version} as "
                 f"@{params.mlflow.model_alias}"
             )
-        machine = {
-            "cpu": cpu.flags(),
-            "kernels": torch.backends.cpu.get_cpu_capability(),
-            "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
-            "threads": torch.get_num_threads(),
-            "portable": cfg.portable,
-            **({"world_size": self.world.size} if self.world is not None else {}),
-        }
-        outcome = TrainOutcome(
-            self.run_id,
-            state,
-            stopped_early=state.epoch < cfg.epochs,
-            seconds=seconds,
-            registered_version=version,
-            machine=machine,
-            pruned=self.pruned,
-        )
-        write_run_file(
-            paths.RUN_FILE, self.run_id, params.mlflow.experiment_name, self.name, model_uri
-        )
-        atomic.write_json(paths.TRAIN_METRICS, outcome.summary())
-        columns = [f.name for f in fields(EpochResult)]
-        atomic.write_csv(
-            paths.TRAIN_PLOT, columns, ([asdict(r)[c] for c in columns] for r in state.history)
-        )
-        return outcome
+        return model_uri, version
+
+
+def machine(cfg: TrainParams, rt: runtime.Runtime, world: World | None) -> dict[str, object]:
+    """What a run's numbers depend on besides code, data and parameters (in metrics/train.json)."""
+    return {
+        "cpu": cpu.flags(),
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+        "precision": str(rt.autocast_dtype or "fp32").removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "portable": cfg.portable,
+        **({"world_size": world.size} if world is not None else {}),
+    }

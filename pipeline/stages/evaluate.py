@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli import params_option, reports_errors
+from pipeline.core import cpu
 from pipeline.core.params import load_params
 
 
@@ -22,10 +23,7 @@ def main(params_file: Path) -> None:
     training).
     """
     params = load_params(params_file)
-    if params.train.portable:
-        from pipeline.core import cpu
-
-        cpu.pin()  # before torch loads
+    cpu.pin_portable(params.train.portable)  # before torch loads
     # Inference shares the two cores with the tracking process, which imports mlflow meanwhile:
     # OpenMP threads spinning at every barrier take the core it needs and then wait for it, several
     # times slower than passive waiting. Read when torch loads; a user's setting wins.

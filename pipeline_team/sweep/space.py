@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import trial
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params, flatten, with_values
 from pipeline.core.yamlio import read_yaml
+from pipeline_team.sweep import trial
 
 DEFAULT_SPACE = Path("sweeps/space.yaml")
 # Not sweepable: trials must log into the project's MLflow experiment and read its data.

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import trial
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import cli_value
+from pipeline_team.sweep import trial
 from pipeline_team.sweep.space import Dimension, SearchSpace
 
 DEFAULT_STORAGE_FILE = "optuna.db"  # at the project root; git- and dvc-ignored

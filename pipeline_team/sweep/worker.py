@@ -9,10 +9,11 @@ finds there, so a trial could run with another trial's parameters. After each tr
 the experiment to the project, where `dvc exp show` and `dvc exp apply` find it (its outputs are
 already in the shared cache).
 
-The train stage of a trial learns which trial it is from the environment (core.trial) and reports
-every epoch's validation accuracy, so the study's pruner can stop it; a pruned trial still ends as a
-complete experiment and a FINISHED MLflow run, marked `pruned` in metrics/train.json and tagged
-`optuna.pruned`, and is told to the study as PRUNED.
+The train stage of a trial learns which trial it is from the environment: PIPELINE_TRAIN_HOOK
+names `pipeline_team.sweep.trial`, whose per-epoch hook reports every epoch's validation accuracy,
+so the study's pruner can stop it; a pruned trial still ends as a complete experiment and a
+FINISHED MLflow run, marked `pruned` in metrics/train.json and tagged `optuna.pruned`, and is told
+to the study as PRUNED.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import paths, trial
+from pipeline.core import paths
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params, cli_value, with_values
 from pipeline.core.repo import clean_env, git
+from pipeline_team.sweep import trial
 from pipeline_team.sweep.space import SearchSpace
 from pipeline_team.sweep.study import EXP_ATTR, RUN_ATTR, exp_name, open_study
 
@@ -209,16 +211,11 @@ def _run_trial(
     trial_env: Mapping[str, str],
     log_path: Path,
 ) -> TrialResult:
+    """Run one asked trial as experiment `name` in the worker's clone (its output to `log_path`)
+    and read how it ended; a trial that cannot run, fails or cannot be published is FAIL."""
     number = asked.number
     try:
-        # Combinations core.params refuses (e.g. train.portable with bf16) never become an
-        # experiment.
-        with_values(base, values, source=f"trial {number}")
-        if has_experiment(copy.root, name):
-            raise PipelineError(
-                f"the project already has an experiment {name} (an earlier study of this name?); "
-                f"`dvc exp remove {name}` or use another --study"
-            )
+        _check_trial(copy, name, values, base, number)
     except PipelineError as exc:
         return TrialResult(number, name, "FAIL", values, error=str(exc))
     copy.reset()
@@ -231,38 +228,10 @@ def _run_trial(
         name,
         *[a for k, v in values.items() for a in ("-S", f"{k}={cli_value(v)}")],
     ]
-    env = {**trial_env, **link.env()}
-    with open(log_path, "w") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
-        proc = subprocess.Popen(
-            cmd, cwd=copy.path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-        )  # its own group: stopped whole on Ctrl-C
-        try:
-            asked_id = trial.trial_id(storage, asked.study.study_name, number)
-            while True:
-                try:
-                    code = proc.wait(timeout=HEARTBEAT_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    storage.record_heartbeat(asked_id)
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            raise
+    asked_id = trial.trial_id(storage, asked.study.study_name, number)
+    code = _run_experiment(cmd, copy.path, {**trial_env, **link.env()}, log_path, storage, asked_id)
     if code != 0:
-        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-        reason = next(
-            (ln for ln in reversed(lines) if ln.startswith(("error:", "ERROR:"))),
-            lines[-1] if lines else "",
-        )
-        return TrialResult(
-            number,
-            name,
-            "FAIL",
-            values,
-            error=f"dvc exp run exited {code}: {reason} (log {log_path})",
-        )
+        return TrialResult(number, name, "FAIL", values, error=_failure(code, log_path))
     metrics = json.loads((copy.path / paths.TRAIN_METRICS).read_text())
     try:
         copy.publish(name)
@@ -278,3 +247,54 @@ def _run_trial(
         metrics.get("mlflow_run_id"),
         int(metrics.get("epochs_run", 0)),
     )
+
+
+def _check_trial(
+    copy: WorkerCopy, name: str, values: dict[str, Any], base: Params, number: int
+) -> None:
+    """PipelineError when the trial's values are refused or its experiment name is taken."""
+    # Combinations core.params refuses (e.g. train.portable with bf16) never become an experiment.
+    with_values(base, values, source=f"trial {number}")
+    if has_experiment(copy.root, name):
+        raise PipelineError(
+            f"the project already has an experiment {name} (an earlier study of this name?); "
+            f"`dvc exp remove {name}` or use another --study"
+        )
+
+
+def _run_experiment(
+    cmd: list[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    storage: Any,
+    asked_id: int,
+) -> int:
+    """Run `cmd` (the trial's `dvc exp run`) with its output in `log_path`, recording the trial's
+    heartbeat while it runs; its exit code. Interrupted, the whole process group is stopped."""
+    with open(log_path, "w") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own group: stopped whole on Ctrl-C
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=HEARTBEAT_S)
+                except subprocess.TimeoutExpired:
+                    storage.record_heartbeat(asked_id)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+
+
+def _failure(code: int, log_path: Path) -> str:
+    """Why a trial's `dvc exp run` failed: its last error line (or last line) and its log."""
+    lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+    reason = next(
+        (ln for ln in reversed(lines) if ln.startswith(("error:", "ERROR:"))),
+        lines[-1] if lines else "",
+    )
+    return f"dvc exp run exited {code}: {reason} (log {log_path})"

@@ -1,11 +1,12 @@
 """A train run that is one trial of an Optuna sweep: which trial (from the environment), its pruner,
-its reports.
+its reports, and the per-epoch hook that links the train stage to them.
 
 `python -m pipeline sweep` starts each trial as a DVC experiment with the variables of `TRIAL_ENV`
-set; the train stage then reports every epoch's validation accuracy to the study and stops when the
-study's pruner says so. Optuna is imported only when a trial runs: a plain `dvc repro` never pays
-for it. The pruner is stored with the study (its `pipeline.pruner` attribute), so every worker and
-every trial of one study prune alike, whatever machine they run on.
+set and `PIPELINE_TRAIN_HOOK` naming this module (pipeline.core.hooks); the train stage then calls
+`train_hook()`, and the hook reports every epoch's validation accuracy to the study and stops the
+run when the study's pruner says so. Optuna is imported only when a trial runs: a plain `dvc repro`
+never imports this module. The pruner is stored with the study (its `pipeline.pruner` attribute),
+so every worker and every trial of one study prune alike, whatever machine they run on.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline.core import hooks
 from pipeline.core.errors import PipelineError, first_line
+
+if TYPE_CHECKING:
+    from pipeline.core.loop import EpochResult
 
 # The sweep sets these for the experiments it starts; nothing else should.
 STORAGE_ENV, STUDY_ENV, NUMBER_ENV = (
@@ -54,8 +59,13 @@ class TrialLink:
     number: int
 
     def env(self) -> dict[str, str]:
-        """The environment variables that make a train stage this trial."""
-        return {STORAGE_ENV: self.storage, STUDY_ENV: self.study, NUMBER_ENV: str(self.number)}
+        """The environment variables that make a train stage this trial (and load its hook)."""
+        return {
+            hooks.HOOK_ENV: __name__,
+            STORAGE_ENV: self.storage,
+            STUDY_ENV: self.study,
+            NUMBER_ENV: str(self.number),
+        }
 
     def tags(self) -> dict[str, str]:
         """MLflow tags naming the study and the trial."""
@@ -186,3 +196,37 @@ class TrialReporter:
                 f"{epoch} "
                 f"({first_line(exc)})"
             ) from None
+
+
+class TrialHook:
+    """The train run's per-epoch hook (pipeline.core.hooks.EpochHook) when it is a sweep trial."""
+
+    def __init__(self, link: TrialLink) -> None:
+        self.link = link
+        self.reporter = TrialReporter(link)
+
+    def tags(self) -> dict[str, str]:
+        """The study and trial, set on the run when it starts."""
+        return self.link.tags()
+
+    def after_epoch(self, result: EpochResult) -> hooks.Stop | None:
+        """Report the epoch; a pruned trial ends like an early stop: outputs written, run FINISHED,
+        tagged pruned."""
+        if not self.reporter.report(result.epoch, result.val_accuracy):
+            return None
+        return hooks.Stop(
+            f"pruned: trial {self.link.number} of study {self.link.study} stops after epoch "
+            f"{result.epoch}",
+            {PRUNED_TAG: "true"},
+        )
+
+
+def train_hook() -> TrialHook:
+    """The hook of the trial the environment names (PIPELINE_TRAIN_HOOK's factory); PipelineError
+    when the trial's variables are missing or the study or trial cannot be reached."""
+    link = link_from_env()
+    if link is None:
+        raise PipelineError(
+            f"{hooks.HOOK_ENV} is {__name__}, but none of {', '.join(TRIAL_ENV)} is set"
+        )
+    return TrialHook(link)
