@@ -174,7 +174,7 @@ def test_search_space_is_checked_against_the_parameters(tmp_path: Path) -> None:
 
 HOOK_CASES = {
     "not importable": (
-        {"PIPELINE_TRAIN_HOOK": "pipeline_team.sweep.nothing_here"},
+        {"PIPELINE_TRAIN_HOOK": "no_such_hook_module"},
         "cannot import",
     ),
     "no factory": ({"PIPELINE_TRAIN_HOOK": "pipeline_team.sweep.space"}, "has no train_hook()"),
