@@ -51,6 +51,13 @@ def main(params_file: Path) -> None:
                 "inflated",
                 err=True,
             )
+        if report["conflicts"]["count"]:
+            click.echo(
+                f"warning: {report['conflicts']['count']} pair(s) of pictures have the same pixels "
+                f"under two classes (e.g. {' and '.join(report['conflicts']['pairs'][0])}): one of "
+                "each pair's labels is wrong",
+                err=True,
+            )
         return
     spec, source, notices = acquisition.acquire(params)
     for notice in notices:
