@@ -6,14 +6,16 @@ Real files made by Pillow, real decoding, a real `dvc status` in a temporary pro
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, create_project, run
 from PIL import Image
 
-from pipeline.core import folders
+from pipeline.core import folders, splits
 from pipeline.core.errors import PipelineError
 
 
@@ -175,3 +177,111 @@ def test_a_class_that_repeats_another_is_refused(tmp_path: Path, how: str) -> No
         "pixels): a copied or linked class folder? Remove or relabel it"
     )
     assert not (tmp_path / "out").exists()
+
+
+def sides(root: Path, seed: int = 42) -> dict[str, str]:
+    """Each picture of the folder `root` by its path inside its class folder: "test", "val" or
+    "fit", as the download stage (carve) and then train (split_indices) put it."""
+    carved = folders.carve(folders.scan(root), 0.2)
+    keys = {
+        split: [folders.class_path(p.relative_to(root).as_posix(), "all") for p, _ in items]
+        for split, items in carved.splits.items()
+    }
+    labels = [label for _, label in carved.splits["train"]]
+    fit, val = splits.split_indices(labels, 5000, seed, keys=keys["train"])
+    return (
+        dict.fromkeys(keys["test"], "test")
+        | {keys["train"][i]: "fit" for i in fit}
+        | {keys["train"][i]: "val" for i in val}
+    )
+
+
+def test_adding_removing_or_relabelling_pictures_moves_no_other_picture(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "photos", {"a": 90, "b": 90, "c": 90})
+    before = sides(root)
+    assert len(before) == 270
+    picture(root / "a" / "new-1.png", 1000)
+    picture(root / "c" / "new-2.png", 1001)
+    (root / "b" / "b-010.png").unlink()
+    (root / "b" / "b-020.png").rename(root / "c" / "b-020.png")  # relabelled: moved to class c
+    after = sides(root)
+    assert set(after) == set(before) - {"b-010.png"} | {"new-1.png", "new-2.png"}
+    moved = {k: (before[k], after[k]) for k in set(before) & set(after) if before[k] != after[k]}
+    assert moved == {}
+    # Not a property of any assignment: the seed decides which pictures validate.
+    assert sides(root, seed=43) != after
+    # About a fifth of each class is tested on, as the report says.
+    report = folders.decode(folders.carve(folders.scan(root), 0.2), 1, 8, tmp_path / "o", 2, quiet)
+    fractions = report["test_fraction"]
+    assert set(fractions) == {"a", "b", "c"} and all(0.1 < f < 0.3 for f in fractions.values())
+    per_class = {s: report["splits"][s]["per_class"] for s in ("train", "test")}
+    assert fractions["b"] == round(per_class["test"]["b"] / 88, 4)
+    # The keys the validation carve reads back from the decoded files are the carve's own.
+    assert sorted(folders.class_paths(tmp_path / "o", "train")) == sorted(
+        k for k, side in after.items() if side != "test"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rel", "split", "inside"),
+    [
+        ("cat/x.png", "all", "x.png"),
+        ("cat/sub/x.png", "train", "sub/x.png"),
+        ("train/cat/sub/x.png", "train", "sub/x.png"),
+        ("val/x.png", "all", "x.png"),  # a class named val in a folder without split folders
+        ("val/val/x.png", "val", "x.png"),
+        ("test/cat/x.png", "test", "x.png"),
+    ],
+)
+def test_the_path_inside_the_class_folder(rel: str, split: str, inside: str) -> None:
+    assert folders.class_path(rel, split) == inside
+
+
+@pytest.mark.parametrize("size", range(2, 12))
+def test_every_class_of_two_pictures_or_more_has_both_sides(size: int) -> None:
+    for trial in range(40):  # many sets of names: some hash all in, some all out
+        keys = [f"{trial}-{i}.jpg" for i in range(size)]
+        for fraction in (0.05, 0.2, 0.95):
+            out = splits.hashed(keys, [0] * size, fraction, 0, "test")
+            assert 0 < out.sum() < size, (keys, fraction)
+
+
+def test_a_built_in_dataset_is_split_as_before() -> None:
+    """The validation carve of MNIST-sized labels is the same indices as before folders were
+    hashed: the same model bytes on defaults."""
+    labels = np.random.default_rng(7).integers(0, 10, 60000)
+    for limit, digest in [
+        (None, "793168c09497fdb6ff13732aceb7e7a4cc28b52b50eff3707dbd149bf4696668"),
+        (2000, "3202b3faa133ffc5ca38a240e71638eaae1a8b0cc80df366a0083caa2257b289"),
+    ]:
+        fit, val = splits.split_indices(labels, 5000, 42, limit)
+        assert hashlib.sha256(fit.tobytes() + val.tobytes()).hexdigest() == digest
+
+
+def test_junk_appearing_in_the_folder_reruns_nothing(tmp_path: Path) -> None:
+    root = create_project(
+        tmp_path / "project", {"data": {"dataset": "folder", "folder": "data/images"}}
+    )
+    images = make_folder(root / "data" / "images", {"a": 3, "b": 3})
+    shutil.copy(images / "a" / "a-000.png", images / "b" / "mislabelled.png")
+    proc = run(["dvc", "repro", "download"], root)
+    assert (
+        "warning: 1 pair(s) of pictures have the same pixels under two classes (e.g. "
+        "a/a-000.png and b/mislabelled.png)" in proc.stdout + proc.stderr
+    ), proc.stdout + proc.stderr
+    up_to_date = "Data and pipelines are up to date."
+    assert up_to_date in run(["dvc", "status", "download"], root).stdout
+    for rel in [
+        ".DS_Store",
+        "a/.DS_Store",
+        "b/._mislabelled.png",
+        "a/Thumbs.db",
+        "desktop.ini",
+        "__MACOSX/a/._a-000.png",
+        "a/.ipynb_checkpoints/a-000-checkpoint.png",
+    ]:
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        (images / rel).write_bytes(b"\0\0\0\1Bud1")
+        assert up_to_date in run(["dvc", "status", "download"], root).stdout, rel
+    picture(images / "a" / "new.png", 77)  # a picture does rerun the stage
+    assert "changed deps" in run(["dvc", "status", "download"], root).stdout
