@@ -308,26 +308,25 @@ def _duplicates(seen: Seen) -> dict[str, Any]:
 
 def _conflicts(folder: Path, classes: tuple[str, ...], seen: Seen) -> dict[str, Any]:
     """Pairs of pictures with identical pixels under two different classes, in any splits (count,
-    first 1000 listed): one of the two labels is wrong. Raises PipelineError when every picture of
-    a class is also under one other class: a copied or linked class folder."""
+    first 1000 listed): one of the two labels is wrong. Raises PipelineError for two classes that
+    hold the same pictures (a copied or linked class folder): no model can tell them apart. (A class
+    whose pictures are only part of another's, as a linked subfolder, is reported, not refused.)"""
     pairs = [
         [a[1], b[1]]
         for found in seen.values()
         for a, b in itertools.combinations(found, 2)
         if a[2] != b[2]
     ]
-    also: dict[int, set[int]] = {}  # class -> the other classes holding every picture of it
-    for found in seen.values():
-        for label in {lb for _, _, lb in found}:
-            others = {lb for _, _, lb in found} - {label}
-            also[label] = also[label] & others if label in also else others
-    for label, others in sorted(also.items()):
-        if others:
-            count = sum(lb == label for found in seen.values() for _, _, lb in found)
+    holds: dict[int, set[bytes]] = {}  # class -> the pixels of its pictures
+    for digest, found in seen.items():
+        for _, _, label in found:
+            holds.setdefault(label, set()).add(digest)
+    for a, b in itertools.combinations(sorted(holds), 2):
+        if holds[a] == holds[b]:
             raise PipelineError(
-                f"data.folder {folder}: all {count} picture(s) of class {classes[label]!r} are "
-                f"also in class {classes[min(others)]!r} (the same pixels): a copied or linked "
-                "class folder? Remove or relabel it"
+                f"data.folder {folder}: classes {classes[a]!r} and {classes[b]!r} hold the same "
+                f"{len(holds[a])} picture(s) (the same pixels): a copied or linked class folder? "
+                "Remove one"
             )
     return {"count": len(pairs), "pairs": pairs[:1000]}
 
@@ -413,8 +412,8 @@ def decode(
     splits (count, pairs), conflicts (count, pairs: the same pixels under two classes, any splits),
     test_fraction (per class, when there is a test split), digest (SHA-256 of sorted relative
     paths and file SHA-256s). Calls `progress(done, total, seconds)` per picture. Raises
-    PipelineError for bad channels/size, a class in a split with no usable picture, or a class
-    whose every picture is also in another class."""
+    PipelineError for bad channels/size, a class in a split with no usable picture, or two classes
+    holding the same pictures."""
     if channels not in (1, 3) or size < 1:
         raise PipelineError(
             f"data.channels must be 1 or 3 and data.image_size at least 1, got {channels} and "
