@@ -7,6 +7,7 @@ Real files made by Pillow, real decoding, a real `dvc status` in a temporary pro
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -273,6 +274,7 @@ def test_junk_appearing_in_the_folder_reruns_nothing(tmp_path: Path) -> None:
         "warning: 1 pair(s) of pictures have the same pixels under two classes (e.g. "
         "a/a-000.png and b/mislabelled.png)" in proc.stdout + proc.stderr
     ), proc.stdout + proc.stderr
+    assert re.search(r"tested on \d+% to \d+% of each class's pictures", proc.stdout), proc.stdout
     up_to_date = "Data and pipelines are up to date."
     assert up_to_date in run(["dvc", "status", "download"], root).stdout
     for rel in [
