@@ -311,24 +311,27 @@ def _conflicts(folder: Path, classes: tuple[str, ...], seen: Seen) -> dict[str, 
     first 1000 listed): one of the two labels is wrong. Raises PipelineError for two classes that
     hold the same pictures (a copied or linked class folder): no model can tell them apart. (A class
     whose pictures are only part of another's, as a linked subfolder, is reported, not refused.)"""
-    pairs = [
-        [a[1], b[1]]
-        for found in seen.values()
-        for a, b in itertools.combinations(found, 2)
-        if a[2] != b[2]
-    ]
     holds: dict[int, set[bytes]] = {}  # class -> the pixels of its pictures
+    mixed: list[list[list[str]]] = []  # per picture under several classes: its paths per class
     for digest, found in seen.items():
-        for _, _, label in found:
+        by_label: dict[int, list[str]] = {}
+        for _, rel, label in found:
+            by_label.setdefault(label, []).append(rel)
             holds.setdefault(label, set()).add(digest)
-    for a, b in itertools.combinations(sorted(holds), 2):
-        if holds[a] == holds[b]:
+        if len(by_label) > 1:
+            mixed.append(list(by_label.values()))
+    count = sum(len(a) * len(b) for m in mixed for a, b in itertools.combinations(m, 2))
+    pairs = ([x, y] for m in mixed for a, b in itertools.combinations(m, 2) for x in a for y in b)
+    alike: dict[frozenset[bytes], int] = {}
+    for label in sorted(holds):
+        other = alike.setdefault(frozenset(holds[label]), label)
+        if other != label:
             raise PipelineError(
-                f"data.folder {folder}: classes {classes[a]!r} and {classes[b]!r} hold the same "
-                f"{len(holds[a])} picture(s) (the same pixels): a copied or linked class folder? "
-                "Remove one"
+                f"data.folder {folder}: classes {classes[other]!r} and {classes[label]!r} hold the "
+                f"same {len(holds[label])} picture(s) (the same pixels): a copied or linked class "
+                "folder? Remove one"
             )
-    return {"count": len(pairs), "pairs": pairs[:1000]}
+    return {"count": count, "pairs": list(itertools.islice(pairs, 1000))}
 
 
 def _decoded(

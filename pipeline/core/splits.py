@@ -36,14 +36,14 @@ def hashed(keys: Sequence[str], labels: Any, fraction: float, seed: int, role: s
     u = np.array([unit(seed, role, key) for key in keys], dtype=np.float64)
     out = u < fraction
     labels = np.asarray(labels, dtype=np.int64)
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        if len(rows) < 2:
-            continue
-        if not out[rows].any():
-            out[rows[np.argmin(u[rows])]] = True
-        if out[rows].all():
-            out[rows[np.argmax(u[rows])]] = False
+    order = np.lexsort((u, labels))  # by class, then by unit
+    ends = np.flatnonzero(np.diff(labels[order], append=np.inf))  # each class's last position
+    for start, end in zip(np.r_[0, ends[:-1] + 1], ends + 1, strict=True):
+        rows = order[start:end]
+        if len(rows) >= 2 and not out[rows].any():
+            out[rows[0]] = True
+        if len(rows) >= 2 and out[rows].all():
+            out[rows[-1]] = False
     return out
 
 
