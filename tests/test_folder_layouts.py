@@ -249,6 +249,9 @@ def test_every_class_of_two_pictures_or_more_has_both_sides(size: int) -> None:
         for fraction in (0.05, 0.2, 0.95):
             out = splits.hashed(keys, [0] * size, fraction, 0, "test")
             assert 0 < out.sum() < size, (keys, fraction)
+    # A class of one item is kept, never held out (a fitting picture for every class).
+    many = [f"{i}.jpg" for i in range(200)]
+    assert not splits.hashed(many, range(200), 0.95, 0, "val").any()
 
 
 def test_a_built_in_dataset_is_split_as_before() -> None:

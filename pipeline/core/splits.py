@@ -29,10 +29,10 @@ def hashed(keys: Sequence[str], labels: Any, fraction: float, seed: int, role: s
     """Which of the items (`keys[i]` names item i, `labels` its int class, length N) are held out:
     bool N, True where unit(seed, role, key) < `fraction`. Each item's fate depends on its own key
     only, so adding, removing or relabelling items moves no other item. Stratified approximately
-    (each class holds out about `fraction` of its items), and exactly in one respect: a class of
-    at least two items holds out at least one and keeps at least one (its lowest unit is held out,
-    its highest kept) — the one place where another item can move, when a class that had none
-    held out (or all) gains one."""
+    (each class holds out about `fraction` of its items), and exactly in one respect: every class
+    keeps at least one item (its highest unit), and a class of at least two items holds out at
+    least one (its lowest unit) — the one place where another item can move, when a class that had
+    none held out (or all) gains one."""
     u = np.array([unit(seed, role, key) for key in keys], dtype=np.float64)
     out = u < fraction
     labels = np.asarray(labels, dtype=np.int64)
@@ -42,7 +42,7 @@ def hashed(keys: Sequence[str], labels: Any, fraction: float, seed: int, role: s
         rows = order[start:end]
         if len(rows) >= 2 and not out[rows].any():
             out[rows[0]] = True
-        if len(rows) >= 2 and out[rows].all():
+        if out[rows].all():
             out[rows[-1]] = False
     return out
 
