@@ -339,15 +339,18 @@ def _decoded(
     results: Iterator[tuple[bytes, str, bytes] | str],
     files: dict[str, Any],
     progress: Callable[[int, int, float], None],
-) -> tuple[dict[str, list[tuple[int, str]]], list[tuple[str, str]], Seen, list[tuple[str, str]]]:
+) -> tuple[
+    dict[str, list[tuple[int, str]]], list[tuple[str, str]], Seen, list[tuple[str, str, str]]
+]:
     """Write each picture's pixels (`results`, in `layout`'s order) to its split's open file in
     `files`; returns per split its rows (label, path relative to the folder), the skipped (path,
-    reason) including the layout's, the index of pixels, and (path, file SHA-256) of every row."""
+    reason) including the layout's, the index of pixels, and (split, path, file SHA-256) of every
+    row."""
     entries = [(s, path, label) for s, items in layout.splits.items() for path, label in items]
     rows: dict[str, list[tuple[int, str]]] = {split: [] for split in layout.splits}
     skipped = [(p.relative_to(layout.folder).as_posix(), why) for p, why in layout.skipped]
     seen: Seen = {}
-    used: list[tuple[str, str]] = []
+    used: list[tuple[str, str, str]] = []
     start = time.monotonic()
     for done, ((split, path, label), result) in enumerate(zip(entries, results, strict=False), 1):
         rel = path.relative_to(layout.folder).as_posix()
@@ -356,7 +359,7 @@ def _decoded(
         else:
             files[split].write(result[0])
             rows[split].append((label, rel))
-            used.append((rel, result[1]))
+            used.append((split, rel, result[1]))
             seen.setdefault(result[2], []).append((split, rel, label))
         progress(done, len(entries), time.monotonic() - start)
     return rows, skipped, seen, used
@@ -368,7 +371,7 @@ def _report(
     rows: dict[str, list[tuple[int, str]]],
     skipped: list[tuple[str, str]],
     seen: Seen,
-    used: list[tuple[str, str]],
+    used: list[tuple[str, str, str]],
 ) -> dict[str, Any]:
     """`decode`'s report of what `_decoded` returned (see `decode`); `shape` is (channels, size)."""
     counts = {
@@ -387,7 +390,7 @@ def _report(
         "duplicates": _duplicates(seen),
         "conflicts": _conflicts(layout.folder, layout.classes, seen),
         "digest": hashlib.sha256(
-            "".join(f"{r}\0{h}\n" for r, h in sorted(used)).encode()
+            "".join(f"{s}\0{r}\0{h}\n" for s, r, h in sorted(used)).encode()
         ).hexdigest(),
     }
     if "test" in counts:  # what share of each class is tested on
@@ -413,10 +416,10 @@ def decode(
     (paths relative to the folder, row order); `report.json`, also returned: classes, image_size
     (pixels), channels, splits (count, per_class), skipped ({path, reason}), duplicates across
     splits (count, pairs), conflicts (count, pairs: the same pixels under two classes, any splits),
-    test_fraction (per class, when there is a test split), digest (SHA-256 of sorted relative
-    paths and file SHA-256s). Calls `progress(done, total, seconds)` per picture. Raises
-    PipelineError for bad channels/size, a class in a split with no usable picture, or two classes
-    holding the same pictures."""
+    test_fraction (per class, when there is a test split), digest (SHA-256 of the split, relative
+    path and file SHA-256 of every row, sorted: which pictures are trained and tested on). Calls
+    `progress(done, total, seconds)` per picture. Raises PipelineError for bad channels/size, a
+    class in a split with no usable picture, or two classes holding the same pictures."""
     if channels not in (1, 3) or size < 1:
         raise PipelineError(
             f"data.channels must be 1 or 3 and data.image_size at least 1, got {channels} and "
