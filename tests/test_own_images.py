@@ -114,6 +114,15 @@ def folder_case(root: Path, name: str) -> Path:
             path.write_bytes(b"")
     elif name == "missing-folder":
         shutil.rmtree(images)
+    elif name == "class-of-one":
+        for path in sorted((images / "b").iterdir())[1:]:
+            path.unlink()
+    elif name == "class-copied":
+        shutil.copytree(images / "b", images / "b again")
+    elif name == "mac-zip-empty-class":  # a class of macOS's shadow files only, beside __MACOSX/
+        shutil.copytree(images / "a", images / "__MACOSX" / "a")
+        (images / "c").mkdir()
+        (images / "c" / "._0.png").write_bytes(b"\0\5\26\7")
     return root
 
 
@@ -125,6 +134,9 @@ def folder_case(root: Path, name: str) -> Path:
         ("pictures-at-top", ("loose.png", "picture outside a class folder")),
         ("link-outside", ("elsewhere", "symbolic link", "outside data.folder")),
         ("class-emptied-by-skips", ("class 'b'", "no usable picture", "empty file")),
+        ("class-of-one", ("class 'b' has 1 picture", "at least 2 are needed")),
+        ("class-copied", ("classes 'b' and 'b again' hold the same 6", "copied or linked")),
+        ("mac-zip-empty-class", ("class 'c' has no usable picture", "c/._0.png: hidden file")),
     ],
 )
 def test_a_bad_folder_is_one_line_and_changes_nothing(

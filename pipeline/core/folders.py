@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import atomic
+from pipeline.core import atomic, splits
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.images import SUFFIXES, ImageError, read
 
@@ -33,6 +33,17 @@ LAYOUT = (
     "expected one subfolder per class, or train/ and test/ (optionally val/) each holding one "
     "subfolder per class"
 )
+# Folders and files that hold no pictures of the user's, skipped by name wherever they are. The
+# project's .dvcignore names every one (tests/test_folder_layouts.py checks), so that DVC, which
+# hashes data.folder as the download stage's dependency, reruns nothing when one appears.
+JUNK_FOLDERS = {
+    "__MACOSX": "macOS zip metadata folder",
+    ".ipynb_checkpoints": "Jupyter checkpoint folder",
+    "@eaDir": "Synology thumbnail folder",
+    "$RECYCLE.BIN": "Windows recycle bin",
+    "System Volume Information": "Windows system folder",
+}
+JUNK_FILES = (".DS_Store", "._*", "Thumbs.db", "desktop.ini")  # skipped as no picture, or hidden
 # fork copies a caller's torch (OpenMP, CUDA) or MLflow threads' locks, which a child can hang on;
 # spawn re-imports the caller's script per worker (seconds when it imports torch); forkserver pays
 # that once, for its first pool.
@@ -67,21 +78,13 @@ def _listdir(
                 "instead"
             )
         is_dir, picture = entry.is_dir(), p.suffix.lower() in SUFFIXES
-        if not hidden and (is_dir or (picture and entry.is_file())):
+        if is_dir and entry.name in JUNK_FOLDERS:
+            skipped.append((p, JUNK_FOLDERS[entry.name]))
+        elif not hidden and (is_dir or (picture and entry.is_file())):
             (folders if is_dir else files).append(p)
         else:  # a hidden "picture" is e.g. macOS's ._photo.jpg, which holds none
-            skipped.append(
-                (
-                    p,
-                    "hidden folder"
-                    if is_dir
-                    else "not a picture file"
-                    if not picture
-                    else "hidden file"
-                    if hidden
-                    else "not a regular file",
-                )
-            )
+            why = "hidden folder" if is_dir else "not a picture file" if not picture else None
+            skipped.append((p, why or ("hidden file" if hidden else "not a regular file")))
     if only_folders and files:
         raise PipelineError(f"{files[0]}: picture outside a class folder; {LAYOUT}")
     return folders, files
@@ -104,7 +107,7 @@ def scan(folder: Path) -> Layout:
     """The pictures of `folder`/<class>/… or `folder`/{train,test[,val]}/<class>/… (any depth below
     a class). Raises PipelineError (one line) for a missing folder, fewer than two classes, a
     picture outside a class folder, split folders whose classes differ, a symbolic link that points
-    outside `folder` or loops."""
+    outside `folder` or loops, a class folder with no picture file in a split."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"data.folder {folder}: no such folder; {LAYOUT}")
@@ -134,7 +137,7 @@ def scan(folder: Path) -> Layout:
                 f"data.folder {folder}: class {name!r} is in {where}/ but not in {lacking}/; "
                 f"{LAYOUT}"
             )
-    splits = {
+    pictures = {
         split: [
             (p, label)
             for label, name in enumerate(classes)
@@ -142,28 +145,60 @@ def scan(folder: Path) -> Layout:
         ]
         for split, found in per_split.items()
     }
-    return Layout(folder, classes, splits, sorted(skipped))
+    rel = [(p.relative_to(folder).as_posix(), why) for p, why in skipped]
+    _check(folder, classes, {s: [lb for _, lb in found] for s, found in pictures.items()}, rel)
+    return Layout(folder, classes, pictures, sorted(skipped))
+
+
+def class_path(rel: str, split: str) -> str:
+    """The path of a picture inside its class folder, from its path `rel` relative to data.folder
+    in `split` ("all", "train", "val", "test"): "cat/a/1.png" or "train/cat/a/1.png" -> "a/1.png".
+    (A folder's own split folder comes first; a folder without them has no class named train or
+    test, and its val class only in split "all".)"""
+    parts = rel.split("/")
+    return "/".join(parts[2:] if parts[0] == split and split != "all" else parts[1:])
+
+
+def class_paths(out: Path, split: str) -> list[str]:
+    """`class_path` of each picture of `split` as `decode` wrote it into `out`, in row order: what
+    the validation carve hashes (core.splits). Raises PipelineError when files.json is missing."""
+    try:
+        rels = json.loads((Path(out) / split / "files.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(
+            f"{out}: decoded pictures missing or damaged ({first_line(exc)}); "
+            "rerun the decoding stage"
+        ) from None
+    return [class_path(rel, split) for rel in rels]
 
 
 def carve(layout: Layout, test_size: float, seed: int = 0) -> Layout:
-    """A layout with one split ("all") as "train" and "test": `test_size` of each class's pictures
-    (at least one) drawn with a fixed seed, so that every run of every experiment is tested on the
-    same pictures. Other layouts are returned as they are (their test/ is the test split)."""
+    """A layout with one split ("all") as "train" and "test". A picture is in test when the hash of
+    its path inside its class folder (core.splits.hashed, role "test", a fixed seed) falls below
+    `test_size`: every run of every experiment is tested on the same pictures, and adding, removing
+    or relabelling (moving to another class folder) pictures moves no other picture between train
+    and test; a renamed picture may change sides. About `test_size` of each class (the report says
+    how much), at least one picture in test and one in train. Other layouts are returned as they
+    are (their test/ is the test split). Raises PipelineError for a class of a single picture: it
+    could not be both learnt and tested."""
     if set(layout.splits) != {"all"}:
         return layout
     items = layout.splits["all"]
     labels = np.array([label for _, label in items], dtype=np.int64)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    test: set[int] = set()
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        test.update(rng.permutation(rows)[: max(1, round(test_size * len(rows)))].tolist())
+    counts = np.bincount(labels, minlength=len(layout.classes))
+    for label in np.flatnonzero(counts == 1):
+        raise PipelineError(
+            f"data.folder {layout.folder}: class {layout.classes[label]!r} has 1 picture: at least "
+            "2 are needed, one to train on and one to test on"
+        )
+    keys = [class_path(p.relative_to(layout.folder).as_posix(), "all") for p, _ in items]
+    test = splits.hashed(keys, labels, test_size, seed, "test")
     return Layout(
         layout.folder,
         layout.classes,
         {
-            "train": [it for i, it in enumerate(items) if i not in test],
-            "test": [it for i, it in enumerate(items) if i in test],
+            "train": [it for it, out in zip(items, test, strict=True) if not out],
+            "test": [it for it, out in zip(items, test, strict=True) if out],
         },
         layout.skipped,
     )
@@ -230,30 +265,38 @@ def _ordered(
 
 
 def _check(
-    layout: Layout, rows: dict[str, list[tuple[int, str]]], skipped: list[tuple[str, str]]
+    folder: Path,
+    classes: tuple[str, ...],
+    labels: dict[str, list[int]],
+    skipped: list[tuple[str, str]],
 ) -> None:
-    """Refuse a class in a split (so also an empty split) that has no usable picture left, with a
-    reason why."""
-    for split, found in rows.items():
-        for label in sorted(set(range(len(layout.classes))) - {label for label, _ in found}):
-            name = layout.classes[label]
+    """Refuse a class that has no (usable) picture in a split, so also an empty split, with a reason
+    why: `labels` are the class indices each split holds, `skipped` (path relative to `folder`,
+    reason)."""
+    for split, found in labels.items():
+        for label in sorted(set(range(len(classes))) - set(found)):
+            name = classes[label]
             # The class folder is the first part of a relative path, or the second below train/,
             # val/ or test/.
             why = [f"{p}: {r}" for p, r in skipped if name in Path(p).parts[:2]]
             note = (
                 f"{len(why)} skipped, first {why[0]}" if why else "its folder holds no picture file"
             )
+            where = "" if split == "all" else f" in the {split} split"
             raise PipelineError(
-                f"data.folder {layout.folder}: class {name!r} has no usable picture in the {split} "
-                f"split ({note})"
+                f"data.folder {folder}: class {name!r} has no usable picture{where} ({note})"
             )
 
 
-def _duplicates(seen: dict[bytes, list[tuple[str, str]]]) -> dict[str, Any]:
+# One picture's entry in `decode`'s index of pixels: (split, path relative to the folder, label).
+Seen = dict[bytes, list[tuple[str, str, int]]]
+
+
+def _duplicates(seen: Seen) -> dict[str, Any]:
     """Pairs of pictures in two different splits with identical pixels (first 1000 listed), counted
     split by split."""
     by_split = (
-        [[rel for _, rel in g] for _, g in itertools.groupby(found, key=lambda f: f[0])]
+        [[rel for _, rel, _ in g] for _, g in itertools.groupby(found, key=lambda f: f[0])]
         for found in seen.values()
     )
     pairs = [
@@ -261,6 +304,102 @@ def _duplicates(seen: dict[bytes, list[tuple[str, str]]]) -> dict[str, Any]:
     ]  # `found` is in split order
     listed = itertools.islice(([x, y] for a, b in pairs for x in a for y in b), 1000)
     return {"count": sum(len(a) * len(b) for a, b in pairs), "pairs": list(listed)}
+
+
+def _conflicts(folder: Path, classes: tuple[str, ...], seen: Seen) -> dict[str, Any]:
+    """Pairs of pictures with identical pixels under two different classes, in any splits (count,
+    first 1000 listed): one of the two labels is wrong. Raises PipelineError for two classes that
+    hold the same pictures (a copied or linked class folder): no model can tell them apart. (A class
+    whose pictures are only part of another's, as a linked subfolder, is reported, not refused.)"""
+    holds: dict[int, set[bytes]] = {}  # class -> the pixels of its pictures
+    mixed: list[list[list[str]]] = []  # per picture under several classes: its paths per class
+    for digest, found in seen.items():
+        by_label: dict[int, list[str]] = {}
+        for _, rel, label in found:
+            by_label.setdefault(label, []).append(rel)
+            holds.setdefault(label, set()).add(digest)
+        if len(by_label) > 1:
+            mixed.append(list(by_label.values()))
+    count = sum(len(a) * len(b) for m in mixed for a, b in itertools.combinations(m, 2))
+    pairs = ([x, y] for m in mixed for a, b in itertools.combinations(m, 2) for x in a for y in b)
+    alike: dict[frozenset[bytes], int] = {}
+    for label in sorted(holds):
+        other = alike.setdefault(frozenset(holds[label]), label)
+        if other != label:
+            raise PipelineError(
+                f"data.folder {folder}: classes {classes[other]!r} and {classes[label]!r} hold the "
+                f"same {len(holds[label])} picture(s) (the same pixels): a copied or linked class "
+                "folder? Remove one"
+            )
+    return {"count": count, "pairs": list(itertools.islice(pairs, 1000))}
+
+
+def _decoded(
+    layout: Layout,
+    results: Iterator[tuple[bytes, str, bytes] | str],
+    files: dict[str, Any],
+    progress: Callable[[int, int, float], None],
+) -> tuple[
+    dict[str, list[tuple[int, str]]], list[tuple[str, str]], Seen, list[tuple[str, str, str]]
+]:
+    """Write each picture's pixels (`results`, in `layout`'s order) to its split's open file in
+    `files`; returns per split its rows (label, path relative to the folder), the skipped (path,
+    reason) including the layout's, the index of pixels, and (split, path, file SHA-256) of every
+    row."""
+    entries = [(s, path, label) for s, items in layout.splits.items() for path, label in items]
+    rows: dict[str, list[tuple[int, str]]] = {split: [] for split in layout.splits}
+    skipped = [(p.relative_to(layout.folder).as_posix(), why) for p, why in layout.skipped]
+    seen: Seen = {}
+    used: list[tuple[str, str, str]] = []
+    start = time.monotonic()
+    for done, ((split, path, label), result) in enumerate(zip(entries, results, strict=False), 1):
+        rel = path.relative_to(layout.folder).as_posix()
+        if isinstance(result, str):
+            skipped.append((rel, result))
+        else:
+            files[split].write(result[0])
+            rows[split].append((label, rel))
+            used.append((split, rel, result[1]))
+            seen.setdefault(result[2], []).append((split, rel, label))
+        progress(done, len(entries), time.monotonic() - start)
+    return rows, skipped, seen, used
+
+
+def _report(
+    layout: Layout,
+    shape: tuple[int, int],
+    rows: dict[str, list[tuple[int, str]]],
+    skipped: list[tuple[str, str]],
+    seen: Seen,
+    used: list[tuple[str, str, str]],
+) -> dict[str, Any]:
+    """`decode`'s report of what `_decoded` returned (see `decode`); `shape` is (channels, size)."""
+    counts = {
+        s: np.bincount([lb for lb, _ in r], minlength=len(layout.classes)).tolist()
+        for s, r in rows.items()
+    }
+    report = {
+        "classes": list(layout.classes),
+        "image_size": shape[1],
+        "channels": shape[0],
+        "splits": {
+            s: {"count": sum(c), "per_class": dict(zip(layout.classes, c, strict=True))}
+            for s, c in counts.items()
+        },
+        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
+        "duplicates": _duplicates(seen),
+        "conflicts": _conflicts(layout.folder, layout.classes, seen),
+        "digest": hashlib.sha256(
+            "".join(f"{s}\0{r}\0{h}\n" for s, r, h in sorted(used)).encode()
+        ).hexdigest(),
+    }
+    if "test" in counts:  # what share of each class is tested on
+        totals = np.sum(list(counts.values()), axis=0)
+        report["test_fraction"] = {
+            name: round(t / max(1, n), 4)
+            for name, t, n in zip(layout.classes, counts["test"], totals, strict=True)
+        }
+    return report
 
 
 def decode(
@@ -276,23 +415,17 @@ def decode(
     arrive: memory holds a few chunks, never the data set), `labels.npy` (int64 N), `files.json`
     (paths relative to the folder, row order); `report.json`, also returned: classes, image_size
     (pixels), channels, splits (count, per_class), skipped ({path, reason}), duplicates across
-    splits (count, pairs), digest (SHA-256 of sorted relative paths and file SHA-256s). Calls
-    `progress(done, total, seconds)` per picture. Raises PipelineError for bad channels/size, or a
-    class in a split with no picture."""
+    splits (count, pairs), conflicts (count, pairs: the same pixels under two classes, any splits),
+    test_fraction (per class, when there is a test split), digest (SHA-256 of the split, relative
+    path and file SHA-256 of every row, sorted: which pictures are trained and tested on). Calls
+    `progress(done, total, seconds)` per picture. Raises PipelineError for bad channels/size, a
+    class in a split with no usable picture, or two classes holding the same pictures."""
     if channels not in (1, 3) or size < 1:
         raise PipelineError(
             f"data.channels must be 1 or 3 and data.image_size at least 1, got {channels} and "
             f"{size}"
         )
-    entries = [
-        (split, path, label) for split, items in layout.splits.items() for path, label in items
-    ]
-    tasks = [(str(path), channels, size) for _, path, _ in entries]
-    rows: dict[str, list[tuple[int, str]]] = {split: [] for split in layout.splits}
-    skipped = [(p.relative_to(layout.folder).as_posix(), why) for p, why in layout.skipped]
-    seen: dict[bytes, list[tuple[str, str]]] = {}
-    used: list[tuple[str, str]] = []
-    start = time.monotonic()
+    tasks = [(str(path), channels, size) for items in layout.splits.values() for path, _ in items]
     with atomic.directory(out) as tmp, contextlib.ExitStack() as stack:
         (tmp / ".chunks").mkdir()
         results = stack.enter_context(
@@ -304,42 +437,19 @@ def decode(
             split: stack.enter_context(open(tmp / split / "images.u8", "wb"))
             for split in layout.splits
         }
-        pairs = zip(entries, results, strict=False)
-        for done, ((split, path, label), result) in enumerate(pairs, 1):
-            rel = path.relative_to(layout.folder).as_posix()
-            if isinstance(result, str):
-                skipped.append((rel, result))
-            else:
-                files[split].write(result[0])
-                rows[split].append((label, rel))
-                used.append((rel, result[1]))
-                seen.setdefault(result[2], []).append((split, rel))
-            progress(done, len(entries), time.monotonic() - start)
+        rows, skipped, seen, used = _decoded(layout, results, files, progress)
         (tmp / ".chunks").rmdir()  # every chunk's file was read and deleted
-        _check(layout, rows, skipped)
+        _check(
+            layout.folder,
+            layout.classes,
+            {s: [lb for lb, _ in r] for s, r in rows.items()},
+            skipped,
+        )
+        report = _report(layout, (channels, size), rows, skipped, seen, used)
         for split, found in rows.items():
-            np.save(
-                tmp / split / "labels.npy", np.array([label for label, _ in found], dtype=np.int64)
-            )
+            labels = np.array([label for label, _ in found], dtype=np.int64)
+            np.save(tmp / split / "labels.npy", labels)
             atomic.write_json(tmp / split / "files.json", [rel for _, rel in found])
-        counts = {
-            s: np.bincount([lb for lb, _ in r], minlength=len(layout.classes)).tolist()
-            for s, r in rows.items()
-        }
-        report = {
-            "classes": list(layout.classes),
-            "image_size": size,
-            "channels": channels,
-            "splits": {
-                s: {"count": sum(c), "per_class": dict(zip(layout.classes, c, strict=False))}
-                for s, c in counts.items()
-            },
-            "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
-            "duplicates": _duplicates(seen),
-            "digest": hashlib.sha256(
-                "".join(f"{r}\0{h}\n" for r, h in sorted(used)).encode()
-            ).hexdigest(),
-        }
         atomic.write_json(tmp / "report.json", report)
     return report
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import atomic, datasets, paths, splits
+from pipeline.core import atomic, datasets, folders, paths, splits
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 
@@ -39,7 +39,11 @@ def compute(params: Params) -> ChannelStats:
         fit_idx = splits.limited(np.arange(len(labels)), params.seed, params.data.limit)
     else:
         fit_idx, _ = splits.split_indices(
-            labels, params.data.val_size, params.seed, params.data.limit, spec.from_folder
+            labels,
+            params.data.val_size,
+            params.seed,
+            params.data.limit,
+            folders.class_paths(paths.RAW / spec.folder, "train") if spec.from_folder else None,
         )
     result = channel_stats(datasets.PagedImages(images) if spec.from_folder else images, fit_idx)
     save(paths.STATS, result, spec.name)

@@ -66,16 +66,17 @@ class DataParams:
     )
     test_size: float = spec(
         0.2,
-        "folder without test/: the fraction of each class carved off once, at decoding, as the "
-        "test split.",
+        "folder without test/: about this fraction of each class (at least one picture) held out "
+        "once, at decoding, as the test split, chosen by a hash of each picture's path inside its "
+        "class folder: adding pictures moves no other.",
         gt=0,
         lt=1,
     )
     val_size: int = spec(
         5000,
         "Images carved out of the training split for validation (seeded, stratified), fewer than "
-        "it "
-        "holds; for a folder at most a fifth of its pictures, and its val/ replaces it.",
+        "it holds; for a folder about as many (at most a fifth), chosen by a seeded hash of each "
+        "picture's path inside its class folder, and its val/ replaces it.",
         ge=1,
     )
     limit: int | None = spec(

@@ -26,6 +26,7 @@ from pipeline.core import (
     datasets,
     distributed,
     figures,
+    folders,
     loop,
     models,
     normalization,
@@ -136,7 +137,11 @@ def load_inputs(params: Params) -> Inputs:
         fit_idx, val_idx = map(
             torch.from_numpy,
             splits.split_indices(
-                labels, params.data.val_size, params.seed, params.data.limit, spec.from_folder
+                labels,
+                params.data.val_size,
+                params.seed,
+                params.data.limit,
+                folders.class_paths(paths.RAW / spec.folder, "train") if spec.from_folder else None,
             ),
         )
         val_images, val_labels = images[val_idx], labels[val_idx]

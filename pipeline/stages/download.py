@@ -37,6 +37,9 @@ def main(params_file: Path) -> None:
             f"{params.data.folder}: {len(report['classes'])} classes, {splits} pictures, "
             f"{report['image_size']} px, {report['channels']} channel(s) -> {paths.RAW / 'folder'}"
         )
+        if "test_fraction" in report:
+            low, high = min(report["test_fraction"].values()), max(report["test_fraction"].values())
+            click.echo(f"tested on {low:.0%} to {high:.0%} of each class's pictures")
         if report["skipped"]:
             click.echo(
                 f"skipped {len(report['skipped'])} file(s), each with its reason in "
@@ -49,6 +52,13 @@ def main(params_file: Path) -> None:
                 "in two splits "
                 f"(e.g. {' and '.join(report['duplicates']['pairs'][0])}): the test accuracy is "
                 "inflated",
+                err=True,
+            )
+        if report["conflicts"]["count"]:
+            click.echo(
+                f"warning: {report['conflicts']['count']} pair(s) of pictures have the same pixels "
+                f"under two classes (e.g. {' and '.join(report['conflicts']['pairs'][0])}): one of "
+                "each pair's labels is wrong",
                 err=True,
             )
         return
