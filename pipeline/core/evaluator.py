@@ -19,19 +19,13 @@ from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
 
 def test_logits(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict]:
     """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model
-    metadata) of models/model.pt; PipelineError when the model's outputs are not finite or
-    evaluate.top_k does not fit."""
+    metadata) of models/model.pt; PipelineError when the model's outputs are not finite."""
     if params.train.portable and not cpu.pinned():
         cpu.pin()  # raises when torch is already loaded without the pins
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)
     names = list(meta["class_names"])
-    if params.evaluate.top_k > len(names):
-        raise PipelineError(
-            f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(names)} classes of the "
-            "model"
-        )
     spec = datasets.describe(meta["dataset"], paths.RAW)
     if (list(spec.class_names), spec.channels, spec.image_size) != (
         names,
@@ -68,30 +62,43 @@ def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     roc, pr = curves(logits, labels, names)
     # Computed before the run is reopened, so that a background tracker opens the store meanwhile.
     with tracker.evaluate_run(run_info, flatten(params.evaluate, "evaluate.")) as run_id:
-        # The figures first: a background tracker draws them (its longest task) while the files are
-        # written.
-        tracker.log_figure(
-            "confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), names
-        )
-        tracker.log_figure("roc_precision_recall.png", figures.curves, roc, pr)
-        # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per
-        # stage).
-        tracker.set_tags(
-            {**dvc_lock_tags(), "model.at_chance_level": str(rep.at_chance_level).lower()}
-        )
-        tracker.log_metrics(rep.mlflow_metrics())
-        tracker.log_table(
-            {
-                "class": names,
-                "images": rep.confusion.sum(1).tolist(),
-                "accuracy": list(rep.per_class_accuracy.values()),
-            },
-            "per_class_accuracy.json",
-        )
-        write_outputs(rep, images, labels, logits.argmax(1), names, roc, pr)
-        for path in (paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT, paths.TEST_SAMPLES_PLOT):
-            tracker.log_file(path)
+        publish(tracker, rep, images, labels, logits, names, roc, pr)
     return rep, run_id
+
+
+def publish(
+    tracker: Tracker,
+    rep: Report,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    names: list[str],
+    roc: list[tuple[str, float, float]],
+    pr: list[tuple[str, float, float]],
+) -> None:
+    """Every result of one evaluation into the open run of `tracker` and into the files DVC tracks
+    (in the current folder): uint8 images N×C×H×W, int64 labels N, float logits N×classes."""
+    # The figures first: a background tracker draws them (its longest task) while the files are
+    # written.
+    tracker.log_figure(
+        "confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), names
+    )
+    tracker.log_figure("roc_precision_recall.png", figures.curves, roc, pr)
+    # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per
+    # stage).
+    tracker.set_tags({**dvc_lock_tags(), "model.at_chance_level": str(rep.at_chance_level).lower()})
+    tracker.log_metrics(rep.mlflow_metrics())
+    tracker.log_table(
+        {
+            "class": names,
+            "images": rep.confusion.sum(1).tolist(),
+            "accuracy": list(rep.per_class_accuracy.values()),
+        },
+        "per_class_accuracy.json",
+    )
+    write_outputs(rep, images, labels, logits.argmax(1), names, roc, pr)
+    for path in (paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT, paths.TEST_SAMPLES_PLOT):
+        tracker.log_file(path)
 
 
 def write_outputs(

@@ -47,7 +47,7 @@ class Report:
     macro_f1: float
     macro_precision: float
     macro_recall: float
-    top_k: int
+    top_k: int  # evaluate.top_k capped at the number of classes: the k the accuracy was counted at
     top_k_accuracy: float
     roc_auc: float | None  # weighted one-vs-rest; None when a class is missing from the labels
     per_class_accuracy: dict[str, float]  # class name → recall of that class
@@ -110,7 +110,11 @@ def _unique(named: dict[str, float], per_class: dict[str, float]) -> dict[str, f
 def report(
     logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top_k: int = 3
 ) -> Report:
-    """All test metrics for one set of predictions."""
+    """All test metrics for one set of predictions: logits float N×classes, labels int64 N.
+
+    `top_k` is capped at the number of classes (evaluate.top_k 3 on two classes counts top-2, named
+    `top2_accuracy`): the defaults hold for any folder of two classes or more.
+    """
     k = len(class_names)
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
@@ -131,7 +135,7 @@ def report(
         macro_f1=float(f1.mean()),
         macro_precision=float(precision.mean()),
         macro_recall=float(recall.mean()),
-        top_k=top_k,
+        top_k=k_eff,
         top_k_accuracy=float(in_top_k.double().mean()),
         roc_auc=_roc_auc(logits, labels, k),
         per_class_accuracy={name: float(r) for name, r in zip(class_names, recall, strict=False)},
@@ -148,11 +152,14 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
 def _roc_auc(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
     """One-vs-rest ROC AUC per class, averaged weighted by class size: scikit-learn's roc_auc_score
     with multi_class="ovr", average="weighted" (0.5 for constant scores). None when a class has no
-    test image."""
+    test image. Two classes: the binary AUC of the second class's probability (scikit-learn's binary
+    case takes the positive class's score alone; both one-vs-rest AUCs equal it)."""
     from sklearn.metrics import roc_auc_score
 
     if len(torch.unique(labels)) < k:
         return None  # one-vs-rest AUC is undefined for a class with no positives
+    if k == 2:
+        return float(roc_auc_score(labels.numpy(), _probabilities(logits)[:, 1]))
     return float(
         roc_auc_score(
             labels.numpy(),

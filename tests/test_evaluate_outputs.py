@@ -1,0 +1,145 @@
+"""Everything the evaluate stage produces, for any number of classes: every metric, every figure,
+every file and table, in-process from known logits; and a two-class folder through the whole chain
+with the default parameters."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import create_project, run, runs, store
+from PIL import Image
+
+from pipeline.core import evaluator, metrics, paths
+from pipeline.core.tracking import Tracker
+
+
+class Drawing(Tracker):
+    """A Tracker that keeps what it is given in memory and draws every figure as MLflow would (a
+    PNG at the figure's own size and dpi): what an evaluation hands the tracking process."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, Image.Image] = {}
+        self.ticks: dict[str, int] = {}
+        self.metrics: dict[str, float] = {}
+        self.tables: dict[str, dict[str, list[Any]]] = {}
+        self.files: list[Path] = []
+
+    @contextmanager
+    def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
+        yield "run"
+
+    def log_figure(self, artifact_file: str, draw: Callable[..., Any], *args: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        fig = draw(*args)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        self.ticks[artifact_file] = max(
+            len(ax.get_xticklabels()) + len(ax.get_yticklabels()) for ax in fig.axes
+        )
+        plt.close(fig)
+        self.figures[artifact_file] = Image.open(buf)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.metrics.update(metrics)
+
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        self.tables[artifact_file] = dict(columns)
+
+    def log_file(self, path: Path) -> None:
+        self.files.append(path)
+
+
+def predictions(classes: int, n: int = 60, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """(uint8 images n×1×8×8, labels n with every class present, logits n×classes that are right
+    about half the time)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat(
+        [torch.arange(classes), torch.randint(0, classes, (n - classes,), generator=g)]
+    )
+    logits = torch.randn(n, classes, generator=g) + 2 * torch.nn.functional.one_hot(labels, classes)
+    images = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    return images, labels, logits
+
+
+def test_roc_auc_of_two_classes_is_the_binary_auc() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    logits, labels = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 0, 1])
+    probs = torch.softmax(logits.double(), 1)[:, 1].numpy()
+    assert metrics._roc_auc(logits, labels, 2) == pytest.approx(roc_auc_score(labels, probs))
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10])
+@pytest.mark.parametrize("top_k", [1, 2, 3, 5])
+def test_every_output_of_evaluate_for_any_class_count(
+    classes: int, top_k: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    names = [f"class {c}" for c in range(classes)]
+    images, labels, logits = predictions(classes)
+    rep = metrics.report(logits, labels, names, top_k)
+    roc, pr = metrics.curves(logits, labels, names)
+    tracker = Drawing()
+    with tracker.evaluate_run({}, {}):
+        evaluator.publish(tracker, rep, images, labels, logits, names, roc, pr)
+
+    k = min(top_k, classes)  # capped at the number of classes, and named so
+    scalars = rep.scalars()
+    assert rep.top_k == k and f"top{k}_accuracy" in scalars
+    assert all(math.isfinite(v) and v >= 0 for v in scalars.values()), scalars
+    assert 0 <= scalars["roc_auc"] <= 1 and 0 <= scalars[f"top{k}_accuracy"] <= 1
+    assert rep.confusion.shape == (classes, classes) and int(rep.confusion.sum()) == len(labels)
+    assert {n for n, _, _ in roc} == {n for n, _, _ in pr} == set(names)
+    assert tracker.metrics == rep.mlflow_metrics() and "test_roc_auc" in tracker.metrics
+    assert (
+        len([m for m in tracker.metrics if m.startswith(metrics.CLASS_ACCURACY_PREFIX)]) == classes
+    )
+    assert set(tracker.figures) == {"confusion_matrix.png", "roc_precision_recall.png"}
+    assert all(img.width > 100 and img.height > 100 for img in tracker.figures.values())
+
+    evaluation = json.loads(paths.EVAL_METRICS.read_text())
+    assert list(evaluation["per_class_accuracy"]) == names
+    for plot, header in (
+        (paths.CONFUSION_PLOT, ["actual", "predicted"]),
+        (paths.PER_CLASS_PLOT, ["class", "accuracy"]),
+        (paths.ROC_PLOT, ["class", "fpr", "tpr"]),
+        (paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"]),
+    ):
+        rows = list(csv.reader(plot.open()))
+        assert rows[0] == header and len(rows) > 1, plot
+    with Image.open(paths.TEST_SAMPLES_PLOT) as grid:
+        assert grid.width > 100 and grid.height > 100
+    assert set(tracker.files) >= {paths.ROC_PLOT, paths.TEST_SAMPLES_PLOT}
+
+
+@pytest.mark.e2e
+def test_a_two_class_folder_runs_the_whole_chain_with_default_evaluation(tmp_path: Path) -> None:
+    root = create_project(
+        tmp_path / "project",
+        {"data": {"dataset": "folder", "folder": "data/images", "image_size": 16}},
+    )
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(["dark", "light"]):
+        folder = root / "data/images" / name
+        folder.mkdir(parents=True)
+        for i in range(20):
+            shade = 40 + 150 * c + int(torch.randint(0, 50, (1,), generator=g))
+            Image.new("RGB", (16, 16), (shade, shade, shade)).save(folder / f"{i:02d}.png")
+    run(["dvc", "repro"], root)
+    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    assert list(evaluation["per_class_accuracy"]) == ["dark", "light"]
+    assert evaluation["top2_accuracy"] == 1.0 and 0 <= evaluation["roc_auc"] <= 1
+    (only,) = runs(root)
+    assert {"test_top2_accuracy", "test_roc_auc"} <= set(only.data.metrics)
+    artifacts = {a.path for a in store(root).list_artifacts(only.info.run_id)}
+    assert {"confusion_matrix.png", "roc_precision_recall.png"} <= artifacts
