@@ -143,3 +143,44 @@ def test_a_two_class_folder_runs_the_whole_chain_with_default_evaluation(tmp_pat
     assert {"test_top2_accuracy", "test_roc_auc"} <= set(only.data.metrics)
     artifacts = {a.path for a in store(root).list_artifacts(only.info.run_id)}
     assert {"confusion_matrix.png", "roc_precision_recall.png"} <= artifacts
+
+
+def test_outputs_at_200_classes_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.core import figures
+
+    monkeypatch.chdir(tmp_path)
+    classes = 200
+    names = [f"class {c:03d}" for c in range(classes)]
+    images, labels, logits = predictions(classes, n=5 * classes)
+    rep = metrics.report(logits, labels, names)
+    roc, pr = metrics.curves(logits, labels, names)
+    tracker = Drawing()
+    evaluator.publish(tracker, rep, images, labels, logits, names, roc, pr)
+
+    for name, figure in tracker.figures.items():
+        assert figure.width <= 1500 and figure.height <= 1500, (name, figure.size)
+    shown = figures.CONFUSION_SHOWN
+    assert tracker.ticks["confusion_matrix.png"] == 2 * shown
+    # The most-confused classes: none left out has more mistakes than one shown.
+    off = rep.confusion - torch.diag(rep.confusion.diag())
+    errors = off.sum(0) + off.sum(1)
+    picked = figures.most_confused(rep.confusion.numpy())
+    left_out = torch.ones(classes, dtype=torch.bool)
+    left_out[torch.from_numpy(picked)] = False
+    assert len(picked) == shown and errors[left_out].max() <= errors[picked].min()
+    # The full matrix stays as data: every test picture in the CSV, every non-zero cell in the run.
+    assert len(paths.CONFUSION_PLOT.read_text().splitlines()) == 1 + len(labels)
+    table = tracker.tables["confusion_matrix.json"]
+    assert sum(table["count"]) == len(labels) and len(table["actual"]) == int(
+        (rep.confusion > 0).sum()
+    )
+    per_class = list(csv.DictReader(paths.PER_CLASS_PLOT.open()))
+    accuracies = [float(row["accuracy"]) for row in per_class]
+    assert len(per_class) == metrics.PER_CLASS_SHOWN and accuracies == sorted(accuracies)
+    assert min(accuracies) == min(rep.per_class_accuracy.values())
+    assert max(accuracies) == max(rep.per_class_accuracy.values())
+    assert len(tracker.tables["per_class_accuracy.json"]["class"]) == classes
+    assert len(metrics.per_class_table(rep).splitlines()) == metrics.PER_CLASS_SHOWN + 3
+    assert len([m for m in tracker.metrics if m.startswith(metrics.CLASS_ACCURACY_PREFIX)]) == 200

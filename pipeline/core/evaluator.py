@@ -11,7 +11,7 @@ import torch
 
 from pipeline.core import atomic, cpu, datasets, figures, models, paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.metrics import Report, curves, report
+from pipeline.core.metrics import Report, curves, report, shown_classes
 from pipeline.core.params import Params, flatten
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
@@ -96,6 +96,16 @@ def publish(
         },
         "per_class_accuracy.json",
     )
+    # The whole matrix as data, whatever the figure shows: its non-zero cells.
+    actual, predicted = rep.confusion.nonzero(as_tuple=True)
+    tracker.log_table(
+        {
+            "actual": [names[i] for i in actual.tolist()],
+            "predicted": [names[i] for i in predicted.tolist()],
+            "count": rep.confusion[actual, predicted].tolist(),
+        },
+        "confusion_matrix.json",
+    )
     write_outputs(rep, images, labels, logits.argmax(1), names, roc, pr)
     for path in (paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT, paths.TEST_SAMPLES_PLOT):
         tracker.log_file(path)
@@ -117,7 +127,12 @@ def write_outputs(
         ["actual", "predicted"],
         ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist(), strict=False)),
     )
-    atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
+    per_class = list(rep.per_class_accuracy.items())
+    atomic.write_csv(
+        paths.PER_CLASS_PLOT,
+        ["class", "accuracy"],
+        (per_class[i] for i in shown_classes(rep.per_class_accuracy)),
+    )
     atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
     atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)
     # The first test images plus the first mistakes, so the grid always shows some errors.

@@ -26,16 +26,45 @@ def _pyplot() -> Any:
     return plt
 
 
-def confusion_matrix(confusion: Any, class_names: Sequence[str]) -> Figure:
-    """A confusion-matrix heat map with counts in every cell."""
-    k = len(class_names)
-    fig, ax = _pyplot().subplots(figsize=(1.0 + 0.6 * k, 1.0 + 0.6 * k), dpi=100)
+# Figures stay readable and quick to draw at any number of classes: above these counts they show a
+# selection, and the full data stays in the files and tables beside them.
+CONFUSION_SHOWN = 20  # classes in the confusion figure: the most confused ones
+CURVES_LEGEND = 12  # classes named in the curves' legend; more are drawn unnamed
+
+
+def most_confused(confusion: Any, most: int = CONFUSION_SHOWN) -> np.ndarray:
+    """Indices of at most `most` classes with the most mistakes (their row's and column's
+    off-diagonal counts: wrongly predicted plus wrongly predicted as), in class order; every class
+    when there are no more than `most`. `confusion`: classes×classes counts [actual, predicted]."""
     counts = np.asarray(confusion)
+    k = len(counts)
+    if k <= most:
+        return np.arange(k)
+    off = counts - np.diag(np.diag(counts))
+    errors = off.sum(0) + off.sum(1)
+    # Stable: among classes with as many mistakes the lower index wins, for identical reruns.
+    return np.sort(np.argsort(-errors, kind="stable")[:most])
+
+
+def confusion_matrix(confusion: Any, class_names: Sequence[str]) -> Figure:
+    """A confusion-matrix heat map with counts in every cell; above CONFUSION_SHOWN classes, the
+    rows and columns of the CONFUSION_SHOWN most-confused classes (the title says so), so its size
+    and drawing time are bounded. `confusion` is classes×classes counts [actual, predicted]."""
+    full = np.asarray(confusion)
+    shown = most_confused(full)
+    counts = full[np.ix_(shown, shown)]
+    names = [class_names[i] for i in shown]
+    k = len(shown)
+    fig, ax = _pyplot().subplots(figsize=(1.0 + 0.6 * k, 1.0 + 0.6 * k), dpi=100)
     ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
+    if k < len(full):
+        ax.set_title(
+            f"the {k} most-confused of {len(full)} classes (all: plots/confusion.csv)", fontsize=9
+        )
     threshold = counts.max() / 2
     for i in range(k):
         for j in range(k):
@@ -56,20 +85,28 @@ def curves(
     roc: Sequence[tuple[str, float, float]], pr: Sequence[tuple[str, float, float]]
 ) -> Figure:
     """ROC and precision-recall curves, one line per class, side by side (points from
-    metrics.curves)."""
+    metrics.curves); a legend names the classes when there are at most CURVES_LEGEND."""
     fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 5), dpi=100)
     for ax, points, (x_label, y_label) in (
         (left, roc, ("false positive rate", "true positive rate")),
         (right, pr, ("recall", "precision")),
     ):
-        for name in dict.fromkeys(p[0] for p in points):
-            xs, ys = zip(*((x, y) for n, x, y in points if n == name), strict=False)
-            ax.plot(xs, ys, label=name, linewidth=1)
+        lines: dict[str, tuple[list[float], list[float]]] = {}
+        for name, x, y in points:  # one pass: grouping per class scanned every point per class
+            xs, ys = lines.setdefault(name, ([], []))
+            xs.append(x)
+            ys.append(y)
+        for name, (xs, ys) in lines.items():
+            ax.plot(xs, ys, label=name, linewidth=1 if len(lines) <= CURVES_LEGEND else 0.5)
         ax.set(xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.01))
         ax.grid(alpha=0.3)
+    classes = len({p[0] for p in roc})
     left.set_title("ROC, one class vs the rest (test set)")
     right.set_title("Precision-recall per class (test set)")
-    right.legend(fontsize=7, loc="lower left")
+    if classes <= CURVES_LEGEND:
+        right.legend(fontsize=7, loc="lower left")
+    else:
+        fig.suptitle(f"{classes} classes, one line each (plots/roc.csv names them)", fontsize=9)
     fig.tight_layout()
     return fig
 

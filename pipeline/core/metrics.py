@@ -21,6 +21,9 @@ import torch.nn.functional as F
 TEST_PREFIX = "test_"
 CLASS_ACCURACY_PREFIX = "test_class_accuracy/"
 CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_recall.csv
+# Classes in plots/per_class.csv and the stage's table: above it, the lowest and highest half each
+# (every class stays in metrics/eval.json and the run's per-class table).
+PER_CLASS_SHOWN = 30
 
 
 def mlflow_name(key: str) -> str:
@@ -206,11 +209,28 @@ def _thin(xs: np.ndarray, ys: np.ndarray, most: int = CURVE_POINTS) -> list[tupl
     return [(round(float(xs[i]), 5), round(float(ys[i]), 5)) for i in keep]
 
 
+def shown_classes(per_class: dict[str, float], most: int = PER_CLASS_SHOWN) -> list[int]:
+    """Indices of the classes a per-class chart or table shows: all of them in class order when
+    there are at most `most`, else the `most`/2 lowest and highest values, lowest first (ties in
+    class order)."""
+    values = list(per_class.values())
+    if len(values) <= most:
+        return list(range(len(values)))
+    ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
+    return ranked[: most // 2] + ranked[-(most - most // 2) :]
+
+
 def per_class_table(rep: Report) -> str:
-    """A plain-text table of per-class accuracy with test counts, for the terminal."""
-    width = max(5, *(len(n) for n in rep.per_class_accuracy))
+    """A plain-text table of per-class accuracy with test counts, for the terminal (above
+    PER_CLASS_SHOWN classes, the lowest and highest; the rest are counted)."""
+    names = list(rep.per_class_accuracy)
+    shown = shown_classes(rep.per_class_accuracy)
+    width = max(5, *(len(names[i]) for i in shown))
     lines = [f"{'class':<{width}}  {'images':>6}  {'accuracy':>8}"]
-    for i, (name, acc) in enumerate(rep.per_class_accuracy.items()):
-        lines.append(f"{name:<{width}}  {int(rep.confusion[i].sum()):>6}  {acc:>8.4f}")
+    for n, i in enumerate(shown):
+        if n == PER_CLASS_SHOWN // 2 and len(shown) < len(names):
+            lines.append(f"... {len(names) - len(shown)} more classes in metrics/eval.json")
+        acc = rep.per_class_accuracy[names[i]]
+        lines.append(f"{names[i]:<{width}}  {int(rep.confusion[i].sum()):>6}  {acc:>8.4f}")
     lines.append(f"{'all':<{width}}  {int(rep.confusion.sum()):>6}  {rep.accuracy:>8.4f}")
     return "\n".join(lines)
