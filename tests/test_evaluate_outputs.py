@@ -89,9 +89,11 @@ def test_every_output_of_evaluate_for_any_class_count(
     images, labels, logits = predictions(classes)
     rep = metrics.report(logits, labels, names, top_k)
     roc, pr = metrics.curves(logits, labels, names)
+    pictures = [f"test/{i}" for i in range(len(labels))]
+    table = metrics.predictions(logits, labels, names, pictures)
     tracker = Drawing()
     with tracker.evaluate_run({}, {}):
-        evaluator.publish(tracker, rep, images, labels, logits, names, roc, pr)
+        evaluator.publish(tracker, rep, images, table, roc, pr)
 
     k = min(top_k, classes)  # capped at the number of classes, and named so
     scalars = rep.scalars()
@@ -101,25 +103,90 @@ def test_every_output_of_evaluate_for_any_class_count(
     assert rep.confusion.shape == (classes, classes) and int(rep.confusion.sum()) == len(labels)
     assert {n for n, _, _ in roc} == {n for n, _, _ in pr} == set(names)
     assert tracker.metrics == rep.mlflow_metrics() and "test_roc_auc" in tracker.metrics
-    assert (
-        len([m for m in tracker.metrics if m.startswith(metrics.CLASS_ACCURACY_PREFIX)]) == classes
-    )
+    for prefix in metrics.PER_CLASS.values():
+        assert len([m for m in tracker.metrics if m.startswith(prefix)]) == classes, prefix
     assert set(tracker.figures) == {"confusion_matrix.png", "roc_precision_recall.png"}
     assert all(img.width > 100 and img.height > 100 for img in tracker.figures.values())
 
     evaluation = json.loads(paths.EVAL_METRICS.read_text())
-    assert list(evaluation["per_class_accuracy"]) == names
+    for family in metrics.PER_CLASS:
+        assert list(evaluation[family]) == names, family
+    assert_scikit_learn_agrees(evaluation, labels, logits.argmax(1), names)
+    assert_predictions(table, tracker, labels, logits, names)
     for plot, header in (
         (paths.CONFUSION_PLOT, ["actual", "predicted"]),
         (paths.PER_CLASS_PLOT, ["class", "accuracy"]),
         (paths.ROC_PLOT, ["class", "fpr", "tpr"]),
         (paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"]),
+        (paths.PREDICTIONS, list(table)),
     ):
         rows = list(csv.reader(plot.open()))
         assert rows[0] == header and len(rows) > 1, plot
+    worst = evaluator.highest_loss(table["loss"], 16)
+    assert min(table["loss"][i] for i in worst) >= sorted(table["loss"])[-16]
+    assert [table["loss"][i] for i in worst] == sorted(table["loss"], reverse=True)[:16]
     with Image.open(paths.TEST_SAMPLES_PLOT) as grid:
-        assert grid.width > 100 and grid.height > 100
+        # 16 pictures of 8 px, enlarged 12 times, in 2 rows of 8 with 3 caption lines and a legend
+        assert grid.size == (8 * (96 + 8), 16 + 2 * (96 + 14 + 24 + 4))
     assert set(tracker.files) >= {paths.ROC_PLOT, paths.TEST_SAMPLES_PLOT}
+
+    # Reruns write the same bytes.
+    first = {path: path.read_bytes() for path in Path().rglob("*.*")}
+    evaluator.publish(Drawing(), rep, images, table, roc, pr)
+    assert {path: path.read_bytes() for path in Path().rglob("*.*")} == first
+
+
+def assert_scikit_learn_agrees(
+    evaluation: dict[str, Any], labels: torch.Tensor, predicted: torch.Tensor, names: list[str]
+) -> None:
+    """Balanced accuracy and per-class precision, recall and F1 as scikit-learn computes them."""
+    from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
+
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predicted, labels=list(range(len(names))), zero_division=0
+    )
+    assert evaluation["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(labels, predicted)
+    )
+    assert list(evaluation["per_class_precision"].values()) == pytest.approx(precision)
+    assert list(evaluation["per_class_accuracy"].values()) == pytest.approx(recall)
+    assert list(evaluation["per_class_f1"].values()) == pytest.approx(f1)
+
+
+def assert_predictions(
+    table: dict[str, list[Any]],
+    tracker: Drawing,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    names: list[str],
+) -> None:
+    """plots/predictions.csv and the run's table hold every picture's prediction; the run's
+    confused pairs count the mistakes, most first."""
+    rows = list(csv.DictReader(paths.PREDICTIONS.open()))
+    assert len(rows) == len(labels) and tracker.tables["predictions.json"] == table
+    probs = torch.softmax(logits.double(), 1)
+    losses = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="none")
+    for i in (0, len(rows) // 2, len(rows) - 1):
+        row, p = rows[i], int(logits[i].argmax())
+        assert (row["picture"], row["true"], row["predicted"]) == (
+            f"test/{i}",
+            names[int(labels[i])],
+            names[p],
+        )
+        assert float(row["probability"]) == pytest.approx(float(probs[i, p]), abs=1e-6)
+        assert float(row["true_probability"]) == pytest.approx(float(probs[i, labels[i]]), abs=1e-6)
+        assert float(row["loss"]) == pytest.approx(float(losses[i]), abs=1e-6)
+    pairs = tracker.tables["confused_pairs.json"]
+    counts = {}
+    for r in rows:
+        if r["true"] != r["predicted"]:
+            counts[r["true"], r["predicted"]] = counts.get((r["true"], r["predicted"]), 0) + 1
+    expected = sorted(
+        counts.items(), key=lambda kv: (-kv[1], names.index(kv[0][0]), names.index(kv[0][1]))
+    )[:20]
+    assert list(zip(pairs["actual"], pairs["predicted"], pairs["count"], strict=True)) == [
+        (a, p, n) for (a, p), n in expected
+    ]
 
 
 @pytest.mark.e2e
@@ -135,14 +202,27 @@ def test_a_two_class_folder_runs_the_whole_chain_with_default_evaluation(tmp_pat
         for i in range(20):
             shade = 40 + 150 * c + int(torch.randint(0, 50, (1,), generator=g))
             Image.new("RGB", (16, 16), (shade, shade, shade)).save(folder / f"{i:02d}.png")
-    run(["dvc", "repro"], root)
+    proc = run(["dvc", "repro"], root)
+    assert "most confused:" in proc.stdout or "test accuracy 1.0000" in proc.stdout, proc.stdout
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert list(evaluation["per_class_accuracy"]) == ["dark", "light"]
     assert evaluation["top2_accuracy"] == 1.0 and 0 <= evaluation["roc_auc"] <= 1
     (only,) = runs(root)
     assert {"test_top2_accuracy", "test_roc_auc"} <= set(only.data.metrics)
     artifacts = {a.path for a in store(root).list_artifacts(only.info.run_id)}
-    assert {"confusion_matrix.png", "roc_precision_recall.png"} <= artifacts
+    assert {
+        "confusion_matrix.png",
+        "roc_precision_recall.png",
+        "predictions.json",
+        "confused_pairs.json",
+        "test_predictions.png",
+    } <= artifacts
+    # Every test picture by its path inside data.folder, as the download stage listed them.
+    rows = list(csv.DictReader((root / "plots/predictions.csv").open()))
+    listed = json.loads((root / "data/raw/folder/test/files.json").read_text())
+    assert [r["picture"] for r in rows] == listed and len(rows) == 8
+    assert all((root / "data/images" / r["picture"]).is_file() for r in rows)
+    assert {r["true"] for r in rows} == {"dark", "light"}
 
 
 def test_outputs_at_200_classes_are_bounded(
@@ -156,8 +236,9 @@ def test_outputs_at_200_classes_are_bounded(
     images, labels, logits = predictions(classes, n=5 * classes)
     rep = metrics.report(logits, labels, names)
     roc, pr = metrics.curves(logits, labels, names)
+    table = metrics.predictions(logits, labels, names, [f"test/{i}" for i in range(len(labels))])
     tracker = Drawing()
-    evaluator.publish(tracker, rep, images, labels, logits, names, roc, pr)
+    evaluator.publish(tracker, rep, images, table, roc, pr)
 
     for name, figure in tracker.figures.items():
         assert figure.width <= 1500 and figure.height <= 1500, (name, figure.size)
@@ -183,4 +264,6 @@ def test_outputs_at_200_classes_are_bounded(
     assert max(accuracies) == max(rep.per_class_accuracy.values())
     assert len(tracker.tables["per_class_accuracy.json"]["class"]) == classes
     assert len(metrics.per_class_table(rep).splitlines()) == metrics.PER_CLASS_SHOWN + 3
-    assert len([m for m in tracker.metrics if m.startswith(metrics.CLASS_ACCURACY_PREFIX)]) == 200
+    assert (
+        len([m for m in tracker.metrics if m.startswith(metrics.CLASS_ACCURACY_PREFIX)]) == classes
+    )

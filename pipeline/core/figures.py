@@ -118,8 +118,10 @@ def image_grid(
     columns: int = 8,
     scale: int = 2,
     legend: str = "",
+    width: int = 12,
 ) -> bytes:
-    """uint8 images (N×C×H×W) as a PNG grid, a caption above each; marked captions in red
+    """uint8 images (N×C×H×W) as a PNG grid, a caption above each (lines split at "\n", each cut
+    to `width` characters; the first of several, a file's name, keeps its end); marked in red
     (mistakes); `legend`, if given, is a line above the grid saying what the captions mean.
 
     Drawn with PIL in one pass: a matplotlib subplot per image cost seconds per grid.
@@ -129,7 +131,9 @@ def image_grid(
     from PIL import Image, ImageDraw
 
     n, c, h, w = images.shape
-    cell_w, cell_h, caption = w * scale + 8, h * scale + 18, 14
+    lines = max([1, *(caption.count("\n") + 1 for caption in captions)])
+    caption = 14 + 12 * (lines - 1)
+    cell_w, cell_h = w * scale + 8, h * scale + caption + 4
     top = 16 if legend else 0
     rows = max(1, -(-n // columns))
     canvas = Image.new("RGB", (columns * cell_w, top + rows * cell_h), "white")
@@ -143,7 +147,12 @@ def image_grid(
         canvas.paste(
             tile.resize((w * scale, h * scale), Image.Resampling.NEAREST), (x, y + caption)
         )
-        draw.text((x, y + 2), captions[i][:12], fill=(200, 0, 0) if marked[i] else (0, 0, 0))
+        for j, line in enumerate(captions[i].split("\n")):
+            if j == 0 and lines > 1 and len(line) > width:  # a file's name: its end tells it apart
+                line = ".." + line[2 - width :]
+            draw.text(
+                (x, y + 2 + 12 * j), line[:width], fill=(200, 0, 0) if marked[i] else (0, 0, 0)
+            )
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()

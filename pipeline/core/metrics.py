@@ -1,5 +1,5 @@
-"""Test-set metrics from logits (accuracy, loss, macro F1, per-class accuracy, confusion) and their
-MLflow names.
+"""Test-set metrics from logits (accuracy, loss, macro F1, balanced accuracy, per-class accuracy,
+precision and F1, confusion, each picture's prediction) and their MLflow names.
 
 The same values appear under two spellings: `metrics/eval.json` keys (`accuracy`,
 `per_class_accuracy.<class>` once flattened) and MLflow metric names (`test_accuracy`,
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import posixpath
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +22,12 @@ import torch.nn.functional as F
 
 TEST_PREFIX = "test_"
 CLASS_ACCURACY_PREFIX = "test_class_accuracy/"
+# metrics/eval.json's per-class families → their MLflow prefixes (accuracy of a class = its recall).
+PER_CLASS = {
+    "per_class_accuracy": CLASS_ACCURACY_PREFIX,
+    "per_class_precision": "test_class_precision/",
+    "per_class_f1": "test_class_f1/",
+}
 CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_recall.csv
 # Classes in plots/per_class.csv and the stage's table: above it, the lowest and highest half each
 # (every class stays in metrics/eval.json and the run's per-class table).
@@ -30,16 +38,14 @@ def mlflow_name(key: str) -> str:
     """The MLflow metric name of a flattened metrics/eval.json key. A class name (a folder's, any
     Unicode) keeps the letters, digits, spaces and `_ - . : /` MLflow allows in names; anything else
     becomes `_`."""
-    if key.startswith("per_class_accuracy."):
-        cleaned = re.sub(r"[^\w.\- :/]", "_", key.split(".", 1)[1])
+    family, _, cls = key.partition(".")
+    if family in PER_CLASS and cls:
+        prefix = PER_CLASS[family]
+        cleaned = re.sub(r"[^\w.\- :/]", "_", cls)
         # A slash is kept (Fashion-MNIST's "T-shirt/top") where it leaves a plain path, as MLflow
         # requires.
-        name = CLASS_ACCURACY_PREFIX + cleaned
-        return (
-            name
-            if posixpath.normpath(name) == name
-            else CLASS_ACCURACY_PREFIX + cleaned.replace("/", "_")
-        )
+        name = prefix + cleaned
+        return name if posixpath.normpath(name) == name else prefix + cleaned.replace("/", "_")
     return TEST_PREFIX + key
 
 
@@ -55,6 +61,9 @@ class Report:
     roc_auc: float | None  # weighted one-vs-rest; None when a class is missing from the labels
     per_class_accuracy: dict[str, float]  # class name → recall of that class
     confusion: torch.Tensor  # [actual, predicted] counts
+    balanced_accuracy: float  # mean recall over the classes with test pictures
+    per_class_precision: dict[str, float]  # class name → precision (0 when never predicted)
+    per_class_f1: dict[str, float]
 
     @property
     def at_chance_level(self) -> bool:
@@ -68,6 +77,7 @@ class Report:
         """The scalar metrics under their file/MLflow names (without per-class values)."""
         out = {
             "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
             "loss": self.loss,
             "macro_f1": self.macro_f1,
             "macro_precision": self.macro_precision,
@@ -78,32 +88,44 @@ class Report:
             out["roc_auc"] = self.roc_auc
         return out
 
-    def metrics(self) -> dict[str, object]:
-        """The content of metrics/eval.json."""
-        return {**self.scalars(), "per_class_accuracy": self.per_class_accuracy}
-
-    def mlflow_metrics(self) -> dict[str, float]:
-        """Every metric under its MLflow name."""
+    def per_class(self) -> dict[str, dict[str, float]]:
+        """Each per-class family of metrics/eval.json: {family: {class: value}}."""
         return {
-            **{mlflow_name(k): v for k, v in self.scalars().items()},
-            **_unique(
-                {
-                    mlflow_name(f"per_class_accuracy.{n}"): a
-                    for n, a in self.per_class_accuracy.items()
-                },
-                self.per_class_accuracy,
-            ),
+            "per_class_accuracy": self.per_class_accuracy,
+            "per_class_precision": self.per_class_precision,
+            "per_class_f1": self.per_class_f1,
         }
 
+    def metrics(self) -> dict[str, object]:
+        """The content of metrics/eval.json."""
+        return {**self.scalars(), **self.per_class()}
 
-def _unique(named: dict[str, float], per_class: dict[str, float]) -> dict[str, float]:
-    """`named` with a number appended to names two classes share once cleaned ("a+b" and "a&b":
-    "a_b", "a_b_2")."""
-    if len(named) == len(per_class):
-        return named
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Every metric under its MLflow name (logged in one batch)."""
+        out = {mlflow_name(k): v for k, v in self.scalars().items()}
+        for family, values in self.per_class().items():
+            out.update(_unique(family, values))
+        return out
+
+    def confused_pairs(self, most: int = 20) -> list[tuple[str, str, int]]:
+        """(actual class, predicted class, pictures) of the `most` most frequent mistakes, most
+        first (equal counts in class order)."""
+        names = list(self.per_class_accuracy)
+        off = self.confusion - torch.diag(self.confusion.diag())
+        cells = off.flatten()
+        order = sorted(
+            (i for i in cells.nonzero().flatten().tolist()), key=lambda i: (-int(cells[i]), i)
+        )
+        k = len(names)
+        return [(names[i // k], names[i % k], int(cells[i])) for i in order[:most]]
+
+
+def _unique(family: str, per_class: dict[str, float]) -> dict[str, float]:
+    """{MLflow name: value} of one per-class family, with a number appended to names two classes
+    share once cleaned ("a+b" and "a&b": "a_b", "a_b_2")."""
     out: dict[str, float] = {}
     for cls, value in per_class.items():
-        name, n = mlflow_name(f"per_class_accuracy.{cls}"), 1
+        name, n = mlflow_name(f"{family}.{cls}"), 1
         while (candidate := name if n == 1 else f"{name}_{n}") in out:
             n += 1
         out[candidate] = value
@@ -130,6 +152,7 @@ def report(
     f1 = torch.where(denom > 0, 2 * precision * recall / denom, torch.zeros_like(denom))
     k_eff = min(top_k, k)
     in_top_k = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(1)
+    balanced, class_precision, class_f1 = _per_class(labels, predicted, k)
     return Report(
         accuracy=float(true_pos.sum() / len(labels)),
         loss=float(
@@ -143,7 +166,29 @@ def report(
         roc_auc=_roc_auc(logits, labels, k),
         per_class_accuracy={name: float(r) for name, r in zip(class_names, recall, strict=False)},
         confusion=confusion,
+        balanced_accuracy=balanced,
+        per_class_precision=dict(zip(class_names, class_precision, strict=True)),
+        per_class_f1=dict(zip(class_names, class_f1, strict=True)),
     )
+
+
+def _per_class(
+    labels: torch.Tensor, predicted: torch.Tensor, k: int
+) -> tuple[float, list[float], list[float]]:
+    """scikit-learn's balanced accuracy and per-class precision and F1 (0 where undefined) of int64
+    labels and predictions (N each). The macro averages stay the ones computed above, unchanged
+    since earlier runs (scikit-learn's differ in the last bit)."""
+    from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
+
+    y, y_hat = labels.numpy(), predicted.numpy()
+    precision, _, f1, _ = precision_recall_fscore_support(
+        y, y_hat, labels=list(range(k)), zero_division=0
+    )
+    with warnings.catch_warnings():
+        # A class predicted but absent from the labels is expected on small test sets.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(y, y_hat)
+    return float(balanced), [float(v) for v in precision], [float(v) for v in f1]
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:
@@ -234,3 +279,23 @@ def per_class_table(rep: Report) -> str:
         lines.append(f"{names[i]:<{width}}  {int(rep.confusion[i].sum()):>6}  {acc:>8.4f}")
     lines.append(f"{'all':<{width}}  {int(rep.confusion.sum()):>6}  {rep.accuracy:>8.4f}")
     return "\n".join(lines)
+
+
+def predictions(
+    logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], pictures: Sequence[str]
+) -> dict[str, list[Any]]:
+    """Each test picture's prediction as columns of N rows: picture (its name, `pictures`), true
+    class, predicted class, the predicted class's probability, the true class's probability, and
+    the picture's cross-entropy loss (nats, without label smoothing), numbers rounded to 6 decimals
+    so that the table is small and reruns write the same bytes."""
+    probs = torch.softmax(logits.double(), dim=1)
+    predicted = logits.argmax(1)
+    loss = F.cross_entropy(logits.double(), labels, reduction="none")
+    return {
+        "picture": list(pictures),
+        "true": [class_names[i] for i in labels.tolist()],
+        "predicted": [class_names[i] for i in predicted.tolist()],
+        "probability": [round(v, 6) for v in probs.gather(1, predicted[:, None])[:, 0].tolist()],
+        "true_probability": [round(v, 6) for v in probs.gather(1, labels[:, None])[:, 0].tolist()],
+        "loss": [round(v, 6) for v in loss.tolist()],
+    }
