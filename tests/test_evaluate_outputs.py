@@ -267,3 +267,20 @@ def test_outputs_at_200_classes_are_bounded(
     assert (
         len([m for m in tracker.metrics if m.startswith(metrics.CLASS_ACCURACY_PREFIX)]) == classes
     )
+
+
+@pytest.mark.parametrize("family", list(metrics.PER_CLASS))
+def test_per_class_mlflow_names_are_valid_and_distinct(family: str) -> None:
+    names = ["T-shirt/top", "a+b", "a&b", "../up", "café crème"]
+    labels = torch.arange(len(names))
+    rep = metrics.report(torch.eye(len(names)), labels, names)
+    prefix = metrics.PER_CLASS[family]
+    logged = [m for m in rep.mlflow_metrics() if m.startswith(prefix)]
+    assert logged == [
+        f"{prefix}T-shirt/top",
+        f"{prefix}a_b",
+        f"{prefix}a_b_2",
+        f"{prefix}.._up",
+        f"{prefix}café crème",
+    ]
+    assert metrics.mlflow_name(f"{family}.T-shirt/top") == f"{prefix}T-shirt/top"
