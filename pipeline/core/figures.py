@@ -33,17 +33,22 @@ CURVES_LEGEND = 12  # classes named in the curves' legend; more are drawn unname
 
 
 def most_confused(confusion: Any, most: int = CONFUSION_SHOWN) -> np.ndarray:
-    """Indices of at most `most` classes with the most mistakes (their row's and column's
-    off-diagonal counts: wrongly predicted plus wrongly predicted as), in class order; every class
-    when there are no more than `most`. `confusion`: classes×classes counts [actual, predicted]."""
+    """Indices of at most `most` classes, in class order: every class when there are no more than
+    `most`, else the classes of the largest off-diagonal cells (the most frequent mistakes, largest
+    first, equal counts in class order) while both of a cell's classes fit, so that each chosen
+    class shows a mistake. `confusion` is classes×classes counts [actual, predicted]."""
     counts = np.asarray(confusion)
     k = len(counts)
     if k <= most:
         return np.arange(k)
     off = counts - np.diag(np.diag(counts))
-    errors = off.sum(0) + off.sum(1)
-    # Stable: among classes with as many mistakes the lower index wins, for identical reruns.
-    return np.sort(np.argsort(-errors, kind="stable")[:most])
+    cells = np.argsort(-off, axis=None, kind="stable")  # stable: identical reruns
+    chosen: dict[int, None] = {}
+    for cell in cells[: int((off > 0).sum())]:
+        pair = [c for c in divmod(int(cell), k) if c not in chosen]
+        if len(chosen) + len(pair) <= most:  # both classes, so that the mistake is in the figure
+            chosen.update(dict.fromkeys(pair))
+    return np.array(sorted(chosen) or range(most), dtype=int)
 
 
 def confusion_matrix(confusion: Any, class_names: Sequence[str]) -> Figure:
