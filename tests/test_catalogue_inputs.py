@@ -94,12 +94,6 @@ CASES = [
         ("data.val_size",),
         params={"data": {"val_size": 60000}},
     ),
-    Case(
-        "top-k-above-classes",
-        EVALUATE,
-        ("evaluate.top_k", "more than the 10 classes"),
-        params={"evaluate": {"top_k": 11}},
-    ),
     # statistics that would train on NaNs
     Case(
         "zero-std",

@@ -159,7 +159,7 @@ def test_bad_parameter_through_the_stage_command(project: Path, case: Case) -> N
         (["dvc", "exp", "run", "-S", "train.optimizer=lion"], "train.optimizer"),
         (["dvc", "exp", "run", "-S", "train.processes=0"], "train.processes"),
         (["dvc", "exp", "run", "-S", "mlflow.model_alias=latest"], "mlflow.model_alias"),
-        (["dvc", "exp", "run", "-S", "evaluate.top_k=11"], "evaluate.top_k"),
+        (["dvc", "exp", "run", "-S", "evaluate.top_k=0"], "evaluate.top_k"),
         (["dvc", "exp", "run", "-S", "train.cnn_channels=[8,8,8,8,8,8]"], "train.cnn_channels"),
         (["dvc", "repro"], "train.lr"),  # after editing params.yaml by hand
     ],

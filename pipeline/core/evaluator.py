@@ -7,11 +7,14 @@ tracks and into the train stage's run.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import torch
 
 from pipeline.core import atomic, datasets, figures, models, paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.metrics import Report, curves, report
+from pipeline.core.metrics import Report, curves, predictions, report, shown_classes
 from pipeline.core.params import Params, flatten
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
@@ -21,17 +24,11 @@ def logits_on_test_split(
     params: Params,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict]:
     """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model
-    metadata) of models/model.pt; PipelineError when the model's outputs are not finite or
-    evaluate.top_k does not fit."""
+    metadata) of models/model.pt; PipelineError when the model's outputs are not finite."""
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)
     names = list(meta["class_names"])
-    if params.evaluate.top_k > len(names):
-        raise PipelineError(
-            f"evaluate.top_k: {params.evaluate.top_k} is more than the {len(names)} classes of the "
-            "model"
-        )
     spec = datasets.describe(meta["dataset"], paths.RAW)
     if (list(spec.class_names), spec.channels, spec.image_size) != (
         names,
@@ -56,50 +53,100 @@ def logits_on_test_split(
     return images, labels, logits, names, meta
 
 
+def test_pictures(dataset: str, count: int) -> list[str]:
+    """The names of the `count` test pictures in row order: a folder's paths inside data.folder (the
+    download stage's files.json), `test/<index>` for a built-in dataset. Raises PipelineError when
+    the folder's list is missing or does not match the pictures."""
+    spec = datasets.get(dataset)
+    if not spec.from_folder:
+        return [f"test/{i}" for i in range(count)]
+    listing = paths.RAW / spec.folder / "test" / "files.json"
+    try:
+        names = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        names = None
+    if not isinstance(names, list) or len(names) != count:
+        raise PipelineError(
+            f"{listing}: no list of the {count} test pictures; rerun the download stage (dvc repro "
+            "-f download)"
+        )
+    return [str(n) for n in names]
+
+
 def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
     """Evaluate models/model.pt on the test split; returns the report and the tracker's run id.
 
     With train.portable the kernels and thread count are those of training, so the metrics are as
     portable as the model. Raises PipelineError for a missing or unusable model, data or run file.
     """
-    images, labels, logits, names, _ = logits_on_test_split(params)
+    images, labels, logits, names, meta = logits_on_test_split(params)
+    pictures = test_pictures(meta["dataset"], len(labels))
     run_info = read_run_file(paths.RUN_FILE)
     rep = report(logits, labels, names, params.evaluate.top_k)
     roc, pr = curves(logits, labels, names)
+    table = predictions(logits, labels, names, pictures)
     # Computed before the run is reopened, so that a background tracker opens the store meanwhile.
     with tracker.evaluate_run(run_info, flatten(params.evaluate, "evaluate.")) as run_id:
-        # The figures first: a background tracker draws them (its longest task) while the files are
-        # written.
-        tracker.log_figure(
-            "confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), names
-        )
-        tracker.log_figure("roc_precision_recall.png", figures.curves, roc, pr)
-        # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per
-        # stage).
-        tracker.set_tags(
-            {**dvc_lock_tags(), "model.at_chance_level": str(rep.at_chance_level).lower()}
-        )
-        tracker.log_metrics(rep.mlflow_metrics())
-        tracker.log_table(
-            {
-                "class": names,
-                "images": rep.confusion.sum(1).tolist(),
-                "accuracy": list(rep.per_class_accuracy.values()),
-            },
-            "per_class_accuracy.json",
-        )
-        write_outputs(rep, images, labels, logits.argmax(1), names, roc, pr)
-        for path in (paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT, paths.TEST_SAMPLES_PLOT):
-            tracker.log_file(path)
+        publish(tracker, rep, images, table, roc, pr)
     return rep, run_id
+
+
+def publish(
+    tracker: Tracker,
+    rep: Report,
+    images: torch.Tensor,
+    table: dict[str, list[Any]],
+    roc: list[tuple[str, float, float]],
+    pr: list[tuple[str, float, float]],
+) -> None:
+    """Every result of one evaluation into the open run of `tracker` and into the files DVC tracks
+    (in the current folder): uint8 images N×C×H×W and their predictions (metrics.predictions)."""
+    names = list(rep.per_class_accuracy)
+    # The figures first: a background tracker draws them (its longest task) while the files are
+    # written.
+    tracker.log_figure(
+        "confusion_matrix.png", figures.confusion_matrix, rep.confusion.numpy(), names
+    )
+    tracker.log_figure("roc_precision_recall.png", figures.curves, roc, pr)
+    # dvc.lock already holds this execution's data, stats and model hashes (DVC writes it per
+    # stage).
+    tracker.set_tags({**dvc_lock_tags(), "model.at_chance_level": str(rep.at_chance_level).lower()})
+    tracker.log_metrics(rep.mlflow_metrics())
+    tracker.log_table(
+        {
+            "class": names,
+            "images": rep.confusion.sum(1).tolist(),
+            "accuracy": list(rep.per_class_accuracy.values()),
+            "precision": list(rep.per_class_precision.values()),
+            "f1": list(rep.per_class_f1.values()),
+        },
+        "per_class_accuracy.json",
+    )
+    # The whole matrix as data, whatever the figure shows: its non-zero cells.
+    actual, predicted = rep.confusion.nonzero(as_tuple=True)
+    tracker.log_table(
+        {
+            "actual": [names[i] for i in actual.tolist()],
+            "predicted": [names[i] for i in predicted.tolist()],
+            "count": rep.confusion[actual, predicted].tolist(),
+        },
+        "confusion_matrix.json",
+    )
+    pairs = rep.confused_pairs()
+    tracker.log_table(
+        {k: [p[i] for p in pairs] for i, k in enumerate(("actual", "predicted", "count"))},
+        "confused_pairs.json",
+    )
+    tracker.log_table(table, "predictions.json")
+    write_outputs(rep, images, table, roc, pr)
+    for path in (paths.ROC_PLOT, paths.PRECISION_RECALL_PLOT, paths.TEST_SAMPLES_PLOT):
+        tracker.log_file(path)
 
 
 def write_outputs(
     rep: Report,
     images: torch.Tensor,
-    labels: torch.Tensor,
-    predicted: torch.Tensor,
-    names: list[str],
+    table: dict[str, list[Any]],
     roc: list[tuple[str, float, float]],
     pr: list[tuple[str, float, float]],
 ) -> None:
@@ -108,18 +155,43 @@ def write_outputs(
     atomic.write_csv(
         paths.CONFUSION_PLOT,
         ["actual", "predicted"],
-        ((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist(), strict=False)),
+        zip(table["true"], table["predicted"], strict=True),
     )
-    atomic.write_csv(paths.PER_CLASS_PLOT, ["class", "accuracy"], rep.per_class_accuracy.items())
+    per_class = list(rep.per_class_accuracy.items())
+    atomic.write_csv(
+        paths.PER_CLASS_PLOT,
+        ["class", "accuracy"],
+        (per_class[i] for i in shown_classes(rep.per_class_accuracy)),
+    )
     atomic.write_csv(paths.ROC_PLOT, ["class", "fpr", "tpr"], roc)
     atomic.write_csv(paths.PRECISION_RECALL_PLOT, ["class", "recall", "precision"], pr)
-    # The first test images plus the first mistakes, so the grid always shows some errors.
-    wrong = (predicted != labels).nonzero().flatten()[:16]
-    shown = torch.cat([torch.arange(min(16, len(labels))), wrong])
-    grid = figures.image_grid(
-        images[shown],
-        [f"{names[int(predicted[i])]}/{names[int(labels[i])]}" for i in shown],
-        [bool(predicted[i] != labels[i]) for i in shown],
-        legend="caption: predicted/true class; red = mistake",
+    atomic.write_csv(paths.PREDICTIONS, list(table), zip(*table.values(), strict=True))
+    atomic.write_bytes(paths.TEST_SAMPLES_PLOT, worst_predictions(images, table))
+
+
+def worst_predictions(images: torch.Tensor, table: dict[str, list[Any]], most: int = 16) -> bytes:
+    """A PNG grid of the `most` test pictures with the highest loss (the model's worst mistakes),
+    highest first (equal losses in picture order), each captioned with its file, true class and
+    predicted class with its probability."""
+    shown = highest_loss(table["loss"], most)
+    picked = images[torch.tensor(shown)]
+    size = int(picked.shape[-1])
+    scale = max(2, 96 // size)  # small pictures enlarged to leave room for the captions
+    return figures.image_grid(
+        picked,
+        [
+            f"{table['picture'][i]}\ntrue: {table['true'][i]}\n"
+            f"pred: {table['predicted'][i]} ({table['probability'][i]:.0%})"
+            for i in shown
+        ],
+        [table["true"][i] != table["predicted"][i] for i in shown],
+        scale=scale,
+        width=(size * scale + 4) // 6,
+        legend="highest-loss test pictures: file / true class / predicted (probability); "
+        "red = mistake",
     )
-    atomic.write_bytes(paths.TEST_SAMPLES_PLOT, grid)
+
+
+def highest_loss(loss: list[float], most: int) -> list[int]:
+    """Indices of the `most` highest losses, highest first (equal losses in picture order)."""
+    return sorted(range(len(loss)), key=lambda i: (-loss[i], i))[:most]

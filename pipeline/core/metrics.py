@@ -1,5 +1,5 @@
-"""Test-set metrics from logits (accuracy, loss, macro F1, per-class accuracy, confusion) and their
-MLflow names.
+"""Test-set metrics from logits (accuracy, loss, macro F1, balanced accuracy, per-class accuracy,
+precision and F1, confusion, each picture's prediction) and their MLflow names.
 
 The same values appear under two spellings: `metrics/eval.json` keys (`accuracy`,
 `per_class_accuracy.<class>` once flattened) and MLflow metric names (`test_accuracy`,
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import posixpath
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,23 +22,30 @@ import torch.nn.functional as F
 
 TEST_PREFIX = "test_"
 CLASS_ACCURACY_PREFIX = "test_class_accuracy/"
+# metrics/eval.json's per-class families → their MLflow prefixes (accuracy of a class = its recall).
+PER_CLASS = {
+    "per_class_accuracy": CLASS_ACCURACY_PREFIX,
+    "per_class_precision": "test_class_precision/",
+    "per_class_f1": "test_class_f1/",
+}
 CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_recall.csv
+# Classes in plots/per_class.csv and the stage's table: above it, the lowest and highest half each
+# (every class stays in metrics/eval.json and the run's per-class table).
+PER_CLASS_SHOWN = 30
 
 
 def mlflow_name(key: str) -> str:
     """The MLflow metric name of a flattened metrics/eval.json key. A class name (a folder's, any
     Unicode) keeps the letters, digits, spaces and `_ - . : /` MLflow allows in names; anything else
     becomes `_`."""
-    if key.startswith("per_class_accuracy."):
-        cleaned = re.sub(r"[^\w.\- :/]", "_", key.split(".", 1)[1])
+    family, _, cls = key.partition(".")
+    if family in PER_CLASS and cls:
+        prefix = PER_CLASS[family]
+        cleaned = re.sub(r"[^\w.\- :/]", "_", cls)
         # A slash is kept (Fashion-MNIST's "T-shirt/top") where it leaves a plain path, as MLflow
         # requires.
-        name = CLASS_ACCURACY_PREFIX + cleaned
-        return (
-            name
-            if posixpath.normpath(name) == name
-            else CLASS_ACCURACY_PREFIX + cleaned.replace("/", "_")
-        )
+        name = prefix + cleaned
+        return name if posixpath.normpath(name) == name else prefix + cleaned.replace("/", "_")
     return TEST_PREFIX + key
 
 
@@ -47,11 +56,14 @@ class Report:
     macro_f1: float
     macro_precision: float
     macro_recall: float
-    top_k: int
+    top_k: int  # evaluate.top_k capped at the number of classes: the k the accuracy was counted at
     top_k_accuracy: float
     roc_auc: float | None  # weighted one-vs-rest; None when a class is missing from the labels
     per_class_accuracy: dict[str, float]  # class name → recall of that class
     confusion: torch.Tensor  # [actual, predicted] counts
+    balanced_accuracy: float  # mean recall over the classes with test pictures
+    per_class_precision: dict[str, float]  # class name → precision (0 when never predicted)
+    per_class_f1: dict[str, float]
 
     @property
     def at_chance_level(self) -> bool:
@@ -65,6 +77,7 @@ class Report:
         """The scalar metrics under their file/MLflow names (without per-class values)."""
         out = {
             "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
             "loss": self.loss,
             "macro_f1": self.macro_f1,
             "macro_precision": self.macro_precision,
@@ -75,32 +88,44 @@ class Report:
             out["roc_auc"] = self.roc_auc
         return out
 
-    def metrics(self) -> dict[str, object]:
-        """The content of metrics/eval.json."""
-        return {**self.scalars(), "per_class_accuracy": self.per_class_accuracy}
-
-    def mlflow_metrics(self) -> dict[str, float]:
-        """Every metric under its MLflow name."""
+    def per_class(self) -> dict[str, dict[str, float]]:
+        """Each per-class family of metrics/eval.json: {family: {class: value}}."""
         return {
-            **{mlflow_name(k): v for k, v in self.scalars().items()},
-            **_unique(
-                {
-                    mlflow_name(f"per_class_accuracy.{n}"): a
-                    for n, a in self.per_class_accuracy.items()
-                },
-                self.per_class_accuracy,
-            ),
+            "per_class_accuracy": self.per_class_accuracy,
+            "per_class_precision": self.per_class_precision,
+            "per_class_f1": self.per_class_f1,
         }
 
+    def metrics(self) -> dict[str, object]:
+        """The content of metrics/eval.json."""
+        return {**self.scalars(), **self.per_class()}
 
-def _unique(named: dict[str, float], per_class: dict[str, float]) -> dict[str, float]:
-    """`named` with a number appended to names two classes share once cleaned ("a+b" and "a&b":
-    "a_b", "a_b_2")."""
-    if len(named) == len(per_class):
-        return named
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Every metric under its MLflow name (logged in one batch)."""
+        out = {mlflow_name(k): v for k, v in self.scalars().items()}
+        for family, values in self.per_class().items():
+            out.update(_unique(family, values))
+        return out
+
+    def confused_pairs(self, most: int = 20) -> list[tuple[str, str, int]]:
+        """(actual class, predicted class, pictures) of the `most` most frequent mistakes, most
+        first (equal counts in class order)."""
+        names = list(self.per_class_accuracy)
+        off = self.confusion - torch.diag(self.confusion.diag())
+        cells = off.flatten()
+        order = sorted(
+            (i for i in cells.nonzero().flatten().tolist()), key=lambda i: (-int(cells[i]), i)
+        )
+        k = len(names)
+        return [(names[i // k], names[i % k], int(cells[i])) for i in order[:most]]
+
+
+def _unique(family: str, per_class: dict[str, float]) -> dict[str, float]:
+    """{MLflow name: value} of one per-class family, with a number appended to names two classes
+    share once cleaned ("a+b" and "a&b": "a_b", "a_b_2")."""
     out: dict[str, float] = {}
     for cls, value in per_class.items():
-        name, n = mlflow_name(f"per_class_accuracy.{cls}"), 1
+        name, n = mlflow_name(f"{family}.{cls}"), 1
         while (candidate := name if n == 1 else f"{name}_{n}") in out:
             n += 1
         out[candidate] = value
@@ -110,7 +135,11 @@ def _unique(named: dict[str, float], per_class: dict[str, float]) -> dict[str, f
 def report(
     logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top_k: int = 3
 ) -> Report:
-    """All test metrics for one set of predictions."""
+    """All test metrics for one set of predictions: logits float N×classes, labels int64 N.
+
+    `top_k` is capped at the number of classes (evaluate.top_k 3 on two classes counts top-2, named
+    `top2_accuracy`): the defaults hold for any folder of two classes or more.
+    """
     k = len(class_names)
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
@@ -123,6 +152,7 @@ def report(
     f1 = torch.where(denom > 0, 2 * precision * recall / denom, torch.zeros_like(denom))
     k_eff = min(top_k, k)
     in_top_k = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(1)
+    balanced, class_precision, class_f1 = _per_class(labels, predicted, k)
     return Report(
         accuracy=float(true_pos.sum() / len(labels)),
         loss=float(
@@ -131,12 +161,34 @@ def report(
         macro_f1=float(f1.mean()),
         macro_precision=float(precision.mean()),
         macro_recall=float(recall.mean()),
-        top_k=top_k,
+        top_k=k_eff,
         top_k_accuracy=float(in_top_k.double().mean()),
         roc_auc=_roc_auc(logits, labels, k),
         per_class_accuracy={name: float(r) for name, r in zip(class_names, recall, strict=False)},
         confusion=confusion,
+        balanced_accuracy=balanced,
+        per_class_precision=dict(zip(class_names, class_precision, strict=True)),
+        per_class_f1=dict(zip(class_names, class_f1, strict=True)),
     )
+
+
+def _per_class(
+    labels: torch.Tensor, predicted: torch.Tensor, k: int
+) -> tuple[float, list[float], list[float]]:
+    """scikit-learn's balanced accuracy and per-class precision and F1 (0 where undefined) of int64
+    labels and predictions (N each). The macro averages stay the ones computed above, unchanged
+    since earlier runs (scikit-learn's differ in the last bit)."""
+    from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
+
+    y, y_hat = labels.numpy(), predicted.numpy()
+    precision, _, f1, _ = precision_recall_fscore_support(
+        y, y_hat, labels=list(range(k)), zero_division=0
+    )
+    with warnings.catch_warnings():
+        # A class predicted but absent from the labels is expected on small test sets.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(y, y_hat)
+    return float(balanced), [float(v) for v in precision], [float(v) for v in f1]
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:
@@ -148,11 +200,14 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
 def _roc_auc(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
     """One-vs-rest ROC AUC per class, averaged weighted by class size: scikit-learn's roc_auc_score
     with multi_class="ovr", average="weighted" (0.5 for constant scores). None when a class has no
-    test image."""
+    test image. Two classes: the binary AUC of the second class's probability (scikit-learn's binary
+    case takes the positive class's score alone; both one-vs-rest AUCs equal it)."""
     from sklearn.metrics import roc_auc_score
 
     if len(torch.unique(labels)) < k:
         return None  # one-vs-rest AUC is undefined for a class with no positives
+    if k == 2:
+        return float(roc_auc_score(labels.numpy(), _probabilities(logits)[:, 1]))
     return float(
         roc_auc_score(
             labels.numpy(),
@@ -199,11 +254,48 @@ def _thin(xs: np.ndarray, ys: np.ndarray, most: int = CURVE_POINTS) -> list[tupl
     return [(round(float(xs[i]), 5), round(float(ys[i]), 5)) for i in keep]
 
 
+def shown_classes(per_class: dict[str, float], most: int = PER_CLASS_SHOWN) -> list[int]:
+    """Indices of the classes a per-class chart or table shows: all of them in class order when
+    there are at most `most`, else the `most`/2 lowest and highest values, lowest first (ties in
+    class order)."""
+    values = list(per_class.values())
+    if len(values) <= most:
+        return list(range(len(values)))
+    ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
+    return ranked[: most // 2] + ranked[-(most - most // 2) :]
+
+
 def per_class_table(rep: Report) -> str:
-    """A plain-text table of per-class accuracy with test counts, for the terminal."""
-    width = max(5, *(len(n) for n in rep.per_class_accuracy))
+    """A plain-text table of per-class accuracy with test counts, for the terminal (above
+    PER_CLASS_SHOWN classes, the lowest and highest; the rest are counted)."""
+    names = list(rep.per_class_accuracy)
+    shown = shown_classes(rep.per_class_accuracy)
+    width = max(5, *(len(names[i]) for i in shown))
     lines = [f"{'class':<{width}}  {'images':>6}  {'accuracy':>8}"]
-    for i, (name, acc) in enumerate(rep.per_class_accuracy.items()):
-        lines.append(f"{name:<{width}}  {int(rep.confusion[i].sum()):>6}  {acc:>8.4f}")
+    for n, i in enumerate(shown):
+        if n == PER_CLASS_SHOWN // 2 and len(shown) < len(names):
+            lines.append(f"... {len(names) - len(shown)} more classes in metrics/eval.json")
+        acc = rep.per_class_accuracy[names[i]]
+        lines.append(f"{names[i]:<{width}}  {int(rep.confusion[i].sum()):>6}  {acc:>8.4f}")
     lines.append(f"{'all':<{width}}  {int(rep.confusion.sum()):>6}  {rep.accuracy:>8.4f}")
     return "\n".join(lines)
+
+
+def predictions(
+    logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], pictures: Sequence[str]
+) -> dict[str, list[Any]]:
+    """Each test picture's prediction as columns of N rows: picture (its name, `pictures`), true
+    class, predicted class, the predicted class's probability, the true class's probability, and
+    the picture's cross-entropy loss (nats, without label smoothing), numbers rounded to 6 decimals
+    so that the table is small and reruns write the same bytes."""
+    probs = torch.softmax(logits.double(), dim=1)
+    predicted = logits.argmax(1)
+    loss = F.cross_entropy(logits.double(), labels, reduction="none")
+    return {
+        "picture": list(pictures),
+        "true": [class_names[i] for i in labels.tolist()],
+        "predicted": [class_names[i] for i in predicted.tolist()],
+        "probability": [round(v, 6) for v in probs.gather(1, predicted[:, None])[:, 0].tolist()],
+        "true_probability": [round(v, 6) for v in probs.gather(1, labels[:, None])[:, 0].tolist()],
+        "loss": [round(v, 6) for v in loss.tolist()],
+    }

@@ -208,7 +208,12 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    top_k: int = spec(3, "k of the top-k test accuracy (metric topK_accuracy).", ge=1)
+    top_k: int = spec(
+        3,
+        "k of the top-k test accuracy (metric topK_accuracy); capped at the number of classes "
+        "(two classes: top2_accuracy).",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ PER_CLASS_PLOT = Path("plots/per_class.csv")
 ROC_PLOT = Path("plots/roc.csv")
 PRECISION_RECALL_PLOT = Path("plots/precision_recall.csv")
 TEST_SAMPLES_PLOT = Path("plots/test_predictions.png")
+PREDICTIONS = Path("plots/predictions.csv")  # every test picture's prediction
 TRAIN_SAMPLES_PLOT = Path("plots/train_samples.png")
 # Not a DVC output: DVC would delete it before a resume.
 CHECKPOINT = Path("checkpoints/train.pt")

@@ -47,9 +47,12 @@ def main(params_file: Path) -> None:
             "usable; look at its training curves and try a lower train.lr",
             err=True,
         )
+    pairs = ", ".join(f"{a} as {p} ({n})" for a, p, n in rep.confused_pairs(3))
+    if pairs:
+        click.echo(f"most confused: {pairs} (all mistakes: plots/predictions.csv)")
     click.echo(
-        f"test accuracy {rep.accuracy:.4f}, loss {rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; "
-        f"MLflow run {run_id}"
+        f"test accuracy {rep.accuracy:.4f} (balanced {rep.balanced_accuracy:.4f}), loss "
+        f"{rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}"
     )
 
 
