@@ -4,14 +4,19 @@ folders."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import SUFFIXES
+
+EXIT_SKIPPED = 1  # some files could not be read; 2 (EXIT_USER_ERROR) stays bad input
 
 
 def image_files(inputs: list[Path]) -> list[Path]:
@@ -30,21 +35,34 @@ def image_files(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×W uint8)
-    """A picture as the model expects it: through the very function the download stage decodes a
-    folder's pictures with (core.images.read: EXIF orientation, colour mode, resize and centre crop
-    as torchvision)."""
-    import torch
+def read_images(
+    files: list[Path], channels: int, size: int
+) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The readable pictures among `files` as the model expects them: (their paths, uint8
+    N×C×size×size, one line per file that cannot be read naming it and why).
 
+    Through the very function the download stage decodes a folder's pictures with
+    (core.images.read: EXIF orientation, colour mode, resize and centre crop as torchvision).
+    np.stack copies into a new, writable array: a grey picture is a read-only view of Pillow's
+    buffer, which torch.from_numpy warns about."""
     from pipeline.core.images import ImageError, read
 
-    try:
-        return torch.from_numpy(read(path, channels, size))
-    except ImageError as exc:
-        raise PipelineError(f"{path}: not a readable image ({exc})") from None
+    read_files, pictures, unreadable = [], [], []
+    for path in files:
+        try:
+            pictures.append(read(path, channels, size))
+            read_files.append(path)
+        except ImageError as exc:
+            unreadable.append(f"{path}: not a readable image ({exc})")
+    batch = np.stack(pictures) if pictures else np.zeros((0, channels, size, size), np.uint8)
+    return read_files, batch, unreadable
 
 
-@click.command()
+@click.command(
+    epilog="Exit status: 0 every picture classified; 1 some files could not be read (each named "
+    "on stderr, one line each) and the others were classified; 2 bad input (a missing file or "
+    "model, no picture readable)."
+)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--model", "model_file", type=click.Path(path_type=Path), default=paths.MODEL, show_default=True
@@ -59,7 +77,9 @@ def read_image(path: Path, channels: int, size: int):  # -> torch.Tensor (C×H×
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
 def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) -> None:
-    """Classify picture files (or every picture in the given folders) with the trained model."""
+    """Classify picture files (or every picture in the given folders) with the trained model.
+
+    A file that cannot be read is named on stderr and skipped; the others are classified."""
     files = image_files(list(inputs))
     import torch
 
@@ -67,8 +87,12 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
 
     model, meta = models.load(model_file)
     names = meta["class_names"]
-    batch = torch.stack([read_image(f, meta["in_channels"], meta["image_size"]) for f in files])
-    probs = torch.softmax(models.logits(model, batch), dim=1)
+    files, batch, unreadable = read_images(files, meta["in_channels"], meta["image_size"])
+    if not files:
+        for line in unreadable[:-1]:
+            click.echo(f"error: {line}", err=True)
+        raise PipelineError(unreadable[-1])
+    probs = torch.softmax(models.logits(model, torch.from_numpy(batch)), dim=1)
     top = probs.topk(min(top_k, len(names)), dim=1)
     results = [
         {
@@ -82,7 +106,17 @@ def main(inputs: tuple[Path, ...], model_file: Path, top_k: int, as_json: bool) 
     ]
     if as_json:
         click.echo(json.dumps(results, indent=2))
-        return
+    else:
+        print_table(results, model_file, meta)
+    for line in unreadable:
+        click.echo(f"skipped: {line}", err=True)
+    if unreadable:
+        sys.exit(EXIT_SKIPPED)
+
+
+def print_table(results: list[dict[str, Any]], model_file: Path, meta: dict[str, Any]) -> None:
+    """The model's provenance, then one row per picture: its top classes with their
+    probabilities."""
     run_file = model_file.parent / paths.RUN_FILE.name
     run = json.loads(run_file.read_text()).get("run_id", "?") if run_file.is_file() else "unknown"
     click.echo(
