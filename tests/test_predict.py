@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import create_project, run
+from helpers import assert_one_line_error, create_project, run
 from PIL import Image
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def test_predict_prints_the_true_labels_first(trained: Path) -> None:
         ["python", "-m", "pipeline", "predict", str(folder)], root
     ).stdout.splitlines()
     run_id = json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
-    assert model == f"# models/model.pt: cnn trained on mnist, MLflow run {run_id}"
+    assert model == f"# models/model.onnx: cnn trained on mnist, MLflow run {run_id} (onnxruntime)"
     assert header.split() == [
         "image",
         "class",
@@ -156,3 +156,66 @@ def test_unreadable_files_are_named_and_the_rest_predicted(
 def test_help_documents_the_exit_status(trained: Path) -> None:
     text = " ".join(run(["python", "-m", "pipeline", "predict", "--help"], trained).stdout.split())
     assert "Exit status: 0 every picture classified; 1 some files could not be read" in text
+
+
+def test_onnx_and_torch_give_the_same_top_classes(trained: Path, tmp_path: Path) -> None:
+    """On 100 test pictures predict's default (the exported model through onnxruntime) ranks the
+    same classes as the torch model, with the same probabilities to the export's tolerance."""
+    from pipeline.core.export import TOLERANCE
+
+    truth = mnist_pngs(trained, tmp_path / "digits", 100)
+    answers = {}
+    for engine in ("auto", "torch"):
+        args = ["python", "-m", "pipeline", "predict", "--engine", engine, str(tmp_path / "digits")]
+        header = run(args, trained).stdout.splitlines()[0]
+        assert header.endswith("(onnxruntime)" if engine == "auto" else "(torch)"), header
+        answers[engine] = json.loads(run([*args, "--json", "--top-k", "5"], trained).stdout)
+    onnx, torch_ = answers["auto"], answers["torch"]
+    assert [a["path"] for a in onnx] == [a["path"] for a in torch_] == sorted(truth)
+    for a, b in zip(onnx, torch_, strict=True):
+        assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
+        for p, q in zip(a["predictions"], b["predictions"], strict=True):
+            assert abs(p["probability"] - q["probability"]) <= TOLERANCE
+    right = sum(a["predictions"][0]["class"] == truth[a["path"]] for a in onnx)
+    assert right >= 90  # one epoch on 12,000 pictures; chance is 10
+
+
+def test_the_onnx_path_never_imports_torch(trained: Path, tmp_path: Path) -> None:
+    truth = mnist_pngs(trained, tmp_path / "digits", 3)
+    code = (
+        "import sys\n"
+        "from pipeline_tools.predict import main\n"
+        "try:\n"
+        f"    main({[*truth]!r}, standalone_mode=False)\n"
+        "finally:\n"
+        "    print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
+    )
+    out = run(["python", "-c", code], trained).stdout.splitlines()
+    assert out[0].endswith("(onnxruntime)") and out[-1] == "[]", out
+
+
+def test_a_stale_or_missing_export_falls_back_to_torch(trained: Path, tmp_path: Path) -> None:
+    """An ONNX model exported from another model.pt (the model was retrained since) is not used;
+    --engine onnx without one is one line."""
+    import shutil
+
+    import torch
+
+    from pipeline.core import models
+
+    picture = next(iter(mnist_pngs(trained, tmp_path / "digits", 1)))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy2(trained / "models/model.onnx", folder / "model.onnx")
+    model, meta = models.load(trained / "models/model.pt")
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # retrained: other weights, other bytes
+    models.save(folder / "model.pt", model, {k: v for k, v in meta.items() if k != "state_dict"})
+    args = ["python", "-m", "pipeline", "predict", "--model", str(folder / "model.pt"), picture]
+    proc = run(args, trained)
+    assert proc.stdout.splitlines()[0].endswith("(torch)") and proc.stderr == ""
+
+    (folder / "model.onnx").unlink()
+    assert run(args, trained).stdout.splitlines()[0].endswith("(torch)")
+    proc = run([*args, "--engine", "onnx"], trained, check=False)
+    assert_one_line_error(proc, f"{folder / 'model.onnx'}: not found; run the export stage")
