@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -16,6 +16,9 @@ from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import SUFFIXES
+
+if TYPE_CHECKING:
+    from pipeline.core.export import Session
 
 EXIT_SKIPPED = 1  # some files could not be read; 2 (EXIT_USER_ERROR) stays bad input
 
@@ -59,11 +62,11 @@ def read_images(
     return read_files, batch, unreadable
 
 
-def onnx_model(model_file: Path, engine: str) -> Path | None:
-    """The ONNX model to run, or None for the torch one: `model_file` itself when it is one;
-    otherwise (engine auto) the .onnx beside it when the export stage wrote it from this very
-    model.pt (its source_sha256), so a model retrained since is never answered by a stale export.
-    """
+def onnx_session(model_file: Path, engine: str) -> tuple[Path, Session] | None:
+    """The ONNX model to run and its onnxruntime session, or None for the torch model:
+    `model_file` itself when it is one; otherwise (engine auto) the .onnx beside it when the export
+    stage wrote it from this very model.pt (its source_sha256), so that a model retrained since is
+    never answered by a stale export. PipelineError when engine onnx finds none."""
     from pipeline.core import export
 
     if engine == "torch":
@@ -72,26 +75,24 @@ def onnx_model(model_file: Path, engine: str) -> Path | None:
     if engine == "onnx" or onnx == model_file:
         if not onnx.is_file():
             raise PipelineError(f"{onnx}: not found; run the export stage (dvc repro export)")
-        return onnx
+        return onnx, export.Session(onnx)
     if not onnx.is_file():
         return None
-    if not model_file.is_file():
-        return onnx
-    stamp = export.Session(onnx).metadata.get("source_sha256")
-    return onnx if stamp == export.sha256(model_file) else None
+    session = export.Session(onnx)
+    if model_file.is_file() and session.metadata.get("source_sha256") != export.sha256(model_file):
+        return None
+    return onnx, session
 
 
 def classifier(
     model_file: Path, engine: str
 ) -> tuple[Path, Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     """(the model file used, a function from uint8 pictures N×C×H×W to float32 logits N×classes,
-    the model's metadata): onnxruntime when `onnx_model` finds an ONNX model (torch is then not
+    the model's metadata): onnxruntime when `onnx_session` finds an ONNX model (torch is then not
     imported at all), else the torch model."""
-    from pipeline.core import export
-
-    onnx = onnx_model(model_file, engine)
-    if onnx is not None:
-        session = export.Session(onnx)
+    found = onnx_session(model_file, engine)
+    if found is not None:
+        onnx, session = found
         return onnx, session.logits, session.meta()
     import torch
 
