@@ -22,6 +22,10 @@ STAGES = {
     ),
     "train": ("pipeline.stages.train", "Stage: fit the model, track the run in MLflow."),
     "evaluate": ("pipeline.stages.evaluate", "Stage: test metrics and plots, added to the run."),
+    "export": (
+        "pipeline.stages.export",
+        "Stage: models/model.onnx, checked against the torch model on the test split.",
+    ),
 }
 TOOLS = {
     "predict": ("pipeline_tools.predict", "Classify image files with the trained model."),

@@ -125,26 +125,30 @@ def test_repro_logs_one_complete_run_and_rerun_is_a_no_op(make_project, tmp_path
     assert "Running stage" not in again.stdout
     assert len(runs(root)) == 1
 
-    # dvc.yaml's deps are the stages' imports. Editing a network or an optimizer reruns what trains
-    # and evaluates, never the decoding of the pictures (the parameter check reads the names in
-    # core.params only)...
+    # dvc.yaml's deps are the stages' imports. Editing a network or an optimizer reruns what trains,
+    # exports and evaluates, never the decoding of the pictures (the parameter check reads
+    # the names in core.params only)...
     code = {
         name: root / "pipeline" / "core" / name for name in ("models.py", "optim.py", "layers.py")
     }
     for path in code.values():
         path.write_text(path.read_text() + "\n# edited\n")
     status = run(["dvc", "status", "--json"], root).stdout
-    assert set(json.loads(status)) == {"train", "evaluate"}, status
+    assert set(json.loads(status)) == {"train", "export", "evaluate"}, status
     run(["git", "checkout", "--", *map(str, code.values())], root)
     assert json.loads(run(["dvc", "status", "--json"], root).stdout) == {}
-    # ...a change to the atomic writers reruns every stage that writes through them (all four), and
+    # ...a change to the atomic writers reruns every stage that writes through them (all five), and
     # nothing else is needed for DVC to notice.
     atomic = root / "pipeline" / "core" / "atomic.py"
     atomic.write_text(atomic.read_text() + "\n# edited\n")
     status = run(["dvc", "status", "--json"], root).stdout
-    assert set(json.loads(status)) == {"download", "normalization-stats", "train", "evaluate"}, (
-        status
-    )
+    assert set(json.loads(status)) == {
+        "download",
+        "normalization-stats",
+        "train",
+        "export",
+        "evaluate",
+    }, status
     # ...and a run of that edited code says so.
     run(["python", "-m", "pipeline", "train"], root)
     assert runs(root)[-1].data.tags["git.dirty"] == "true"

@@ -3,6 +3,8 @@ test images."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import subprocess
 import time
@@ -25,9 +27,18 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def post(url: str, images: np.ndarray | list) -> tuple[int, dict]:
     """POST {"inputs": images} to /invocations; (HTTP status, JSON answer)."""
-    body = json.dumps(
-        {"inputs": images.tolist() if isinstance(images, np.ndarray) else images}
-    ).encode()
+    return post_json(url, {"inputs": images.tolist() if isinstance(images, np.ndarray) else images})
+
+
+def post_pictures(url: str, files: list[bytes]) -> tuple[int, dict]:
+    """POST picture files as the column `image`, base64-encoded (what docs/tracking.md shows)."""
+    column = [[base64.b64encode(data).decode()] for data in files]
+    return post_json(url, {"dataframe_split": {"columns": ["image"], "data": column}})
+
+
+def post_json(url: str, payload: dict) -> tuple[int, dict]:
+    """POST `payload` as JSON to /invocations; (HTTP status, JSON answer)."""
+    body = json.dumps(payload).encode()
     request = urllib.request.Request(
         f"{url}/invocations", body, {"Content-Type": "application/json"}
     )
@@ -170,3 +181,68 @@ def test_logged_model_is_named_after_its_run(served) -> None:
         model.name == only.info.run_name.replace(".", "_")
         and model.source_run_id == only.info.run_id
     )
+
+
+def picture_files(images: np.ndarray) -> dict[str, bytes]:
+    """Two MNIST test digits as picture files: a grey PNG at twice the size, a colour JPEG of
+    another shape; and a JPEG cut short."""
+    from PIL import Image
+
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    Image.fromarray(images[0, 0]).resize((56, 56)).save(png, "PNG")
+    Image.fromarray(images[1, 0]).convert("RGB").resize((60, 44)).save(jpeg, "JPEG", quality=95)
+    return {
+        "png": png.getvalue(),
+        "jpeg": jpeg.getvalue(),
+        "truncated-jpeg": jpeg.getvalue()[: len(jpeg.getvalue()) // 3],
+    }
+
+
+def test_base64_picture_files_get_the_model_s_answer(served, tmp_path) -> None:
+    """PNG and JPEG files of any size and mode, decoded as the training pictures were
+    (core.images.read on the same bytes), give the model's logits."""
+    import torch
+
+    from pipeline.core.images import read
+
+    root, url = served
+    images, labels = load_split(get("mnist"), root / "data/raw", train=False)
+    files = picture_files(images[:2].numpy())
+    status, answer = post_pictures(url, [files["png"], files["jpeg"]])
+    assert status == 200, answer
+    expected = []
+    for name in ("png", "jpeg"):
+        (tmp_path / name).write_bytes(files[name])
+        expected.append(read(tmp_path / name, 1, 28))
+    model, _ = models.load(root / "models/model.pt")
+    with torch.no_grad():
+        local = model(torch.from_numpy(np.stack(expected))).numpy()
+    served_logits = np.array(answer["predictions"])
+    np.testing.assert_allclose(served_logits, local, rtol=1e-4, atol=1e-4)
+    assert served_logits.argmax(1).tolist() == labels[:2].tolist()  # plain digits, clearly drawn
+
+
+@pytest.mark.parametrize(
+    "pictures, needles",
+    [
+        (["png", "truncated-jpeg"], ["image 1: not a readable picture ("]),
+        (["empty"], ["image 0: not a readable picture (empty file"]),
+        (["not-base64"], ["image 0: not base64"]),
+    ],
+    ids=["truncated-jpeg", "empty", "not-base64"],
+)
+def test_an_undecodable_picture_is_a_400_with_one_line(served, pictures, needles) -> None:
+    root, url = served
+    images, _ = load_split(get("mnist"), root / "data/raw", train=False)
+    files = {**picture_files(images[:2].numpy()), "empty": b""}
+    if pictures == ["not-base64"]:
+        status, answer = post_json(
+            url, {"dataframe_split": {"columns": ["image"], "data": [["%%% not base64 %%%"]]}}
+        )
+    else:
+        status, answer = post_pictures(url, [files[name] for name in pictures])
+    assert status == 400, answer
+    message = answer["message"]
+    assert "\n" not in message and len(message) < 200, message
+    for needle in needles:
+        assert needle in message, message

@@ -6,7 +6,9 @@ models/model.pt exactly as evaluate and predict do. (Not a torch.export program:
 torch._dynamo, about 4 s of a 10 s server start.)
 
 Input: images N×C×H×W (N×H×W for one channel), pixels either integers 0-255 or floats in [0, 1], of
-any height and width (resized and centre-cropped as the training pictures were).
+any height and width (resized and centre-cropped as the training pictures were); or one column
+`image` of picture files (PNG, JPEG, any format, size and colour mode Pillow reads), each
+base64-encoded, decoded exactly as the training pictures were (core.images.read).
 JSON keeps that difference only if MLflow does not cast the request to a dtype first, so the
 signature is an untyped tensor and this class checks shape, dtype and range itself: anything else
 is refused with HTTP 400 and one line naming what was expected, never answered with wrong logits.
@@ -55,7 +57,13 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
     were (core.images)."""
     import torch
 
+    if hasattr(values, "columns"):  # a DataFrame, when called in-process rather than served
+        if list(values.columns) != ["image"]:
+            raise InputError(f"pictures must be one column `image`; got {list(values.columns)}")
+        values = values["image"].to_numpy()
     x = np.asarray(values)
+    if x.ndim == 1 and x.size and all(isinstance(v, (str, bytes)) for v in x.tolist()):
+        return torch.from_numpy(decoded(x.tolist(), channels, size))
     if x.dtype == object:  # a JSON request, parsed without a dtype: nested Python ints or floats
         try:
             x = np.array(x.tolist())
@@ -87,6 +95,34 @@ def as_images(values: Any, channels: int, size: int) -> torch.Tensor:
     if x.shape[2:] != (size, size):
         x = _resized(x, channels, size)
     return torch.from_numpy(x)
+
+
+def decoded(pictures: list[str | bytes], channels: int, size: int) -> np.ndarray:
+    """Base64-encoded picture files as uint8 N×C×size×size, through core.images.read (EXIF
+    orientation, colour mode, resize and centre crop, the limits on size), as the download stage
+    decodes training pictures: each is written to a temporary file, as read takes a path.
+    Raises InputError naming the first picture (0-based) that is not base64 or not readable."""
+    import base64
+    import binascii
+    import tempfile
+
+    from pipeline.core.images import ImageError, read
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="serving-") as tmp:
+        path = Path(tmp) / "picture"
+        for i, text in enumerate(pictures):
+            try:
+                path.write_bytes(base64.b64decode(text, validate=True))
+            except (binascii.Error, ValueError):
+                raise InputError(
+                    f"image {i}: not base64 (send each picture file base64-encoded)"
+                ) from None
+            try:
+                out.append(read(path, channels, size))
+            except ImageError as exc:
+                raise InputError(f"image {i}: not a readable picture ({exc})") from None
+    return np.stack(out)
 
 
 def _resized(x: np.ndarray, channels: int, size: int) -> np.ndarray:
