@@ -39,13 +39,14 @@ $(PLOTS_PAGE): $(BASE) pipeline_tools/plots_template.py
 repro: setup
 	dvc repro
 
-# Everything, as CI runs it.
+# Everything, as CI runs it. A file's end-to-end tests stay on one worker (tests/conftest.py groups
+# them: they share one finished project); xdist hands out the largest groups first.
 test: setup-dev
-	python -m pytest -n 2 --dist loadfile
+	python -m pytest -n 2 --dist loadgroup
 
 # Unit and stage-error tests, no end-to-end pipeline runs: for iterating (under 2 minutes).
 test-fast: setup-dev
-	python -m pytest -n 2 --dist loadfile -m "not e2e"
+	python -m pytest -n 2 --dist loadgroup -m "not e2e"
 
 # Does this commit reproduce? Two clean runs of the CI configuration, compared with each other and
 # with repro/reference.json (needs a clean work tree).

@@ -21,25 +21,6 @@ from pipeline.core.yamlio import read_yaml
 
 pytestmark = pytest.mark.e2e
 
-# Values as `dvc exp run -S key=VALUE` writes them into params.yaml (DVC's Hydra parser, then
-# ruamel's YAML 1.2 dumper), where YAML 1.1 (PyYAML) reads something else: booleans, sexagesimal
-# numbers, exponents.
-YAML_11_TRAPS = [
-    "off",
-    "on",
-    "yes",
-    "no",
-    "Off",
-    "NO",
-    "4:2",
-    "1:30:00",
-    "1e-05",
-    "010",
-    "0o17",
-    "0x1F",
-    "2024-01-01",
-]
-
 
 def back_to_head(project: Path) -> None:
     """The workspace as HEAD has it (an experiment leaves its params, lock and outputs behind)."""
@@ -54,20 +35,6 @@ def strict_json(path: Path) -> object:
         raise ValueError(f"{path}: {name} is not JSON")
 
     return json.loads(path.read_text(), parse_constant=refuse)
-
-
-@pytest.mark.parametrize("value", YAML_11_TRAPS)
-def test_params_yaml_is_read_as_dvc_reads_it(tmp_path: Path, value: str) -> None:
-    from dvc.utils.hydra import apply_overrides
-    from dvc.utils.serialize import parse_yaml
-
-    path = tmp_path / "params.yaml"
-    path.write_text("x: 0\n")
-    apply_overrides(str(path), [f"x={value}"])  # what `dvc exp run -S x=VALUE` does to the file
-    text = path.read_text()
-    assert read_yaml(text) == parse_yaml(text, str(path))
-    by_hand = f"x: {value}\n"  # and as a person may write it
-    assert read_yaml(by_hand) == parse_yaml(by_hand, "params.yaml")
 
 
 @pytest.fixture(scope="module")
