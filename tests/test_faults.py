@@ -15,23 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from helpers import EXPERIMENT, model_uri, run, runs, snapshot
+from helpers import EXPERIMENT, model_uri, read_params, run, runs, snapshot, start, write_params
 
 from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e
-
-
-def start(root: Path, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=clean_env(PYTHONUNBUFFERED="1", **env),
-    )
 
 
 def kill_when(proc: subprocess.Popen[str], ready, timeout: float = 300) -> None:
@@ -141,10 +129,10 @@ def test_runs_racing_on_a_fresh_store_all_land(make_project, n: int) -> None:
         (copy / "data").mkdir(parents=True)
         (copy / "data" / "raw").symlink_to(root / "data" / "raw")
         shutil.copy(root / "data" / "stats.json", copy / "data" / "stats.json")
-        params = yaml.safe_load((root / "params.yaml").read_text())
+        params = read_params(root / "params.yaml")
         params["seed"] = i
         params["data"]["limit"] = 500
-        (copy / "params.yaml").write_text(yaml.safe_dump(params))
+        write_params(copy / "params.yaml", params)
         procs.append(start(copy, "train", DVC_ROOT=str(root), DVC_EXP_NAME=f"race-{i}"))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * n, "\n".join(outputs)
@@ -166,9 +154,9 @@ def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
     packaged = local_source(get("mnist"))
     assert packaged is not None
     shutil.copy(packaged / "train-images-idx3-ubyte.gz", mirror)  # one of the four files
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = read_params(root / "params.yaml")
     params["data"]["mirror"] = str(mirror)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(root / "params.yaml", params)
     out = subprocess.run(
         [sys.executable, "-m", "pipeline", "download"],
         cwd=root,

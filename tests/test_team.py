@@ -8,7 +8,6 @@ then a restart that must keep it, then a clone that pulls it, then an experiment
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from helpers import (
     assert_one_line_error,
     create_project,
     run,
+    sha256,
 )
 
 from pipeline_team import stack
@@ -71,10 +71,6 @@ def s3_keys(stack, bucket: str) -> list[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys += [obj["Key"] for obj in page.get("Contents", [])]
     return keys
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
