@@ -4,20 +4,15 @@ RUNNING."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
-import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXPERIMENT, model_uri, read_params, run, runs, snapshot, start, write_params
-
-from pipeline.core.repo import clean_env
+from helpers import EXPERIMENT, model_uri, read_params, run, runs, start, write_params
 
 pytestmark = pytest.mark.e2e
 
@@ -140,41 +135,3 @@ def test_runs_racing_on_a_fresh_store_all_land(make_project, n: int) -> None:
     assert sorted(r.data.tags["dvc.exp_name"] for r in landed) == [f"race-{i}" for i in range(n)]
     assert {r.info.status for r in landed} == {"FINISHED"}
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
-
-
-def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
-    make_project, tmp_path: Path
-) -> None:
-    root = make_project()
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    from pipeline.core.acquisition import local_source
-    from pipeline.core.datasets import get
-
-    packaged = local_source(get("mnist"))
-    assert packaged is not None
-    shutil.copy(packaged / "train-images-idx3-ubyte.gz", mirror)  # one of the four files
-    params = read_params(root / "params.yaml")
-    params["data"]["mirror"] = str(mirror)
-    write_params(root / "params.yaml", params)
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "download"],
-        cwd=root,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert out[0] == (
-        f"data.mirror {mirror} lacks train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-        "t10k-labels-idx1-ubyte.gz; trying the next source"
-    )
-    assert out[1].startswith(f"mnist: copied from {packaged}")
-    old = os.umask(0o022)
-    try:
-        run(["python", "-m", "pipeline", "normalization-stats"], root)
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((root / "data/stats.json").stat().st_mode) == 0o644
-    assert stat.S_IMODE((root / "data/raw").stat().st_mode) == 0o755
-    assert "data/stats.json" in snapshot(root)

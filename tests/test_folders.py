@@ -154,7 +154,7 @@ def test_folders_that_are_refused_in_one_line(
     assert message.format(tmp=tmp_path) in one_line(exc)
 
 
-def test_decode_writes_what_read_split_reads_back(tmp_path: Path) -> None:
+def test_the_photo_folder_holds_every_mode_seeded_and_apart_from_held_out(tmp_path: Path) -> None:
     root = make_photo_folder(tmp_path / "photos", per_class=10)
     assert {(p.suffix, Image.open(p).mode) for p in root.rglob("*.*")} == {
         (".jpg", "RGB"),
@@ -171,6 +171,10 @@ def test_decode_writes_what_read_split_reads_back(tmp_path: Path) -> None:
     assert len(extra) == 9 and not set(extra) & {
         images.read(p, 3, 24).tobytes() for p in root.rglob("*.*")
     }
+
+
+def test_decode_writes_what_read_split_reads_back(tmp_path: Path) -> None:
+    root = make_photo_folder(tmp_path / "photos", per_class=10)
     save(photo("cat").crop((0, 0, 90, 70)), root / "cat" / "deeper" / "still" / "x.webp")
     for i, name in enumerate(
         ("日本", "café crème", "Zebra", "café crème", "日本")
