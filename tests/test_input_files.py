@@ -204,7 +204,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return finished_project(tmp_path_factory.mktemp("catalogue-inputs") / "project")
+    return finished_project(tmp_path_factory.mktemp("input-files") / "project")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
