@@ -13,17 +13,6 @@ from helpers import create_project, free_port
 from pipeline.core.repo import clean_env
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks (with --dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep each file's end-to-end tests on one worker: they share a module-scoped project or
-    stack, built once, and some build on the previous test's run. Every other test is handed out
-    alone, so the quick ones fill the gaps (`--dist loadgroup` hands out the largest groups
-    first)."""
-    for item in items:
-        if item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-
-
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:
     """Factory: create_project in this test's temporary folder."""
