@@ -197,6 +197,12 @@ def snapshot(root: Path) -> dict[str, str]:
     return files
 
 
+def written(root: Path) -> list[str]:
+    """Every file and folder below `root` but params.yaml, relative, sorted: what a command that
+    must write nothing wrote."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != "params.yaml")
+
+
 def sha256(path: Path) -> str:
     """The sha256 of a file's bytes, as hex (64 characters)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()

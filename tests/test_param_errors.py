@@ -24,6 +24,7 @@ from helpers import (
     run,
     snapshot,
     write_params,
+    written,
 )
 
 from pipeline.core.errors import PipelineError
@@ -191,10 +192,6 @@ def test_bad_parameter_is_one_line_naming_the_file_and_key(tmp_path: Path, case:
 
 # ----------------------------------------------------------------------------------------------
 # the stage commands
-
-
-def written(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != "params.yaml")
 
 
 @pytest.mark.parametrize(

@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import assert_one_line_error, free_port, run
+from helpers import assert_one_line_error, free_port, run, written
 
 
 def stage(name: str, cwd: Path, *args: str):
     """A stage command exactly as dvc.yaml runs it (the installed package, no path tricks)."""
     return run(["python", "-m", f"pipeline.stages.{name}", *args], cwd, check=False)
-
-
-def written(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != "params.yaml")
 
 
 @pytest.mark.parametrize("name", ["download", "normalization_stats", "train"])
