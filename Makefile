@@ -39,13 +39,17 @@ $(PLOTS_PAGE): $(BASE) pipeline_tools/plots_template.py
 repro: setup
 	dvc repro
 
-# Everything, as CI runs it.
+# Everything, as CI runs it. Whole files to each worker: a file's tests share one module-scoped
+# project or stack, and test_team.py's build on each other (so not worksteal, which splits files;
+# loadgroup stopped grouping with pytest 9.2, pytest-xdist#1386). xdist hands out the files with
+# the most tests first.
 test: setup-dev
 	python -m pytest -n 2 --dist loadfile
 
-# Unit and stage-error tests, no end-to-end pipeline runs: for iterating (under 2 minutes).
+# Unit and stage-error tests, no end-to-end pipeline runs: for iterating (under 2 minutes). No
+# shared project here, so test by test: an idle worker takes over the other's queue.
 test-fast: setup-dev
-	python -m pytest -n 2 --dist loadfile -m "not e2e"
+	python -m pytest -n 2 --dist worksteal -m "not e2e"
 
 # Does this commit reproduce? Two clean runs of the CI configuration, compared with each other and
 # with repro/reference.json (needs a clean work tree).

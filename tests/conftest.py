@@ -12,40 +12,6 @@ from helpers import create_project, free_port
 
 from pipeline.core.repo import clean_env
 
-# The files that take minutes, longest first (summed `--durations` of a full run on 2 cores):
-# longest-processing- time-first keeps both workers busy to the end. Only the order of the run
-# depends on it, never a result: a file missing here just runs after these.
-SLOW_FILES = (
-    "test_user_reports.py",
-    "test_team.py",
-    "test_experiments.py",
-    "test_catalogue_inputs.py",
-    "test_sweep.py",
-    "test_catalogue_params.py",
-    "test_distributed.py",
-    "test_faults.py",
-    "test_reproducibility.py",
-    "test_datasets.py",
-    "test_bench.py",
-    "test_own_images.py",
-    "test_preset.py",
-    "test_background.py",
-    "test_tracking_server.py",
-    "test_pipeline_e2e.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow files first, so that `pytest -n 2 --dist loadfile`, which hands out whole files in this
-    order, does not end with one worker on a minutes-long file while the other sits idle."""
-    gone = [name for name in SLOW_FILES if not (Path(__file__).parent / name).is_file()]
-    if gone:  # a renamed file would silently lose its place
-        raise pytest.UsageError(
-            f"tests/conftest.py SLOW_FILES names files that do not exist: {', '.join(gone)}"
-        )
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
-
 
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:

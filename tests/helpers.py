@@ -3,24 +3,50 @@ commands, stores."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 from pipeline.core.params import merge
 from pipeline.core.repo import clean_env
+from pipeline.core.yamlio import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT = yaml.safe_load((REPO / "params.yaml").read_text())["mlflow"]["experiment_name"]
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    """A params.yaml as the pipeline and DVC read it (ruamel.yaml, YAML 1.2; PyYAML's YAML 1.1
+    reads `4:2` as 242 and `off` as False)."""
+    return read_yaml(path.read_text(), str(path))
+
+
+def write_params(path: Path, values: dict[str, Any]) -> None:
+    """Nested `values` as the text of a params file (ruamel.yaml, YAML 1.2, block style, keys in
+    the given order), so read_params gives them back equal."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe")
+    yaml.default_flow_style = False  # one key a line: tests edit single lines (`  lr: …`)
+    yaml.sort_base_mapping_type_on_output = False
+    out = io.StringIO()
+    yaml.dump(values, out)
+    path.write_text(out.getvalue())
+
+
+EXPERIMENT = read_params(REPO / "params.yaml")["mlflow"]["experiment_name"]
 
 # The learning rate params.yaml ships with, as MLflow shows it; experiments in the tests change it
 # to OTHER_LR.
-DEFAULT_LR = str(yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"])
+DEFAULT_LR = str(read_params(REPO / "params.yaml")["train"]["lr"])
 OTHER_LR = "0.005"
 assert DEFAULT_LR != OTHER_LR
 
@@ -79,10 +105,8 @@ def create_project(root: Path, params: dict | None = None) -> Path:
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest)
-    current = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(
-        yaml.safe_dump(merge(current, merge(TINY_PARAMS, params or {})), sort_keys=False)
-    )
+    current = read_params(REPO / "params.yaml")
+    write_params(root / "params.yaml", merge(current, merge(TINY_PARAMS, params or {})))
     if (
         root / ".dvc/plots-offline.html"
     ).exists():  # what `make setup` names in the clone's own config
@@ -165,14 +189,23 @@ NOT_OUTPUTS = (".git/", ".dvc/", "mlflow.db", "mlruns/", "checkpoints/")
 def snapshot(root: Path) -> dict[str, str]:
     """sha256 of every file of the project (code, parameters, data, every output), by relative
     path."""
-    import hashlib
-
     files = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_file() and not rel.startswith(NOT_OUTPUTS):
-            files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            files[rel] = sha256(path)
     return files
+
+
+def written(root: Path) -> list[str]:
+    """Every file and folder below `root` but params.yaml, relative, sorted: what a command that
+    must write nothing wrote."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != "params.yaml")
+
+
+def sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex (64 characters)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def assert_unchanged(before: dict[str, str], after: dict[str, str]) -> None:
@@ -180,6 +213,77 @@ def assert_unchanged(before: dict[str, str], after: dict[str, str]) -> None:
     changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
     missing, new = sorted(before.keys() - after.keys()), sorted(after.keys() - before.keys())
     assert not (changed or missing or new), f"changed {changed}, missing {missing}, new {new}"
+
+
+def refused_in_one_line(
+    root: Path,
+    command: list[str],
+    needles: tuple[str, ...],
+    files: dict[str, Any] | None = None,
+    params: dict | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Make a mistake in the project at `root`, run `command` there, assert the one-line error
+    holding every needle and every file byte-identical, then undo the mistake.
+
+    The mistake: `files` maps a relative path to a function of its old bytes (b"" when new)
+    giving its new bytes; `params` is merged into params.yaml; `env` is set for the command.
+    """
+    originals: dict[Path, bytes | None] = {}
+    for rel in [*(files or {}), "params.yaml"]:
+        path = root / rel
+        originals[path] = path.read_bytes() if path.exists() else None
+    try:
+        for rel, edit in (files or {}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(edit(originals[root / rel] or b""))
+        if params:
+            write_params(root / "params.yaml", merge(read_params(root / "params.yaml"), params))
+        before = snapshot(root)
+        proc = run(command, root, check=False, **(env or {}))
+        assert_one_line_error(proc, *needles)
+        assert_unchanged(before, snapshot(root))
+    finally:
+        for path, data in originals.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(data)
+
+
+def start(root: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """`python -m pipeline ARGS` started in `root`, unbuffered, stdout and stderr merged into one
+    text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(PYTHONUNBUFFERED="1", **env),
+    )
+
+
+def stop_train_after_epoch(
+    root: Path, epoch_line: str, sig: signal.Signals = signal.SIGKILL
+) -> tuple[int, str]:
+    """Start `python -m pipeline train` in `root`, send it `sig` as soon as it prints a line
+    starting with `epoch_line` (e.g. "epoch 1/3"), wait for it; returns its exit code (negative:
+    killed by that signal) and everything it printed. Fails the test when it ends without printing
+    that line."""
+    proc = start(root, "train")
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(epoch_line):
+            proc.send_signal(sig)
+            break
+    else:
+        proc.wait(timeout=60)
+        pytest.fail(f"train ended before {epoch_line!r}:\n{''.join(seen)}")
+    seen.append(proc.communicate(timeout=120)[0])
+    return proc.returncode, "".join(seen)
 
 
 def finished_project(root: Path) -> Path:

@@ -92,3 +92,10 @@ def held_out(root: Path, per_class: int = 3, seed: int = 1) -> list[tuple[Path, 
             _crop(mirrored, rng).save(path, "PNG")
             out.append((path, name))
     return out
+
+
+def save(img: Image.Image, path: Path, *args: object, **kwargs: object) -> Path:
+    """`img` saved at `path` (its folders made), Pillow's format and options passed through."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, *args, **kwargs)
+    return path

@@ -12,8 +12,13 @@ import dataclasses
 import gzip
 import io
 import json
+import os
 import pickle
+import shutil
+import stat
 import struct
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -23,13 +28,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from helpers import fit_tiny, model_uri
+from helpers import fit_tiny, model_uri, read_params, run, snapshot, write_params
 from mlflow.tracking import MlflowClient
 
 from pipeline.core import datasets, models, originals
 from pipeline.core.errors import PipelineError
 from pipeline.core.originals import md5sum
 from pipeline.core.params import TrainParams
+from pipeline.core.repo import clean_env
 from pipeline.stages import download, evaluate, normalization_stats, train
 
 OPTIONS = models.options_from(TrainParams())
@@ -212,3 +218,41 @@ def test_pretrained_weights_offline_fail_in_one_line(
             dataclasses.replace(OPTIONS, pretrained=True),
         )
     assert "\n" not in str(err.value)
+
+
+def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
+    make_project, tmp_path: Path
+) -> None:
+    root = make_project()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    from pipeline.core.datasets import get
+    from pipeline.core.originals import local_source
+
+    packaged = local_source(get("mnist"))
+    assert packaged is not None
+    shutil.copy(packaged / "train-images-idx3-ubyte.gz", mirror)  # one of the four files
+    params = read_params(root / "params.yaml")
+    params["data"]["mirror"] = str(mirror)
+    write_params(root / "params.yaml", params)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "download"],
+        cwd=root,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0] == (
+        f"data.mirror {mirror} lacks train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        "t10k-labels-idx1-ubyte.gz; trying the next source"
+    )
+    assert out[1].startswith(f"mnist: copied from {packaged}")
+    old = os.umask(0o022)
+    try:
+        run(["python", "-m", "pipeline", "normalization-stats"], root)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((root / "data/stats.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((root / "data/raw").stat().st_mode) == 0o755
+    assert "data/stats.json" in snapshot(root)

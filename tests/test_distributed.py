@@ -4,7 +4,6 @@ errors."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
@@ -13,8 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers import assert_one_line_error, create_project, model_uri, run, runs
+from helpers import (
+    assert_one_line_error,
+    create_project,
+    model_uri,
+    read_params,
+    run,
+    runs,
+    sha256,
+    stop_train_after_epoch,
+    write_params,
+)
 
 from pipeline.core import distributed
 from pipeline.core.errors import PipelineError
@@ -31,15 +39,9 @@ PARAMS = {
 }
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def set_params(root: Path, changes: dict) -> None:
     path = root / "params.yaml"
-    path.write_text(
-        yaml.safe_dump(merge(yaml.safe_load(path.read_text()), changes), sort_keys=False)
-    )
+    write_params(path, merge(read_params(path), changes))
 
 
 # ---------------------------------------------------------------------------------------------- no
@@ -131,24 +133,9 @@ def project_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
     # The same run stopped (SIGTERM to the stage, as `dvc queue kill` or Ctrl-C would) after epoch
     # 1, then again.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "train"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=clean_env(PYTHONUNBUFFERED="1"),
-    )
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("epoch 1/2"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    seen.append(proc.communicate(timeout=120)[0])
-    assert proc.returncode == 130, "".join(seen)
-    assert (root / "checkpoints/train.pt").is_file(), "".join(seen)
+    returncode, seen = stop_train_after_epoch(root, "epoch 1/2", signal.SIGTERM)
+    assert returncode == 130, seen
+    assert (root / "checkpoints/train.pt").is_file(), seen
     resumed = run(["python", "-m", "pipeline", "train"], root)
     resumed_hash = sha256(root / "models/model.pt")
 

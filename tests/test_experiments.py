@@ -221,6 +221,24 @@ def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
     assert len(images) == 2 and all(width > 0 for width in images)  # the two image grids
 
 
+def run_queued(project: Path, experiments: dict[str, list[str]]) -> str:
+    """Queue each named experiment with its `-S` values, run the queue with two workers, wait for
+    it (at most 10 minutes); returns `dvc queue status` at the end."""
+    for name, values in experiments.items():
+        run(
+            ["dvc", "exp", "run", "--queue", "-n", name, *[a for v in values for a in ("-S", v)]],
+            project,
+        )
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    return status
+
+
 def test_two_queued_experiments_run_in_parallel_into_one_store(
     project: Path, tmp_path: Path
 ) -> None:
@@ -229,31 +247,12 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(
     from helpers import store
 
     before = len(runs(project))
-    run(["dvc", "exp", "run", "--queue", "-n", "q-seed-1", "-S", "seed=1"], project)
-    # This one creates its MLflow experiment from DVC's throwaway copy: the artifacts must still
+    # The second creates its MLflow experiment from DVC's throwaway copy: the artifacts must still
     # land at the project root, or every model of that experiment vanishes with the copy.
-    run(
-        [
-            "dvc",
-            "exp",
-            "run",
-            "--queue",
-            "-n",
-            "q-seed-2",
-            "-S",
-            "seed=2",
-            "-S",
-            "mlflow.experiment_name=queued",
-        ],
+    status = run_queued(
         project,
+        {"q-seed-1": ["seed=1"], "q-seed-2": ["seed=2", "mlflow.experiment_name=queued"]},
     )
-    run(["dvc", "queue", "start", "-j", "2"], project)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], project).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
     assert status.count("Success") >= 2, status
     logs = "".join(
         run(["dvc", "queue", "logs", name], project, check=False).stdout

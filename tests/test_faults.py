@@ -4,34 +4,17 @@ RUNNING."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
-import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from helpers import EXPERIMENT, model_uri, run, runs, snapshot
-
-from pipeline.core.repo import clean_env
+from helpers import EXPERIMENT, model_uri, read_params, run, runs, start, write_params
 
 pytestmark = pytest.mark.e2e
-
-
-def start(root: Path, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=clean_env(PYTHONUNBUFFERED="1", **env),
-    )
 
 
 def kill_when(proc: subprocess.Popen[str], ready, timeout: float = 300) -> None:
@@ -141,10 +124,10 @@ def test_runs_racing_on_a_fresh_store_all_land(make_project, n: int) -> None:
         (copy / "data").mkdir(parents=True)
         (copy / "data" / "raw").symlink_to(root / "data" / "raw")
         shutil.copy(root / "data" / "stats.json", copy / "data" / "stats.json")
-        params = yaml.safe_load((root / "params.yaml").read_text())
+        params = read_params(root / "params.yaml")
         params["seed"] = i
         params["data"]["limit"] = 500
-        (copy / "params.yaml").write_text(yaml.safe_dump(params))
+        write_params(copy / "params.yaml", params)
         procs.append(start(copy, "train", DVC_ROOT=str(root), DVC_EXP_NAME=f"race-{i}"))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * n, "\n".join(outputs)
@@ -152,41 +135,3 @@ def test_runs_racing_on_a_fresh_store_all_land(make_project, n: int) -> None:
     assert sorted(r.data.tags["dvc.exp_name"] for r in landed) == [f"race-{i}" for i in range(n)]
     assert {r.info.status for r in landed} == {"FINISHED"}
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
-
-
-def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
-    make_project, tmp_path: Path
-) -> None:
-    root = make_project()
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    from pipeline.core.datasets import get
-    from pipeline.core.originals import local_source
-
-    packaged = local_source(get("mnist"))
-    assert packaged is not None
-    shutil.copy(packaged / "train-images-idx3-ubyte.gz", mirror)  # one of the four files
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["mirror"] = str(mirror)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "download"],
-        cwd=root,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert out[0] == (
-        f"data.mirror {mirror} lacks train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-        "t10k-labels-idx1-ubyte.gz; trying the next source"
-    )
-    assert out[1].startswith(f"mnist: copied from {packaged}")
-    old = os.umask(0o022)
-    try:
-        run(["python", "-m", "pipeline", "normalization-stats"], root)
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((root / "data/stats.json").stat().st_mode) == 0o644
-    assert stat.S_IMODE((root / "data/raw").stat().st_mode) == 0o755
-    assert "data/stats.json" in snapshot(root)

@@ -9,16 +9,16 @@ import tokenize
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers import REPO
 
+from pipeline.core.yamlio import read_yaml
 from pipeline_tools import dvc_deps
 
 PACKAGES = ("pipeline", "pipeline_tools", "pipeline_team")
 
 
 def stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return read_yaml((REPO / "dvc.yaml").read_text(), "dvc.yaml")["stages"]
 
 
 def stage_module(stage: dict) -> str:

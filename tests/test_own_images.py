@@ -1,22 +1,17 @@
 """Your own pictures through the real pipeline: a folder of photographs, versioned with `dvc add`,
-trained end to end with resnet18 at 64 px, tracked in MLflow, predicted on held-out pictures; and a
-folder's mistakes at the stage."""
+trained end to end with resnet18 at 64 px, tracked in MLflow, predicted on held-out pictures. (A
+folder's mistakes at the stage: test_folders.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 from helpers import (
-    assert_one_line_error,
-    assert_unchanged,
     create_project,
     run,
     runs,
-    snapshot,
     store,
 )
 from photos import held_out, make_photo_folder
@@ -94,86 +89,3 @@ def test_photographs_train_end_to_end_and_predict_names_held_out_pictures(tmp_pa
         "Running stage 'download'" in proc.stdout
         and "Running stage 'normalization-stats'" in proc.stdout
     )
-
-
-def folder_case(root: Path, name: str) -> Path:
-    """A small folder of generated pictures (2 classes × 6), then the change `name` makes to it."""
-    images = root / "data/images"
-    for i, cls in enumerate(("a", "b")):
-        (images / cls).mkdir(parents=True, exist_ok=True)
-        for j in range(6):
-            Image.new("RGB", (40 + j, 30), (40 * i, 20 * j, 90)).save(images / cls / f"{j}.png")
-    if name == "one-class":
-        shutil.rmtree(images / "b")
-    elif name == "pictures-at-top":
-        Image.new("RGB", (8, 8)).save(images / "loose.png")
-    elif name == "link-outside":
-        (images / "a" / "elsewhere").symlink_to(root.parent)
-    elif name == "class-emptied-by-skips":
-        for path in (images / "b").iterdir():
-            path.write_bytes(b"")
-    elif name == "missing-folder":
-        shutil.rmtree(images)
-    elif name == "class-of-one":
-        for path in sorted((images / "b").iterdir())[1:]:
-            path.unlink()
-    elif name == "class-copied":
-        shutil.copytree(images / "b", images / "b again")
-    elif name == "mac-zip-empty-class":  # a class of macOS's shadow files only, beside __MACOSX/
-        shutil.copytree(images / "a", images / "__MACOSX" / "a")
-        (images / "c").mkdir()
-        (images / "c" / "._0.png").write_bytes(b"\0\5\26\7")
-    return root
-
-
-@pytest.mark.parametrize(
-    ("case", "needles"),
-    [
-        ("missing-folder", ("data.folder", "no such folder", "one subfolder per class")),
-        ("one-class", ("data.folder", "1 class folder", "at least two classes")),
-        ("pictures-at-top", ("loose.png", "picture outside a class folder")),
-        ("link-outside", ("elsewhere", "symbolic link", "outside data.folder")),
-        ("class-emptied-by-skips", ("class 'b'", "no usable picture", "empty file")),
-        ("class-of-one", ("class 'b' has 1 picture", "at least 2 are needed")),
-        ("class-copied", ("classes 'b' and 'b again' hold the same 6", "copied or linked")),
-        ("mac-zip-empty-class", ("class 'c' has no usable picture", "c/._0.png: hidden file")),
-    ],
-)
-def test_a_bad_folder_is_one_line_and_changes_nothing(
-    tmp_path: Path, case: str, needles: tuple[str, ...]
-) -> None:
-    root = create_project(
-        tmp_path / "project", {"data": {"dataset": "folder", "folder": "data/images"}}
-    )
-    run(
-        ["python", "-m", "pipeline.stages.download"], folder_case(root, "good")
-    )  # a first, good decoding
-    before = snapshot(root)
-    folder_case(root, case)
-    after_edit = snapshot(root)
-    proc = run(["python", "-m", "pipeline.stages.download"], root, check=False)
-    assert_one_line_error(proc, *needles)
-    assert_unchanged(after_edit, snapshot(root))
-    assert {k: v for k, v in before.items() if k.startswith("data/raw")} == {
-        k: v for k, v in snapshot(root).items() if k.startswith("data/raw")
-    }
-
-
-def test_the_same_picture_in_train_and_test_is_reported(tmp_path: Path) -> None:
-    root = create_project(
-        tmp_path / "project", {"data": {"dataset": "folder", "folder": "data/images"}}
-    )
-    for split in ("train", "test"):
-        for k, cls in enumerate(("a", "b")):
-            (root / "data/images" / split / cls).mkdir(parents=True)
-            for j in range(3):
-                Image.new("L", (20, 20), 10 * j + 40 * k + (0 if split == "train" else 100)).save(
-                    root / "data/images" / split / cls / f"{j}.png"
-                )
-    shutil.copy(root / "data/images/train/a/0.png", root / "data/images/test/b/9.png")
-    proc = run(["python", "-m", "pipeline.stages.download"], root)
-    assert "warning: 1 picture(s) appear with the same pixels in two splits" in proc.stderr, (
-        proc.stderr
-    )
-    report = json.loads((root / "data/raw/folder/report.json").read_text())
-    assert report["duplicates"]["count"] == 1 and os.path.isdir(root / "data/raw/folder/train")

@@ -47,36 +47,6 @@ def test_two_clean_runs_are_identical(make_project) -> None:
     assert f"CPU flags: {cpu.flags()}; configuration repro/params-ci.yaml: portable" in first.stdout
 
 
-def test_recorded_hashes_are_compared_per_family() -> None:
-    from pipeline_tools.repro_check import hash_check
-
-    # Exact within a family; another family's model is shown, not required equal (its metrics are
-    # compared).
-    recorded = {"avx2": "a" * 64, "avx2 avx512_bf16 avx512f": "b" * 64}
-    lines, differs = hash_check("a" * 64, recorded, here="avx2")
-    assert differs is False
-    assert lines == [
-        "  recorded on [avx2] (this CPU family): aaaaaaaaaaaaaaaa… same",
-        "  recorded on [avx2 avx512_bf16 avx512f] (another family): bbbbbbbbbbbbbbbb… other bytes "
-        "(equal only within a family; metrics are compared)",
-    ]
-    assert hash_check("c" * 64, recorded, here="avx2")[1] is True
-    lines, differs = hash_check("a" * 64, {}, here="avx2")
-    assert differs is False and "nothing recorded on [avx2] yet" in lines[0]
-
-
-def test_reference_comparison_uses_the_tolerance() -> None:
-    from pipeline_tools.repro_check import report
-    from pipeline_tools.rerun import Outcome
-
-    run1 = Outcome(
-        hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2}
-    )
-    rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)
-    assert off == ["eval.loss"]
-    assert [r[-1] for r in rows] == ["ok", "OFF", "same"]
-
-
 def test_unseeded_shuffling_is_caught_with_a_diff(make_project) -> None:
     root = checkable_project(make_project, "unseeded")
     loop = root / "pipeline" / "core" / "loop.py"

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from helpers import run
+from helpers import run, sha256, stop_train_after_epoch
 from mlflow.tracking import MlflowClient
-
-from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e
 
@@ -21,10 +14,6 @@ PARAMS = {
     "data": {"limit": 3000, "val_size": 500},
     "train": {"epochs": 3, "batch_size": 64, "patience": None, "precision": "fp32"},
 }
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_killed_train_resumes_to_identical_weights(make_project) -> None:
@@ -36,23 +25,8 @@ def test_killed_train_resumes_to_identical_weights(make_project) -> None:
     uninterrupted = sha256(root / "models/model.pt")
     assert not (root / "checkpoints/train.pt").exists()  # removed after a finished run
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "train"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=clean_env(PYTHONUNBUFFERED="1"),
-    )
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("epoch 1/3"):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    returncode, seen = stop_train_after_epoch(root, "epoch 1/3", signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, seen
     assert (root / "checkpoints/train.pt").is_file()
 
     resumed = run(["python", "-m", "pipeline", "train"], root).stdout

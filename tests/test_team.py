@@ -8,14 +8,12 @@ then a restart that must keep it, then a clone that pulls it, then an experiment
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import signal
 import socket
 import urllib.error
 import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,10 +21,10 @@ from helpers import (
     DEFAULT_LR,
     EXPERIMENT,
     OTHER_LR,
-    REPO,
     assert_one_line_error,
     create_project,
     run,
+    sha256,
 )
 
 from pipeline_team import stack
@@ -73,10 +71,6 @@ def s3_keys(stack, bucket: str) -> list[str]:
     return keys
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def clones(tmp_path_factory, team_stack) -> SimpleNamespace:
     """A bare git remote, clone `a` (the project) pushed to it, and the folder for clone `b`."""
@@ -89,51 +83,6 @@ def clones(tmp_path_factory, team_stack) -> SimpleNamespace:
     run(["git", "remote", "add", "origin", str(origin)], a)
     run(["git", "push", "-q", "origin", "main"], a)
     return SimpleNamespace(base=base, origin=origin, a=a, b=base / "b", run_id=None)
-
-
-def test_stack_mistakes_are_one_line_errors(tmp_path: Path) -> None:
-    # No servers needed: each mistake is found before anything starts.
-    folder = tmp_path / "stack"
-    cmd = ["python", "-m", "pipeline", "stack"]
-    assert_one_line_error(
-        run([*cmd, "status", "--dir", str(folder)], REPO, check=False), "no stack here"
-    )
-    assert_one_line_error(
-        run(
-            [*cmd, "start", "--dir", str(folder)],
-            REPO,
-            check=False,
-            PIPELINE_PG_BIN=str(tmp_path / "nowhere"),
-        ),
-        "PostgreSQL server binaries not found",
-    )
-    config = stack.load(folder, create=True).config
-    # The checks below come after the binaries': stand-ins let them run where PostgreSQL is missing.
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    for name in ("pg_ctl", "initdb"):
-        (fake_bin / name).touch()
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", config.ports["s3"]))
-        busy.listen()
-        proc = run(
-            [*cmd, "start", "--dir", str(folder)], REPO, check=False, PIPELINE_PG_BIN=str(fake_bin)
-        )
-    assert_one_line_error(proc, f"port {config.ports['s3']}", "in use")
-    (folder / "pids.json").write_text(
-        json.dumps({"s3": {"pid": 2**22 + 1, "created": 1.0, "session": True}})
-    )
-    proc = run(
-        [*cmd, "stop", "--dir", str(folder)], REPO
-    )  # a record whose processes are gone: just forgotten
-    assert (
-        "s3: was not running (record removed)" in proc.stdout
-        and not (folder / "pids.json").exists()
-    )
-    # A colleague's clone names the stack that runs; without it, the error says how.
-    assert_one_line_error(
-        run([*cmd, "env"], REPO, check=False, PIPELINE_STACK_DIR=str(tmp_path / "none")), "--dir"
-    )
 
 
 def test_requests_without_the_credentials_are_refused(team_stack) -> None:

@@ -1,44 +1,39 @@
-"""Failures DVC and MLflow users have reported publicly, replayed on this pipeline; each closed as a
-kind.
+"""What reaches the MLflow tracking store, against a finished project, and what is refused before
+it: stores that are not there or not MLflow, variables that point MLflow at a run the pipeline did
+not open, `-S` values as DVC records them, a diverged or collapsed model, a parameter longer than
+MLflow stores, MLflow's Default experiment pinned in DVC's scratch space.
 
-`-S` values read as DVC records them; MLflow's Default experiment pinned in DVC's scratch space; a
-diverged or collapsed model; a parameter longer than MLflow stores; variables that point MLflow at a
-run the pipeline did not open. Each given input is one test, and the rest of its kind more.
+Most are failures DVC and MLflow users have reported publicly, replayed on this pipeline; each
+closed as a kind (the given input is one test, the rest of its kind more).
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, finished_project, run, runs, snapshot, store
+from helpers import (
+    assert_one_line_error,
+    finished_project,
+    free_port,
+    refused_in_one_line,
+    run,
+    runs,
+    snapshot,
+    store,
+)
 
 from pipeline.core.tracking.store import FOREIGN_TARGETS
 from pipeline.core.yamlio import read_yaml
 
 pytestmark = pytest.mark.e2e
-
-# Values as `dvc exp run -S key=VALUE` writes them into params.yaml (DVC's Hydra parser, then
-# ruamel's YAML 1.2 dumper), where YAML 1.1 (PyYAML) reads something else: booleans, sexagesimal
-# numbers, exponents.
-YAML_11_TRAPS = [
-    "off",
-    "on",
-    "yes",
-    "no",
-    "Off",
-    "NO",
-    "4:2",
-    "1:30:00",
-    "1e-05",
-    "010",
-    "0o17",
-    "0x1F",
-    "2024-01-01",
-]
 
 
 def back_to_head(project: Path) -> None:
@@ -56,23 +51,82 @@ def strict_json(path: Path) -> object:
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-@pytest.mark.parametrize("value", YAML_11_TRAPS)
-def test_params_yaml_is_read_as_dvc_reads_it(tmp_path: Path, value: str) -> None:
-    from dvc.utils.hydra import apply_overrides
-    from dvc.utils.serialize import parse_yaml
-
-    path = tmp_path / "params.yaml"
-    path.write_text("x: 0\n")
-    apply_overrides(str(path), [f"x={value}"])  # what `dvc exp run -S x=VALUE` does to the file
-    text = path.read_text()
-    assert read_yaml(text) == parse_yaml(text, str(path))
-    by_hand = f"x: {value}\n"  # and as a person may write it
-    assert read_yaml(by_hand) == parse_yaml(by_hand, "params.yaml")
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return finished_project(tmp_path_factory.mktemp("user-reports") / "project")
+
+
+TRAIN = ["python", "-m", "pipeline.stages.train"]
+
+
+@pytest.fixture
+def not_mlflow() -> Iterator[str]:
+    """A web server that answers every request with 200 and plain text: /health passes, the API does
+    not."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[str]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_unknown_uri_scheme(project: Path) -> None:
+    uri = "nonsense://x"
+    refused_in_one_line(
+        project,
+        TRAIN,
+        (f"MLFLOW_TRACKING_URI={uri}", "unknown scheme"),
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+
+
+def test_tracking_server_that_is_not_mlflow(project: Path, not_mlflow: str) -> None:
+    refused_in_one_line(
+        project,
+        TRAIN,
+        (f"MLFLOW_TRACKING_URI={not_mlflow}", "not an MLflow tracking server"),
+        env={"MLFLOW_TRACKING_URI": not_mlflow},
+    )
+
+
+def test_tracking_server_that_never_answers(project: Path, silent_port: str) -> None:
+    refused_in_one_line(
+        project,
+        TRAIN,
+        (f"MLFLOW_TRACKING_URI={silent_port}", "unreachable"),
+        env={"MLFLOW_TRACKING_URI": silent_port},
+    )
+
+
+def test_tracking_server_that_is_down(project: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    refused_in_one_line(
+        project,
+        ["python", "-m", "pipeline.stages.evaluate"],
+        (f"MLFLOW_TRACKING_URI={dead}", "unreachable"),
+        env={"MLFLOW_TRACKING_URI": dead},
+    )
 
 
 def test_set_values_are_those_dvc_records_in_the_run_and_in_mlflow(project: Path) -> None:

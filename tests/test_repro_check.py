@@ -1,0 +1,34 @@
+"""`pipeline repro-check`'s comparisons, on given numbers: model hashes per CPU family, metrics
+against the reference within its tolerance. (Reruns for real: test_reproducibility.py.)"""
+
+from __future__ import annotations
+
+
+def test_recorded_hashes_are_compared_per_family() -> None:
+    from pipeline_tools.repro_check import hash_check
+
+    # Exact within a family; another family's model is shown, not required equal (its metrics are
+    # compared).
+    recorded = {"avx2": "a" * 64, "avx2 avx512_bf16 avx512f": "b" * 64}
+    lines, differs = hash_check("a" * 64, recorded, here="avx2")
+    assert differs is False
+    assert lines == [
+        "  recorded on [avx2] (this CPU family): aaaaaaaaaaaaaaaa… same",
+        "  recorded on [avx2 avx512_bf16 avx512f] (another family): bbbbbbbbbbbbbbbb… other bytes "
+        "(equal only within a family; metrics are compared)",
+    ]
+    assert hash_check("c" * 64, recorded, here="avx2")[1] is True
+    lines, differs = hash_check("a" * 64, {}, here="avx2")
+    assert differs is False and "nothing recorded on [avx2] yet" in lines[0]
+
+
+def test_reference_comparison_uses_the_tolerance() -> None:
+    from pipeline_tools.repro_check import report
+    from pipeline_tools.rerun import Outcome
+
+    run1 = Outcome(
+        hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.2}
+    )
+    rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)
+    assert off == ["eval.loss"]
+    assert [r[-1] for r in rows] == ["ok", "OFF", "same"]
