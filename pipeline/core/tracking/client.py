@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core import paths
-from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import origin_tags, param_value
 from pipeline.core.tracking.store import (
@@ -20,6 +20,7 @@ from pipeline.core.tracking.store import (
     check_artifact_location,
     check_environment,
     check_reachable,
+    describe_failure,
     interrupts_as_keyboard,
     sqlite_lock,
     tracking_uri,
@@ -45,7 +46,7 @@ def _store_errors(method: F) -> F:
         try:
             return method(self, *args, **kwargs)
         except (MlflowException, SQLAlchemyError, OSError) as exc:
-            raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
+            raise PipelineError(describe_failure(self.uri, exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -159,7 +160,7 @@ class MlflowTracker(Tracker):
                 # CPU, memory, disk, network (and GPU where pynvml finds one) as system/* metrics.
                 run = mlflow.start_run(**start_kwargs, log_system_metrics=True)
             except MlflowException as exc:
-                raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
+                raise PipelineError(describe_failure(self.uri, exc)) from None
             try:
                 yield run
             except BaseException as exc:
