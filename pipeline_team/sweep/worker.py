@@ -31,7 +31,7 @@ from typing import Any
 from pipeline.core import paths, trial
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params, cli_value, with_values
-from pipeline.core.repo import clean_env, git
+from pipeline.core.repo import clean_env, executable, git
 from pipeline_team.sweep.space import SearchSpace
 from pipeline_team.sweep.study import EXP_ATTR, RUN_ATTR, exp_name, open_study
 
@@ -107,7 +107,9 @@ def has_experiment(repo: Path, name: str) -> bool:
 
 
 def _dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["dvc", *args], cwd=cwd, env=clean_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [executable("dvc"), *args], cwd=cwd, env=clean_env(), capture_output=True, text=True
+    )
     if check and proc.returncode != 0:
         raise PipelineError(
             f"dvc {' '.join(args)} in {cwd}: {first_line(Exception(proc.stderr or proc.stdout))}"
@@ -236,7 +238,12 @@ def _run_trial(
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(
-            cmd, cwd=copy.path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            [executable("dvc"), *cmd[1:]],
+            cwd=copy.path,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # its own group: stopped whole on Ctrl-C
         try:
             asked_id = trial.trial_id(storage, asked.study.study_name, number)
