@@ -96,12 +96,12 @@ def main(
     from mlflow.tracking import MlflowClient
 
     from pipeline.core.params import load_params
-    from pipeline.core.tracking import store
+    from pipeline.core.tracking import schema, store
 
     experiment_name = experiment_name or load_params().mlflow.experiment_name
     uri = store.tracking_uri()
     store.check_reachable(uri)
-    with store.store_errors(uri):
+    with schema.store_errors(uri):
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment_name)
         if exp is None:

@@ -114,12 +114,12 @@ def main(run_id: str, tolerance: float) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pipeline.core.tracking import store
+    from pipeline.core.tracking import schema, store
 
     uri = store.tracking_uri()
     store.check_reachable(uri)
     client = MlflowClient(uri)
-    with store.store_errors(uri):
+    with schema.store_errors(uri):
         try:
             run = client.get_run(run_id)
         except MlflowException as exc:
@@ -140,7 +140,7 @@ def main(run_id: str, tolerance: float) -> None:
     root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
     tmp = Path(tempfile.mkdtemp(prefix="reproduce-"))
     try:  # whatever happens, the clone (with its data: ~130 MB) goes
-        with store.store_errors(uri):
+        with schema.store_errors(uri):
             values = params_from_run(client, run, tmp)
         clone = rerun.clone(root, commit, tmp / "clone")
         update_yaml(clone / paths.PARAMS, values)

@@ -11,7 +11,7 @@ The list (see docs/speed.md for the seconds each buys, measured by benchmarks/be
 3. core/serving.py `InputError.serialize_as_json` (a public method, overridden): MLflow's scoring
    server prefixes a model's error with the whole input array; tests/test_serving.py checks the real
    server's answer is our one line.
-4. core/tracking/store.py `mlflow_revisions` reads MLflow's migration scripts
+4. core/tracking/schema.py `mlflow_revisions` reads MLflow's migration scripts
    (mlflow/store/db_migrations/versions) without importing them: its newest must be the head MLflow
    itself expects, and the list the whole of alembic's.
 Each test here runs in a fresh interpreter, so no earlier import or cache in the test process hides
@@ -113,8 +113,8 @@ def test_short_runs_still_lose_their_last_system_metrics_interval(tmp_path: Path
 REVISIONS_SCRIPT = """
 from alembic.script import ScriptDirectory
 from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
-from pipeline.core.tracking import store
-ours = store.mlflow_revisions()
+from pipeline.core.tracking import schema
+ours = schema.mlflow_revisions()
 assert ours[-1] == _get_latest_schema_revision(), (ours[-1], _get_latest_schema_revision())
 theirs = ScriptDirectory.from_config(_get_alembic_config("")).walk_revisions()
 assert sorted(ours) == sorted(r.revision for r in theirs)

@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_one_line_error, create_project, free_port, run
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.tracking import store
+from pipeline.core.tracking import schema
 
 NEWER_REVISION = "ffffffffffff"  # an alembic revision id no MLflow release uses
 
@@ -92,16 +92,16 @@ def test_every_command_names_an_unusable_store_in_one_line(
 
 def test_an_older_schema_keeps_the_upgrade_advice(sound_store: Path, tmp_path: Path) -> None:
     db = shutil.copy(sound_store, tmp_path / "mlflow.db")
-    older = store.mlflow_revisions()[-2]
+    older = schema.mlflow_revisions()[-2]
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE alembic_version SET version_num = ?", (older,))
     with pytest.raises(PipelineError, match=f"revision {older}.*older.*mlflow db upgrade"):
-        store.check_sqlite(f"sqlite:///{db}")
+        schema.check_sqlite(f"sqlite:///{db}")
 
 
 def test_a_sound_store_and_a_missing_one_pass(sound_store: Path, tmp_path: Path) -> None:
-    store.check_sqlite(f"sqlite:///{sound_store}")
-    store.check_sqlite(f"sqlite:///{tmp_path / 'not-yet.db'}")  # the first run creates it
+    schema.check_sqlite(f"sqlite:///{sound_store}")
+    schema.check_sqlite(f"sqlite:///{tmp_path / 'not-yet.db'}")  # the first run creates it
     assert not (tmp_path / "not-yet.db").exists()
 
 
@@ -113,8 +113,8 @@ def test_mlflow_own_schema_message_is_named_the_same_way() -> None:
     uri = "postgresql://host/mlflow"
     exc = MlflowException(
         f"Detected out-of-date database schema (found version {NEWER_REVISION}, but expected "
-        f"{store.mlflow_revisions()[-1]}). Take a backup of your database, then run 'mlflow db "
+        f"{schema.mlflow_revisions()[-1]}). Take a backup of your database, then run 'mlflow db "
         "upgrade <database_uri>'"
     )
-    assert "written by a newer MLflow" in store.describe_failure(uri, exc)
-    assert store.describe_failure(uri, MlflowException("boom")) == f"MLflow store {uri}: boom"
+    assert "written by a newer MLflow" in schema.describe_failure(uri, exc)
+    assert schema.describe_failure(uri, MlflowException("boom")) == f"MLflow store {uri}: boom"

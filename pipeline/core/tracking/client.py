@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core import paths
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import origin_tags, param_value
 from pipeline.core.tracking.store import (
@@ -20,7 +20,6 @@ from pipeline.core.tracking.store import (
     check_artifact_location,
     check_environment,
     check_reachable,
-    describe_failure,
     interrupts_as_keyboard,
     sqlite_lock,
     tracking_uri,
@@ -42,6 +41,8 @@ def _store_errors(method: F) -> F:
     def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
         from mlflow.exceptions import MlflowException
         from sqlalchemy.exc import SQLAlchemyError
+
+        from pipeline.core.tracking.schema import describe_failure
 
         try:
             return method(self, *args, **kwargs)
@@ -160,7 +161,7 @@ class MlflowTracker(Tracker):
                 # CPU, memory, disk, network (and GPU where pynvml finds one) as system/* metrics.
                 run = mlflow.start_run(**start_kwargs, log_system_metrics=True)
             except MlflowException as exc:
-                raise PipelineError(describe_failure(self.uri, exc)) from None
+                raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
             try:
                 yield run
             except BaseException as exc:
