@@ -55,8 +55,8 @@ def test_every_external_command_goes_through_executable() -> None:
             hits = bare.findall(path.read_text())
             if hits:
                 found[path.relative_to(REPO).as_posix()] = hits
-    # These show a dvc command as a user would type it, and run it with executable("dvc") in place
-    # of its first word.
+    # These show a dvc command as a user would type it and run it with executable("dvc") in place
+    # of its first word (the sweep's trial: with trial_env, whose PATH starts with the venv's bin).
     shown = (
         "pipeline_tools/preset.py",
         "pipeline_team/sweep/worker.py",

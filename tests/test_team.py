@@ -30,7 +30,6 @@ from helpers import (
 )
 
 from pipeline_team import stack
-from pipeline_team.stack import remote
 from pipeline_team.stack.processes import Record
 
 pytestmark = pytest.mark.e2e
@@ -92,49 +91,6 @@ def clones(tmp_path_factory, team_stack) -> SimpleNamespace:
     return SimpleNamespace(base=base, origin=origin, a=a, b=base / "b", run_id=None)
 
 
-def secret_holders(stack_: stack.Stack, files) -> list[Path]:
-    """Those of `files` that hold one of the stack's generated credentials."""
-    config = stack_.config
-    secrets = (
-        config.pg_password,
-        config.s3_key,
-        config.s3_secret,
-        config.mlflow_password,
-        config.flask_secret,
-    )
-    found = []
-    for path in files:
-        try:
-            data = path.read_bytes() if path.is_file() else b""
-        except OSError:  # a socket, or PostgreSQL's own files when not run as root
-            continue
-        if any(secret.encode() in data for secret in secrets):
-            found.append(path)
-    return found
-
-
-@pytest.mark.parametrize("existing", [False, True], ids=["new-config-local", "config-local-0644"])
-def test_the_dvc_remote_keeps_the_s3_credentials_owner_only(tmp_path: Path, existing: bool) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
-    config_local = project / ".dvc" / "config.local"
-    if existing:  # as `make setup` leaves it: the offline plots page, readable by all
-        config_local.write_text("[plots]\n    html_template = plots-offline.html\n")
-        config_local.chmod(0o644)
-    stack_ = stack.load(tmp_path / "stack", create=True)
-    umask = os.umask(0o022)  # the usual one, whatever the test runner's
-    try:
-        remote.configure(stack_, project)
-    finally:
-        os.umask(umask)
-    assert secret_holders(stack_, [config_local]) == [config_local]
-    assert config_local.stat().st_mode & 0o777 == 0o600
-    assert ("plots-offline.html" in config_local.read_text()) == existing
-    assert run(["dvc", "remote", "default"], project).stdout.strip() == remote.NAME
-
-
 def test_stack_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     # No servers needed: each mistake is found before anything starts.
     folder = tmp_path / "stack"
@@ -192,6 +148,8 @@ def test_requests_without_the_credentials_are_refused(team_stack) -> None:
         "postgresql+psycopg2://"
     ) and team_stack.optuna_storage.endswith("/optuna")
     # Credentials are saved for the owner only: every file of the stack that holds one.
+    from test_stack_secrets import secret_holders
+
     holders = secret_holders(team_stack, team_stack.dir.rglob("*"))
     assert {"stack.json", "basic_auth.ini"} <= {path.name for path in holders}
     for path in [*holders, team_stack.dir / "pids.json"]:

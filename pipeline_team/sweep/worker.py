@@ -31,7 +31,7 @@ from typing import Any
 from pipeline.core import paths, trial
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params, cli_value, with_values
-from pipeline.core.repo import clean_env, executable, git
+from pipeline.core.repo import clean_env, git
 from pipeline_team.sweep.space import SearchSpace
 from pipeline_team.sweep.study import EXP_ATTR, RUN_ATTR, exp_name, open_study
 
@@ -107,6 +107,8 @@ def has_experiment(repo: Path, name: str) -> bool:
 
 
 def _dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    from pipeline.core.repo import executable
+
     proc = subprocess.run(
         [executable("dvc"), *args], cwd=cwd, env=clean_env(), capture_output=True, text=True
     )
@@ -238,12 +240,7 @@ def _run_trial(
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(
-            [executable("dvc"), *cmd[1:]],
-            cwd=copy.path,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, cwd=copy.path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )  # its own group: stopped whole on Ctrl-C
         try:
             asked_id = trial.trial_id(storage, asked.study.study_name, number)
