@@ -78,8 +78,8 @@ def check_mirror(spec: DatasetSpec, mirror: Path) -> None:
             actual = md5sum(path)
             if actual != expected:
                 raise PipelineError(
-                    f"data.mirror: {path} is damaged: MD5 {actual}, torchvision's is {expected}; "
-                    "replace it with a sound copy or remove it"
+                    f"data.mirror: {path}: MD5 {actual} does not match torchvision's {expected} "
+                    "(a damaged copy); replace it with a sound one or remove it"
                 )
 
 
