@@ -19,9 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.core.errors import PipelineError
+from pipeline.core.yamlio import read_yaml
 
 DVC_YAML = Path("dvc.yaml")
 HASHED_BYTES = 1 << 20  # files up to this size are compared by content, larger ones by size+mtime
@@ -30,9 +29,10 @@ _VARIABLE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
 
 
 def _load(path: Path) -> Any:
+    """`path`'s YAML as DVC reads it (core.yamlio), or UNREADABLE."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return read_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, PipelineError):
         return UNREADABLE
 
 
