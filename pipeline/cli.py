@@ -17,6 +17,7 @@ from pipeline.core.errors import PipelineError, ReportedError
 F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_USER_ERROR = 2  # the same code Click uses for usage errors
+STAGES = "pipeline.stages."  # the package of the commands dvc.yaml runs
 
 params_option = click.option(
     "--params",
@@ -34,6 +35,7 @@ def reports_errors(func: F) -> F:
 
     Anything else is a bug in this package and keeps its traceback.
     """
+    func = guards_inputs(func) if _module(func).startswith(STAGES) else func  # a stage of dvc.yaml
 
     @functools.wraps(func)
     def wrapper(*args: object, **kwargs: object) -> object:
@@ -53,3 +55,36 @@ def reports_errors(func: F) -> F:
             gc.freeze()
 
     return wrapper  # type: ignore[return-value]
+
+
+def guards_inputs(func: F) -> F:
+    """Stop a stage, in one line, when its inputs in dvc.yaml (its parameters in --params, its deps)
+    change while it runs: checked before every output replaces its previous version and once more
+    at the end (core.workspace). The stage's name is its module's (normalization_stats ->
+    normalization-stats)."""
+    stage = _module(func).removeprefix(STAGES).replace("_", "-")
+
+    @functools.wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        from pipeline.core import atomic, workspace
+
+        params_file = kwargs.get("params_file")
+        guard = workspace.InputGuard(
+            stage, params_file if isinstance(params_file, Path) else paths.PARAMS
+        )
+        with atomic.checked(guard.check):
+            result = func(*args, **kwargs)
+        guard.check()
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _module(func: Callable[..., object]) -> str:
+    """The dotted name of `func`'s module, also when it runs as `python -m` (dvc.yaml's commands),
+    where Python names it __main__."""
+    if func.__module__ == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is not None:
+            return str(spec.name)
+    return func.__module__

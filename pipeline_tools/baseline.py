@@ -17,7 +17,7 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.repo import clean_env, git
+from pipeline.core.repo import clean_env, executable, git
 from pipeline.core.yamlio import read_yaml
 
 LOCK = Path("dvc.lock")
@@ -75,7 +75,7 @@ def main(rev: str) -> None:
     click.echo(f"restored from {rev}: {', '.join(committed)}")
     cache = Path(
         subprocess.run(
-            ["dvc", "cache", "dir"],
+            [executable("dvc"), "cache", "dir"],
             cwd=root,
             env=clean_env(),
             capture_output=True,
@@ -89,7 +89,7 @@ def main(rev: str) -> None:
         (restorable if in_cache(cache, md5) else missing).append(path)
     if restorable:
         proc = subprocess.run(
-            ["dvc", "checkout", *restorable],
+            [executable("dvc"), "checkout", *restorable],
             cwd=root,
             env=clean_env(),
             capture_output=True,

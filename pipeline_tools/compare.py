@@ -96,30 +96,31 @@ def main(
     from mlflow.tracking import MlflowClient
 
     from pipeline.core.params import load_params
-    from pipeline.core.tracking import store
+    from pipeline.core.tracking import schema, store
 
     experiment_name = experiment_name or load_params().mlflow.experiment_name
     uri = store.tracking_uri()
     store.check_reachable(uri)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        raise PipelineError(
-            f"no MLflow experiment {experiment_name!r} in {uri}; run the pipeline first"
-        )
-    if exp_names:
-        # MLflow's search has no IN for tags; experiments are few, so filter here.
-        every = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
-        runs = [r for r in every if r.data.tags.get("dvc.exp_name") in exp_names]
-        missing = set(exp_names) - {r.data.tags.get("dvc.exp_name") for r in runs}
-        if missing:
+    with schema.store_errors(uri):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
             raise PipelineError(
-                f"no MLflow run for DVC experiment(s) {', '.join(sorted(missing))} in {uri}"
+                f"no MLflow experiment {experiment_name!r} in {uri}; run the pipeline first"
             )
-    else:
-        runs = client.search_runs(
-            [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=last
-        )
+        if exp_names:
+            # MLflow's search has no IN for tags; experiments are few, so filter here.
+            every = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+            runs = [r for r in every if r.data.tags.get("dvc.exp_name") in exp_names]
+            missing = set(exp_names) - {r.data.tags.get("dvc.exp_name") for r in runs}
+            if missing:
+                raise PipelineError(
+                    f"no MLflow run for DVC experiment(s) {', '.join(sorted(missing))} in {uri}"
+                )
+        else:
+            runs = client.search_runs(
+                [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=last
+            )
     if not runs:
         raise PipelineError(f"no runs in MLflow experiment {experiment_name!r}")
     base = ui_base or (

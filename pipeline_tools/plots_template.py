@@ -21,6 +21,7 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import atomic
 from pipeline.core.errors import PipelineError
+from pipeline.core.repo import executable
 
 # The versions DVC's own page uses are older; these are the newest of the same majors (Vega-Lite 5
 # specs).
@@ -75,9 +76,10 @@ def build(tarballs: dict[str, Path]) -> str:
 @reports_errors
 def main(out: Path) -> None:
     """Fetch the pinned Vega builds with npm and write DVC's offline plots page."""
+    npm, dvc = executable("npm"), executable("dvc")  # both found before the download
     with tempfile.TemporaryDirectory(prefix="vega-") as tmp:
         proc = subprocess.run(
-            ["npm", "pack", "--silent", "--pack-destination", tmp, *PACKAGES],
+            [npm, "pack", "--silent", "--pack-destination", tmp, *PACKAGES],
             capture_output=True,
             text=True,
         )
@@ -92,7 +94,7 @@ def main(out: Path) -> None:
         atomic.write_text(out, build(tarballs))
     # The path is relative to .dvc/, where DVC looks for templates.
     proc = subprocess.run(
-        ["dvc", "config", "--local", "plots.html_template", out.name],
+        [dvc, "config", "--local", "plots.html_template", out.name],
         capture_output=True,
         text=True,
     )

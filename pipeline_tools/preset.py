@@ -18,7 +18,7 @@ import click
 from pipeline.cli import params_option, reports_errors
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import cli_value, flatten, merge, parse_params
-from pipeline.core.repo import clean_env
+from pipeline.core.repo import clean_env, executable
 from pipeline.core.yamlio import read_yaml
 
 
@@ -71,4 +71,4 @@ def main(preset: Path, params_file: Path, dry_run: bool) -> None:
     ]
     click.echo(shlex.join(cmd))
     if not dry_run:
-        raise SystemExit(subprocess.run(cmd, env=clean_env()).returncode)
+        raise SystemExit(subprocess.run([executable("dvc"), *cmd[1:]], env=clean_env()).returncode)

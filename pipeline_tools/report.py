@@ -18,7 +18,7 @@ import click
 from pipeline.cli import reports_errors
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
-from pipeline.core.repo import clean_env, git
+from pipeline.core.repo import clean_env, executable, git
 
 PER_CLASS = "per_class_accuracy."
 IMAGES = (paths.TEST_SAMPLES_PLOT, paths.TRAIN_SAMPLES_PLOT)
@@ -26,7 +26,9 @@ IMAGES = (paths.TEST_SAMPLES_PLOT, paths.TRAIN_SAMPLES_PLOT)
 
 def dvc_json(*args: str) -> dict[str, Any]:
     """`dvc ARGS --json` parsed; a DVC failure becomes one line."""
-    proc = subprocess.run(["dvc", *args, "--json"], capture_output=True, text=True, env=clean_env())
+    proc = subprocess.run(
+        [executable("dvc"), *args, "--json"], capture_output=True, text=True, env=clean_env()
+    )
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise PipelineError(
@@ -160,6 +162,7 @@ def build(baseline: str, mlflow_url: str | None = None) -> str:
 @click.option("--mlflow-url", default=None, help="Tracking server URL to name in the report.")
 @reports_errors
 def main(baseline: str, output: Path | None, mlflow_url: str | None) -> None:
+    executable("git")  # named here when missing: build's check would call --baseline unknown
     text = build(baseline, mlflow_url)
     if output is None:
         click.echo(text, nl=False)

@@ -25,6 +25,9 @@ from pipeline.core.repo import git
 from pipeline.core.yamlio import read_yaml, update_yaml
 from pipeline_tools import rerun
 
+# MLflow's error codes for a run id that names no run (SQL store; server).
+NO_SUCH_RUN = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
 
 def params_from_run(client: Any, run: Any, folder: Path) -> dict[str, Any]:
     """The run's parameters as nested params.yaml content: its `params.yaml` artifact (every value
@@ -111,15 +114,18 @@ def main(run_id: str, tolerance: float) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pipeline.core.tracking import store
+    from pipeline.core.tracking import schema, store
 
     uri = store.tracking_uri()
     store.check_reachable(uri)
     client = MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise PipelineError(f"--run-id: no run {run_id} in {uri}") from None
+    with schema.store_errors(uri):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code not in NO_SUCH_RUN:  # the store failed: store_errors names it
+                raise
+            raise PipelineError(f"--run-id: no run {run_id} in {uri}") from None
     commit = run.data.tags.get("git.commit")
     if not commit:
         raise PipelineError(
@@ -134,7 +140,8 @@ def main(run_id: str, tolerance: float) -> None:
     root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
     tmp = Path(tempfile.mkdtemp(prefix="reproduce-"))
     try:  # whatever happens, the clone (with its data: ~130 MB) goes
-        values = params_from_run(client, run, tmp)
+        with schema.store_errors(uri):
+            values = params_from_run(client, run, tmp)
         clone = rerun.clone(root, commit, tmp / "clone")
         update_yaml(clone / paths.PARAMS, values)
         click.echo(

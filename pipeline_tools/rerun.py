@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import flatten
-from pipeline.core.repo import clean_env, git
+from pipeline.core.repo import clean_env, executable, git
 from pipeline.core.yamlio import update_yaml
 
 
@@ -69,7 +69,7 @@ def run_pipeline(
     with open(log, "w") as fh:
         # Unbuffered: the stages print each epoch as it ends, not all at exit.
         proc = subprocess.Popen(
-            ["dvc", "repro"],
+            [executable("dvc"), "repro"],
             cwd=root,
             env=clean_env(PYTHONUNBUFFERED="1"),
             text=True,

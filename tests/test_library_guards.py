@@ -11,6 +11,9 @@ The list (see docs/speed.md for the seconds each buys, measured by benchmarks/be
 3. core/serving.py `InputError.serialize_as_json` (a public method, overridden): MLflow's scoring
    server prefixes a model's error with the whole input array; tests/test_serving.py checks the real
    server's answer is our one line.
+4. core/tracking/schema.py `mlflow_revisions` reads MLflow's migration scripts
+   (mlflow/store/db_migrations/versions) without importing them: its newest must be the head MLflow
+   itself expects, and the list the whole of alembic's.
 Each test here runs in a fresh interpreter, so no earlier import or cache in the test process hides
 a change.
 """
@@ -105,3 +108,18 @@ def test_short_runs_still_lose_their_last_system_metrics_interval(tmp_path: Path
         "MLflow now records the last partial sampling interval itself: drop tracking/client.py "
         "_last_system_sample"
     )
+
+
+REVISIONS_SCRIPT = """
+from alembic.script import ScriptDirectory
+from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
+from pipeline.core.tracking import schema
+ours = schema.mlflow_revisions()
+assert ours[-1] == _get_latest_schema_revision(), (ours[-1], _get_latest_schema_revision())
+theirs = ScriptDirectory.from_config(_get_alembic_config("")).walk_revisions()
+assert sorted(ours) == sorted(r.revision for r in theirs)
+"""
+
+
+def test_migration_scripts_still_give_mlflows_schema_revisions() -> None:
+    subprocess.run([sys.executable, "-c", REVISIONS_SCRIPT], cwd=REPO, check=True)

@@ -96,9 +96,13 @@ def test_requests_without_the_credentials_are_refused(team_stack) -> None:
     assert team_stack.optuna_storage.startswith(
         "postgresql+psycopg2://"
     ) and team_stack.optuna_storage.endswith("/optuna")
-    # Credentials are saved for the owner only.
-    for name in ("stack.json", "basic_auth.ini", "pids.json"):
-        assert (team_stack.dir / name).stat().st_mode & 0o077 == 0, name
+    # Credentials are saved for the owner only: every file of the stack that holds one.
+    from test_stack_secrets import secret_holders
+
+    holders = secret_holders(team_stack, team_stack.dir.rglob("*"))
+    assert {"stack.json", "basic_auth.ini"} <= {path.name for path in holders}
+    for path in [*holders, team_stack.dir / "pids.json"]:
+        assert path.stat().st_mode & 0o077 == 0, path
 
 
 def test_the_pipeline_logs_to_the_stack_and_its_artifacts_land_in_s3(team_stack, clones) -> None:

@@ -1,7 +1,9 @@
 """Write outputs under a temporary name and rename them into place, so no reader sees half a file.
 
 The temporary files are created private (0600, 0700 for folders) by tempfile; before the rename they
-get the permissions any other new file of the user gets (0666/0777 less the umask).
+get the permissions any other new file of the user gets (0666/0777 less the umask). Checks added
+with `checked` run before every rename: one that raises leaves the previous version in place (the
+stage decorator's: the stage's inputs did not change meanwhile, core.workspace).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,25 @@ def _umask() -> int:
 
 FILE_MODE = 0o666 & ~_umask()
 DIR_MODE = 0o777 & ~_umask()
+
+
+_CHECKS: list[Callable[[], None]] = []
+
+
+@contextmanager
+def checked(check: Callable[[], None]) -> Iterator[None]:
+    """Within the block, call `check` before any output written here replaces its previous version;
+    what it raises stops the write with that version left in place."""
+    _CHECKS.append(check)
+    try:
+        yield
+    finally:
+        _CHECKS.remove(check)
+
+
+def _before_replace() -> None:
+    for check in list(_CHECKS):
+        check()
 
 
 def _remove_stale(path: Path) -> None:
@@ -48,6 +69,7 @@ def write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, FILE_MODE)
+        _before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,6 +110,7 @@ def staged(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp / path.name
+        _before_replace()
         os.replace(tmp / path.name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,6 +127,7 @@ def directory(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, DIR_MODE)
+        _before_replace()
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -32,12 +32,34 @@ def fetch(params: Params) -> tuple[DatasetSpec, Path | None, list[str]]:
         raise PipelineError(f"data.mirror: folder {mirror} does not exist")
     notices = []
     if mirror is not None:
+        check_mirror(spec, mirror)
         missing = [name for name, _ in spec.files if not (mirror / name).is_file()]
         if missing:
             notices.append(
                 f"data.mirror {mirror} lacks {', '.join(missing)}; trying the next source"
             )
     return spec, download(spec, paths.RAW, mirror), notices
+
+
+def check_mirror(spec: DatasetSpec, mirror: Path) -> None:
+    """Raise PipelineError, in one line naming the file, its MD5 and torchvision's, when a file of
+    the dataset in `mirror` is damaged (truncated, another version), whether or not the mirror
+    holds all of the files.
+
+    The stage stops rather than passing over it to the next source: the user put the file there on
+    purpose (data.mirror), so a damaged copy is a mistake to show them, not to hide; taking the
+    package's copy or a download instead would train on files they did not choose and leave their
+    mirror broken for the next run and every project that shares it.
+    """
+    for name, expected in spec.files:
+        path = mirror / name
+        if path.is_file():
+            actual = md5sum(path)
+            if actual != expected:
+                raise PipelineError(
+                    f"data.mirror: {path}: MD5 {actual} does not match torchvision's {expected} "
+                    "(a damaged copy); replace it with a sound one or remove it"
+                )
 
 
 def md5sum(path: Path) -> str:

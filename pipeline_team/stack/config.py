@@ -140,6 +140,13 @@ def write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+def make_private(path: Path) -> None:
+    """Make `path` readable and writable by its owner only, creating it empty when missing: for a
+    file another program writes credentials into (DVC's `.dvc/config.local`)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 def export_lines(stack: Stack) -> str:
     """`export NAME=value` lines for a POSIX shell (`eval "$(python -m pipeline stack env)"`)."""
     return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in stack.env.items())

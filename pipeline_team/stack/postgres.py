@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.repo import executable
 from pipeline_team.stack.config import (
     DATABASES,
     PG_USER,
@@ -51,7 +52,7 @@ def _as_postgres() -> list[str]:
             "as root, PostgreSQL must run as the `postgres` system user, which does not exist: "
             "apt-get install postgresql creates it"
         ) from None
-    return ["runuser", "-u", "postgres", "--"]
+    return [executable("runuser"), "-u", "postgres", "--"]
 
 
 def _pg_dirs(stack: Stack) -> tuple[Path, Path, Path]:

@@ -1,5 +1,5 @@
 """This clone's DVC remote `team`, pointed at a stack's S3 store: written to `.dvc/config.local`
-(never committed).
+(never committed; readable by its owner only, as it holds the S3 secret).
 
 The committed `.dvc/config` names no remote, so a solo clone's `dvc push` says plainly that none is
 configured. The remote written here names its endpoint and credentials, so it can only ever reach
@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.repo import clean_env
-from pipeline_team.stack.config import Stack
+from pipeline.core.repo import clean_env, executable
+from pipeline_team.stack.config import Stack, make_private
 
 NAME = "team"
 URL = "s3://dvc/pipeline"
@@ -30,18 +30,29 @@ def configure(stack: Stack, project: Path) -> list[str]:
         "secret_access_key": stack.config.s3_secret,
         "region": "us-east-1",
     }
-    commands = [["dvc", "remote", "add", "--local", "--force", "--default", NAME, URL]]
+    dvc = executable("dvc")
+    commands = [[dvc, "remote", "add", "--local", "--force", "--default", NAME, URL]]
     commands += [
-        ["dvc", "remote", "modify", "--local", NAME, key, value] for key, value in settings.items()
+        [dvc, "remote", "modify", "--local", NAME, key, value] for key, value in settings.items()
     ]
+    # DVC writes config.local in place, keeping its mode, but creates it with the umask's (0644,
+    # readable by every user): made owner-only before the secret goes in, and again after in case a
+    # DVC version replaces the file instead.
+    config_local = project / ".dvc" / "config.local"
+    if config_local.parent.is_dir():  # else not a DVC project: dvc says so below
+        make_private(config_local)
     shown = []
-    for cmd in commands:
-        proc = subprocess.run(
-            cmd, cwd=project, env=clean_env(), capture_output=True, text=True, timeout=120
-        )
-        if proc.returncode != 0:
-            raise PipelineError(
-                f"{' '.join(cmd[:5])}: {(proc.stderr.strip() or 'failed').splitlines()[-1]}"
+    try:
+        for cmd in commands:
+            proc = subprocess.run(
+                cmd, cwd=project, env=clean_env(), capture_output=True, text=True, timeout=120
             )
-        shown.append(" ".join(cmd if "secret" not in cmd[-2] else [*cmd[:-1], "***"]))
+            shown_cmd = ["dvc", *cmd[1:-1], "***" if "secret" in cmd[-2] else cmd[-1]]
+            if proc.returncode != 0:
+                last = (proc.stderr.strip() or "failed").splitlines()[-1]
+                raise PipelineError(f"{' '.join(shown_cmd[:5])}: {last}")
+            shown.append(" ".join(shown_cmd))
+    finally:
+        if config_local.exists():
+            make_private(config_local)
     return shown

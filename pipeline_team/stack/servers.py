@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.repo import executable
 from pipeline_team.stack.config import (
     BUCKETS,
     MLFLOW_ADMIN,
@@ -22,17 +20,6 @@ from pipeline_team.stack.config import (
     Stack,
     write_private,
 )
-
-
-def _tool(name: str) -> str:
-    """An executable installed beside this interpreter (the venv's bin), else on PATH."""
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.is_file() else shutil.which(name)
-    if not found:
-        raise PipelineError(
-            f"{name} not found beside {sys.executable} nor on PATH: pip install -r requirements.txt"
-        )
-    return found
 
 
 def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -75,7 +62,7 @@ def start_s3(stack: Stack) -> subprocess.Popen:
     }
     (stack.dir / "rclone.conf").touch()
     cmd = [
-        _tool("rclone"),
+        executable("rclone"),
         "serve",
         "s3",
         "--addr",
@@ -120,7 +107,7 @@ def start_mlflow(stack: Stack) -> subprocess.Popen:
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     cmd = [
-        _tool("mlflow"),
+        executable("mlflow"),
         "server",
         "--app-name",
         "basic-auth",

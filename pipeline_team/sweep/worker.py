@@ -109,7 +109,11 @@ def has_experiment(repo: Path, name: str) -> bool:
 
 
 def _dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["dvc", *args], cwd=cwd, env=clean_env(), capture_output=True, text=True)
+    from pipeline.core.repo import executable
+
+    proc = subprocess.run(
+        [executable("dvc"), *args], cwd=cwd, env=clean_env(), capture_output=True, text=True
+    )
     if check and proc.returncode != 0:
         raise PipelineError(
             f"dvc {' '.join(args)} in {cwd}: {first_line(Exception(proc.stderr or proc.stdout))}"

@@ -42,10 +42,12 @@ def _store_errors(method: F) -> F:
         from mlflow.exceptions import MlflowException
         from sqlalchemy.exc import SQLAlchemyError
 
+        from pipeline.core.tracking.schema import describe_failure
+
         try:
             return method(self, *args, **kwargs)
         except (MlflowException, SQLAlchemyError, OSError) as exc:
-            raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
+            raise PipelineError(describe_failure(self.uri, exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -74,6 +74,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             "MLflow server, "
             "sqlite:///PATH, postgresql+psycopg2://… or unset the variable"
         )
+    if scheme == "sqlite":
+        from pipeline.core.tracking.schema import check_sqlite
+
+        check_sqlite(uri)
     if scheme not in ("http", "https"):
         return
     import base64
