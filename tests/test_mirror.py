@@ -11,8 +11,8 @@ import pytest
 import yaml
 from helpers import assert_one_line_error, create_project, run
 
-from pipeline.core.originals import local_source, md5sum
 from pipeline.core.datasets import get
+from pipeline.core.originals import local_source, md5sum
 
 DAMAGED = "train-images-idx3-ubyte.gz"
 

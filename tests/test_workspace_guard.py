@@ -79,7 +79,7 @@ def test_changes_outside_the_stages_inputs_pass(project: Path) -> None:
     guard = InputGuard("evaluate", Path("params.yaml"))
     _set(project, "train.lr", 0.5)  # not a parameter evaluate declares
     (project / "params.yaml").write_text((project / "params.yaml").read_text())  # same bytes
-    (project / "README.md").write_text("edited\n")
+    (project / "notes.txt").write_text("edited\n")  # a file no stage reads
     guard.check()
 
 

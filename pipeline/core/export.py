@@ -3,7 +3,7 @@ metadata) and the proof that both give the same answers on every test picture.
 
 The ONNX model takes what the pictures are on disk, uint8 N×C×H×W (0–255, any N), and returns
 float32 logits N×classes: the normalisation (÷255, then the training mean and std) is inside the
-graph, as it is inside the torch model (core.layers.ImageClassifier), and written beside it in
+graph, as it is inside the torch model (core.layers.NormalizedModel), and written beside it in
 `metadata_props` (class_names, image_size, channels, mean, std as JSON) so a reader needs neither
 torch nor this package to prepare a picture: core.images.read, then the graph.
 
@@ -28,7 +28,7 @@ from pipeline.core import atomic, paths
 from pipeline.core.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
-    from pipeline.core.layers import ImageClassifier
+    from pipeline.core.layers import NormalizedModel
     from pipeline.core.params import Params
     from pipeline.core.tracking import Tracker
 
@@ -93,7 +93,7 @@ def metadata(meta: Mapping[str, Any], source_sha256: str) -> dict[str, str]:
     }
 
 
-def to_onnx(model: ImageClassifier, meta: Mapping[str, Any], source_sha256: str = "") -> bytes:
+def to_onnx(model: NormalizedModel, meta: Mapping[str, Any], source_sha256: str = "") -> bytes:
     """The model (in eval mode, fp32) as ONNX bytes with `metadata`; the batch size is free.
 
     torch's TorchScript-based exporter (dynamo=False): the torch.export-based one needs onnxscript
