@@ -58,6 +58,35 @@ def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
     return info.model_uri
 
 
+def download_logged(uri: str, blame: str) -> tuple[str, Path]:
+    """(the id of the run that logged it, its model.pt downloaded) for a model this pipeline logged
+    (`runs:/ID/NAME`, `models:/NAME@ALIAS`, `models:/ID`) in the project's store. Raises
+    PipelineError naming `blame` (a missing store is not created)."""
+    from pipeline.core.errors import PipelineError, first_line
+    from pipeline.core.tracking.store import check_reachable, tracking_uri
+
+    store = tracking_uri()
+    database = Path(store.removeprefix("sqlite:///"))
+    if store.startswith("sqlite:///") and not database.is_file():  # opening would create it
+        raise PipelineError(f"{blame}: {uri}: no MLflow store at {database}")
+    check_reachable(store)
+    import mlflow
+    from mlflow import MlflowException
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import get_model_info
+
+    mlflow.set_tracking_uri(store)
+    try:
+        run_id = get_model_info(uri).run_id
+        folder = Path(download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as exc:
+        raise PipelineError(f"{blame}: {uri}: {first_line(exc)}") from None
+    found = sorted(folder.rglob("model.pt"))
+    if not found:
+        raise PipelineError(f"{blame}: {uri} is not a model this pipeline logged")
+    return run_id, found[0]
+
+
 @contextmanager
 def _without_mismatch_check() -> Iterator[None]:
     """MLflow's check that this environment satisfies the model's requirements, switched off for a
