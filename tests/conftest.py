@@ -32,6 +32,7 @@ SLOW_FILES = (
     "test_background.py",
     "test_tracking_server.py",
     "test_pipeline_e2e.py",
+    "test_zoo_e2e.py",
 )
 
 

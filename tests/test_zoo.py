@@ -309,3 +309,21 @@ def test_the_stage_writes_a_small_file_for_none(tmp_path: Path) -> None:
     start = torch.load(tmp_path / paths.START, weights_only=True)
     assert start["source"] == "none" and start["state_dict"] == {}
     assert load_params(REPO / "params.yaml").train.weights == "none"
+
+
+@pytest.mark.parametrize(
+    ("channels", "side", "same"), [(3, 64, True), (3, 32, False), (1, 28, False)]
+)
+def test_our_resnet18_is_torchvisions_only_above_32_px_in_colour(
+    channels: int, side: int, same: bool
+) -> None:
+    """Why `resnet18` stays ours: the zoo's would give other bytes on 28/32 px or grey pictures
+    (ours has a 3×3 stride-1 stem without max-pool there, taking the pictures' channels)."""
+    torch.manual_seed(0)
+    ours = models.ARCHITECTURES["resnet18"](channels, side, 10, OPTIONS).state_dict()
+    torch.manual_seed(0)
+    theirs = zoo.network("resnet18", channels, side, 10, OPTIONS).state_dict()
+    equal = ours.keys() == theirs.keys() and all(
+        ours[k].shape == theirs[k].shape and torch.equal(ours[k], theirs[k]) for k in ours
+    )
+    assert equal == same

@@ -353,9 +353,11 @@ def training_bytes(
     for module in net.modules():
         if not list(module.children()):
             module.register_forward_hook(lambda m, args, out: outputs.append(out.numel()))
+    # Two images, not one: in training mode batch norm refuses a single value per channel (a 1×1
+    # feature map, as torchvision's networks reach on small pictures).
     with torch.device("meta"):
-        net(torch.empty(1, in_channels, image_size, image_size))
-    per_sample = sum(outputs)
+        net(torch.empty(2, in_channels, image_size, image_size))
+    per_sample = sum(outputs) // 2
     return 4 * (4 * weights + 2 * batch_size * per_sample)
 
 

@@ -3,6 +3,7 @@ it."""
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -70,6 +71,8 @@ def download_logged(uri: str, blame: str) -> tuple[str, Path]:
     if store.startswith("sqlite:///") and not database.is_file():  # opening would create it
         raise PipelineError(f"{blame}: {uri}: no MLflow store at {database}")
     check_reachable(store)
+    # Its progress bars for copying one model are noise in a stage's log (as in client._connect).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow import MlflowException
     from mlflow.artifacts import download_artifacts
