@@ -52,6 +52,10 @@ CASES = [
     # unknown names
     key_case("unknown-dataset", "data.dataset", "imagenet", "download"),
     key_case("unknown-model", "train.model", "vit"),
+    key_case("unknown-torchvision-model", "train.model", "resnet5000"),
+    key_case("model-too-big-for-the-pictures", "train.model", "vit_b_16"),
+    key_case("pretrained-renamed", "train.pretrained", True),
+    key_case("imagenet-for-own-cnn", "train.weights", "imagenet"),
     key_case("unknown-optimizer", "train.optimizer", "lion"),
     key_case("unknown-scheduler", "train.scheduler", "warmup"),
     key_case("unknown-loss", "train.loss", "hinge"),
