@@ -20,6 +20,10 @@ STAGES = {
         "pipeline.stages.normalization_stats",
         "Stage: per-channel statistics into data/stats.json.",
     ),
+    "weights": (
+        "pipeline.stages.weights",
+        "Stage: the starting weights (train.weights) into models/start.pt.",
+    ),
     "train": ("pipeline.stages.train", "Stage: fit the model, track the run in MLflow."),
     "evaluate": ("pipeline.stages.evaluate", "Stage: test metrics and plots, added to the run."),
     "export": (

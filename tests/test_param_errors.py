@@ -67,7 +67,8 @@ CASES = [
         "unknown-model",
         "train.model",
         "vit",
-        "train.model must be one of cnn, mlp, resnet, resnet18, got 'vit'",
+        "train.model must be one of cnn, mlp, resnet, resnet18, alexnet, convnext_base, "
+        "convnext_large, convnext_small… (83 names, listed in docs/parameters.md), got 'vit'",
     ),
     key_case(
         "unknown-optimizer",
@@ -75,6 +76,10 @@ CASES = [
         "lion",
         "train.optimizer must be one of adam, adamw, sgd, adadelta, rmsprop, got 'lion'",
     ),
+    key_case("unknown-torchvision-model", "train.model", "resnet5000"),
+    key_case("model-too-big-for-the-pictures", "train.model", "vit_b_16"),
+    key_case("pretrained-renamed", "train.pretrained", True),
+    key_case("imagenet-for-own-cnn", "train.weights", "imagenet"),
     key_case("unknown-scheduler", "train.scheduler", "warmup"),
     key_case("unknown-loss", "train.loss", "hinge"),
     key_case("unknown-precision", "train.precision", "fp16"),

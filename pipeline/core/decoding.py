@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.core import atomic, datasets, folders, paths
+from pipeline.core import atomic, datasets, folders, paths, transfer
 from pipeline.core.params import Params
 
 
@@ -26,7 +26,7 @@ def decode_folder(
         return folders.decode(
             layout,
             data.channels or spec.channels,
-            data.image_size or spec.image_size,
+            transfer.picture_size(params),
             tmp / spec.folder,
             workers,
             progress,

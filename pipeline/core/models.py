@@ -4,6 +4,7 @@ trains and ships, and model.pt I/O. torch is imported inside the functions that 
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -125,23 +126,12 @@ SMALL_INPUT = 32  # pixels: at most this, resnet18 keeps full resolution through
 def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOptions) -> nn.Module:
     """torchvision's ResNet-18. Up to SMALL_INPUT px (28/32 px datasets) its stem is a 3×3 stride-1
     convolution with no max-pool, so small pictures keep their detail; larger pictures (photographs)
-    keep torchvision's 7×7 stride-2 stem and max-pool, a sixteenth of the work. Pretrained weights
-    keep their stem's."""
+    keep torchvision's 7×7 stride-2 stem and max-pool, a sixteenth of the work. Starting weights
+    (train.weights, core.weights) are loaded afterwards, all but the replaced stem and the head."""
     from torch import nn
-    from torchvision.models import ResNet18_Weights
     from torchvision.models import resnet18 as tv_resnet18
 
-    if opt.pretrained:
-        try:
-            net = tv_resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
-        except (OSError, RuntimeError) as exc:
-            raise PipelineError(
-                "train.pretrained: could not get the ImageNet weights for resnet18 "
-                f"({str(exc).splitlines()[0]}); "
-                "set train.pretrained to false offline"
-            ) from None
-    else:
-        net = tv_resnet18(weights=None)
+    net = tv_resnet18(weights=None)
     if image_size <= SMALL_INPUT:
         net.conv1, net.maxpool = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.Identity()
     elif in_channels != 3:
@@ -153,14 +143,34 @@ def resnet18(in_channels: int, image_size: int, num_classes: int, opt: ModelOpti
     return net
 
 
-# train.model's name → (in_channels, image_size, num_classes, options) → the network; core.params
-# lists the same names as that parameter's choices.
+# train.model's own names → (in_channels, image_size, num_classes, options) → the network; every
+# other name core.params accepts is torchvision's (core.zoo, listed in core.zoo_table).
 ARCHITECTURES: dict[str, Callable[[int, int, int, ModelOptions], nn.Module]] = {
     "cnn": cnn,
     "mlp": mlp,
     "resnet": resnet,
     "resnet18": resnet18,
 }
+
+
+def builder(architecture: str) -> Callable[[int, int, int, ModelOptions], nn.Module]:
+    """The function that builds train.model `architecture`: one of ARCHITECTURES, or torchvision's.
+    Raises PipelineError for a name that is neither."""
+    from pipeline.core import zoo, zoo_table
+
+    if architecture in ARCHITECTURES:
+        return ARCHITECTURES[architecture]
+    if architecture in zoo_table.ARCHITECTURES:
+        return functools.partial(zoo.network, architecture)
+    raise PipelineError(
+        f"train.model must be one of {', '.join(ARCHITECTURES)} or a torchvision classification "
+        f"model (docs/parameters.md), got {architecture!r}"
+    )
+
+
+def repeats_grey(architecture: str, in_channels: int) -> bool:
+    """Whether the model repeats grey pictures ×3: torchvision's backbones take 3 channels."""
+    return in_channels == 1 and architecture not in ARCHITECTURES
 
 
 def build(
@@ -173,19 +183,22 @@ def build(
     options: ModelOptions,
 ) -> NormalizedModel:
     """A NormalizedModel of the named architecture, freshly initialised from torch's global RNG."""
-    if architecture not in ARCHITECTURES:
-        raise PipelineError(
-            f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
-        )
+    make = builder(architecture)
     from pipeline.core.layers import NormalizedModel
 
-    net = ARCHITECTURES[architecture](in_channels, image_size, num_classes, options)
-    return NormalizedModel(net, mean, std)
+    net = make(in_channels, image_size, num_classes, options)
+    return NormalizedModel(net, mean, std, repeats_grey(architecture, in_channels))
 
 
 def options_from(cfg: TrainParams) -> ModelOptions:
-    """ModelOptions from the train parameters."""
-    return ModelOptions(**{name: getattr(cfg, name) for name in ModelOptions.__dataclass_fields__})
+    """ModelOptions from the train parameters; `pretrained` says whether train.weights names any
+    starting weights (a record only: core.weights loads them)."""
+    return ModelOptions(
+        **{
+            name: cfg.weights != "none" if name == "pretrained" else getattr(cfg, name)
+            for name in ModelOptions.__dataclass_fields__
+        }
+    )
 
 
 def options_dict(options: ModelOptions) -> dict[str, Any]:
@@ -299,16 +312,12 @@ def meta_network(
 ) -> nn.Module:
     """The network on the meta device: every shape, no memory. Raises PipelineError for an unknown
     name."""
-    import torch
+    from pipeline.core import zoo
 
-    if architecture not in ARCHITECTURES:
-        raise PipelineError(
-            f"train.model must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
-        )
-    with torch.device("meta"):
-        return ARCHITECTURES[architecture](
-            in_channels, image_size, num_classes, replace(options, pretrained=False)
-        )
+    make = builder(architecture)
+    return zoo.on_meta(
+        make, in_channels, image_size, num_classes, replace(options, pretrained=False)
+    )
 
 
 def weight_count(
@@ -344,9 +353,11 @@ def training_bytes(
     for module in net.modules():
         if not list(module.children()):
             module.register_forward_hook(lambda m, args, out: outputs.append(out.numel()))
+    # Two images, not one: in training mode batch norm refuses a single value per channel (a 1×1
+    # feature map, as torchvision's networks reach on small pictures).
     with torch.device("meta"):
-        net(torch.empty(1, in_channels, image_size, image_size))
-    per_sample = sum(outputs)
+        net(torch.empty(2, in_channels, image_size, image_size))
+    per_sample = sum(outputs) // 2
     return 4 * (4 * weights + 2 * batch_size * per_sample)
 
 

@@ -23,12 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import datasets
+from pipeline.core import datasets, transfer, zoo_table
 from pipeline.core.errors import PipelineError
 from pipeline.core.validation import build, spec
 from pipeline.core.yamlio import read_yaml, write_yaml
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# Ours first, then every classification architecture torchvision ships (core.zoo); "resnet18" is
+# ours: torchvision's with a stem for 28/32 px pictures.
+MODELS = (
+    "cnn",
+    "mlp",
+    "resnet",
+    "resnet18",
+    *(n for n in zoo_table.ARCHITECTURES if n != "resnet18"),
+)
 DEVICES = ("auto", "cpu", "cuda")
 MAX_FILE_BYTES = 1 << 20  # params.yaml is a few kB; anything near this is a mistake or an attack
 # MLflow's own rules for aliases (alphanumerics, _ and -; "latest" and v<number> are reserved) and
@@ -100,8 +109,9 @@ class TrainParams:
     model: str = spec(
         "cnn",
         "Architecture: cnn (conv blocks), mlp, resnet (small residual net for 28/32 px), "
-        "resnet18 (torchvision's, adapted to small inputs).",
-        choices=("cnn", "mlp", "resnet", "resnet18"),
+        "resnet18 (torchvision's, adapted to small inputs), or any other torchvision "
+        "classification model by its name, its head sized for the classes (docs/transfer.md).",
+        choices=MODELS,
     )
     mlp_hidden: tuple[int, ...] = spec(
         (512, 256), "mlp: sizes of the hidden layers.", ge=1, le=1 << 20
@@ -134,10 +144,18 @@ class TrainParams:
         "cnn: batch normalisation after each convolution (off by default: slower on CPU for a "
         "small gain on MNIST; the accurate preset turns it on).",
     )
-    pretrained: bool = spec(
-        False, "resnet18: start from torchvision's ImageNet weights (needs the network)."
+    weights: str = spec(
+        "none",
+        "Starting weights (the weights stage puts them in models/start.pt): none; imagenet (the "
+        "architecture's DEFAULT torchvision weights, from torch's hub cache); a torchvision "
+        "weights entry (ResNet18_Weights.IMAGENET1K_V1); a state_dict file under weights/ (.pt, "
+        ".pth); or an MLflow model of an earlier run (runs:/ID/NAME, models:/NAME@ALIAS), its head "
+        "new when the classes differ. torchvision's weights bring their picture size (folder, "
+        "data.image_size null) and normalisation (docs/transfer.md).",
     )
-    freeze_backbone: bool = spec(False, "resnet18: train only the final classifier layer.")
+    freeze_backbone: bool = spec(
+        False, "resnet18 and torchvision's models: train only the final classifier layer."
+    )
     optimizer: str = spec(
         "adam", "Optimizer.", choices=("adam", "adamw", "sgd", "adadelta", "rmsprop")
     )
@@ -284,7 +302,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a plain mapping (as loaded from YAML) into Params, each value and then the
     combinations."""
-    params = build(Params, raw, prefix="", source=source)
+    params = build(Params, without_pretrained(raw, source), prefix="", source=source)
     train = params.train
     if train.portable and train.threads == 0:
         raise PipelineError(
@@ -317,6 +335,7 @@ def parse_params(raw: Any, source: str = "params") -> Params:
                 f"{source}: data.{key} applies to data.dataset folder; {data.dataset} has its own "
                 f"({own}), so leave it null, got {getattr(data, key)}"
             )
+    transfer.check(params, source)
     if params.data.val_size < train.processes:
         raise PipelineError(
             f"{source}: data.val_size must be >= train.processes (each process scores part of the "
@@ -324,6 +343,21 @@ def parse_params(raw: Any, source: str = "params") -> Params:
             f"images), got {params.data.val_size} < {train.processes}"
         )
     return params
+
+
+def without_pretrained(raw: Any, source: str) -> Any:
+    """`raw` without train.pretrained, which train.weights replaced: false (what every earlier
+    params.yaml holds, and their runs logged) is dropped, true refused in one line naming the new
+    key."""
+    train = raw.get("train") if isinstance(raw, dict) else None
+    if not isinstance(train, dict) or "pretrained" not in train:
+        return raw
+    if train["pretrained"] is not False:
+        raise PipelineError(
+            f"{source}: train.pretrained was replaced by train.weights; write train.weights: "
+            "imagenet (torchvision's ImageNet weights) and remove train.pretrained"
+        )
+    return {**raw, "train": {k: v for k, v in train.items() if k != "pretrained"}}
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:

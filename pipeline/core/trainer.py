@@ -33,6 +33,8 @@ from pipeline.core import (
     paths,
     runtime,
     splits,
+    transfer,
+    weights,
 )
 from pipeline.core.distributed import World
 from pipeline.core.errors import PipelineError
@@ -97,6 +99,8 @@ class Inputs:
     fit_idx: torch.Tensor
     val_images: torch.Tensor  # uint8, carved from the training split or a folder's val/
     val_labels: torch.Tensor
+    start: weights.Start | None = None  # models/start.pt, unless train.weights is none
+    statistics: str = "dataset"  # whose mean and std normalise: the dataset's or the weights'
 
 
 def load_inputs(params: Params) -> Inputs:
@@ -105,10 +109,7 @@ def load_inputs(params: Params) -> Inputs:
     cfg = params.train
     spec = datasets.describe(params.data.dataset, paths.RAW)
     if spec.from_folder:
-        want = (
-            params.data.image_size or datasets.get("folder").image_size,
-            params.data.channels or spec.channels,
-        )
+        want = (transfer.picture_size(params), params.data.channels or spec.channels)
         if want != (spec.image_size, spec.channels):
             raise PipelineError(
                 f"{paths.RAW}: its pictures are {spec.image_size} px with {spec.channels} "
@@ -123,6 +124,12 @@ def load_inputs(params: Params) -> Inputs:
     )
     models.check_fits(*shape, options, cfg.batch_size, blame)
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
+    start, statistics = weights.read(paths.START, cfg), "dataset"
+    seen = 3 if models.repeats_grey(cfg.model, spec.channels) else spec.channels
+    if weights.statistics_fit(start, seen):  # the backbone learned with its own normalisation
+        assert start is not None and start.mean is not None and start.std is not None
+        norm = normalization.ChannelStats(tuple(start.mean), tuple(start.std), norm.count)
+        statistics = start.statistics or "weights"
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     own_val = datasets.read_validation(spec, paths.RAW)
     if own_val is not None:  # the folder's val/: every training picture is for fitting
@@ -145,7 +152,19 @@ def load_inputs(params: Params) -> Inputs:
             ),
         )
         val_images, val_labels = images[val_idx], labels[val_idx]
-    return Inputs(spec, options, shape, norm, images, labels, fit_idx, val_images, val_labels)
+    return Inputs(
+        spec,
+        options,
+        shape,
+        norm,
+        images,
+        labels,
+        fit_idx,
+        val_images,
+        val_labels,
+        start,
+        statistics,
+    )
 
 
 def logged_params(
@@ -242,6 +261,11 @@ def train(
     with distributed.session(world, rt.device):
         runtime.seed_everything(params.seed)
         model = models.build(*inputs.shape, inputs.norm.mean, inputs.norm.std, inputs.options)
+        if inputs.start is not None:
+            count = weights.load_into(
+                model.net, inputs.start, cfg.model, list(inputs.spec.class_names)
+            )
+            log(f"starting from {cfg.weights} ({count} tensors), normalised as {inputs.statistics}")
         log(header_line(cfg, inputs, rt, world))
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
@@ -343,6 +367,7 @@ class Run:
                 "dataset": inputs.spec.name,
                 "dataset.digest": digest,
                 **({"world_size": str(world.size)} if world is not None else {}),
+                **weights.tags(inputs.start, inputs.statistics),
                 **(tags or {}),
             }
         )
@@ -421,6 +446,12 @@ class Run:
             "class_names": list(inputs.spec.class_names),
             "mean": list(inputs.norm.mean),
             "std": list(inputs.norm.std),
+            # Only with starting weights: a default model.pt keeps its bytes.
+            **(
+                {"weights": params.train.weights, "normalization": inputs.statistics}
+                if inputs.start is not None
+                else {}
+            ),
         }
         with atomic.staged(paths.MODEL) as model_file:
             models.save(model_file, model, meta)

@@ -9,6 +9,7 @@ same in words, for messages and the generated parameter reference.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import operator
 import re
@@ -17,6 +18,8 @@ from dataclasses import field
 from typing import Any
 
 from pipeline.core.errors import PipelineError
+
+SHORT_CHOICES = 8  # a message lists this many of a longer list of choices (train.model's)
 
 
 def spec(
@@ -76,7 +79,10 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
     base, optional = _unwrap(hint)
 
     def bad() -> PipelineError:
-        return PipelineError(f"{source}: {key} must be {describe(hint, meta)}, got {_show(value)}")
+        return PipelineError(
+            f"{source}: {key} must be {describe(hint, meta, short=True)}, got {_show(value)}"
+            + _close(value, meta["choices"])
+        )
 
     if typing.get_origin(base) is tuple:
         if not isinstance(value, list) or not value:
@@ -145,14 +151,18 @@ def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return out
 
 
-def describe(hint: Any, meta: Any) -> str:
-    """What a value of this field must be, in words: "an integer >= 1 or null", "one of a, b"."""
+def describe(hint: Any, meta: Any, short: bool = False) -> str:
+    """What a value of this field must be, in words: "an integer >= 1 or null", "one of a, b";
+    `short` (for a message) names only the first SHORT_CHOICES of a longer list of choices."""
     base, optional = _unwrap(hint)
     if typing.get_origin(base) is tuple:
         return "a non-empty list of " + describe(typing.get_args(base)[0], meta).replace(
             "an integer", "integers"
         )
-    if meta["choices"]:
+    if meta["choices"] and short and len(meta["choices"]) > SHORT_CHOICES:
+        shown = ", ".join(meta["choices"][:SHORT_CHOICES])
+        text = f"one of {shown}… ({len(meta['choices'])} names, listed in docs/parameters.md)"
+    elif meta["choices"]:
         text = "one of " + ", ".join(meta["choices"])
     elif meta["pattern"]:
         text = meta["pattern"][1]
@@ -168,6 +178,14 @@ def describe(hint: Any, meta: Any) -> str:
         if bounds:
             text += " " + " and ".join(bounds)
     return text + (" or null" if optional else "")
+
+
+def _close(value: Any, choices: tuple[str, ...] | None) -> str:
+    """ "; did you mean x?" for a string close to one of a long list of choices, else ""."""
+    if not choices or len(choices) <= SHORT_CHOICES or not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, choices, n=3)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def _number(x: float) -> str:

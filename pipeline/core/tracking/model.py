@@ -3,6 +3,7 @@ it."""
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -56,6 +57,37 @@ def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
             pip_requirements=[f"{d}=={version(d)}" for d in ("torch", "mlflow", "numpy", "PyYAML")],
         )
     return info.model_uri
+
+
+def download_logged(uri: str, blame: str) -> tuple[str, Path]:
+    """(the id of the run that logged it, its model.pt downloaded) for a model this pipeline logged
+    (`runs:/ID/NAME`, `models:/NAME@ALIAS`, `models:/ID`) in the project's store. Raises
+    PipelineError naming `blame` (a missing store is not created)."""
+    from pipeline.core.errors import PipelineError, first_line
+    from pipeline.core.tracking.store import check_reachable, tracking_uri
+
+    store = tracking_uri()
+    database = Path(store.removeprefix("sqlite:///"))
+    if store.startswith("sqlite:///") and not database.is_file():  # opening would create it
+        raise PipelineError(f"{blame}: {uri}: no MLflow store at {database}")
+    check_reachable(store)
+    # Its progress bars for copying one model are noise in a stage's log (as in client._connect).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow import MlflowException
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import get_model_info
+
+    mlflow.set_tracking_uri(store)
+    try:
+        run_id = get_model_info(uri).run_id
+        folder = Path(download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as exc:
+        raise PipelineError(f"{blame}: {uri}: {first_line(exc)}") from None
+    found = sorted(folder.rglob("model.pt"))
+    if not found:
+        raise PipelineError(f"{blame}: {uri} is not a model this pipeline logged")
+    return run_id, found[0]
 
 
 @contextmanager
