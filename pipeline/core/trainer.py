@@ -8,6 +8,7 @@ tracker is all the tracking there is: with the base `Tracker` nothing is logged 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +40,14 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hooks import EpochHook
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
-from pipeline.core.params import Params, TrainParams, dump_yaml, flatten
+from pipeline.core.params import (
+    AUTO_BATCH_SIZE,
+    Params,
+    TrainParams,
+    dump_yaml,
+    flatten,
+    folder_auto,
+)
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import (
     PARAMS_ARTIFACT,
@@ -121,7 +129,9 @@ def load_inputs(params: Params) -> Inputs:
     blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(
         cfg.model, "train.batch_size"
     )
-    models.check_fits(*shape, options, cfg.batch_size, blame)
+    # An auto batch is at most the built-in datasets' size.
+    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else AUTO_BATCH_SIZE
+    models.check_fits(*shape, options, batch, blame)
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     own_val = datasets.read_validation(spec, paths.RAW)
@@ -233,8 +243,10 @@ def train(
     outputs and checkpoints, and the caller gives the other ranks the base Tracker. Raises
     PipelineError for bad inputs, an unusable store, or training that diverged.
     """
-    cfg = params.train
     inputs = load_inputs(params)
+    # A folder's auto batch size and epochs, by its fitting pictures; logged as the numbers chosen.
+    params = dataclasses.replace(params, train=folder_auto(params.train, len(inputs.fit_idx)))
+    cfg = params.train
     rt = runtime.make_runtime(cfg, world)
     main_process = distributed.is_main_process(world)
     # Joined only now: an input error is found by every process alone, before any of them waits for
