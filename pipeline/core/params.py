@@ -376,6 +376,12 @@ def parse_params(raw: Any, source: str = "params") -> Params:
             f"{source}: train.betas must be a list of two numbers >= 0 and < 1, got "
             f"{list(train.betas)}"
         )
+    if train.loss == "nll" and (train.mixup_alpha or train.cutmix_alpha):
+        key = "train.mixup_alpha" if train.mixup_alpha else "train.cutmix_alpha"
+        raise PipelineError(
+            f"{source}: {key} mixes labels into soft targets, which train.loss nll does not take; "
+            "use train.loss cross_entropy"
+        )
     data = params.data
     if data.channels == 2:
         raise PipelineError(f"{source}: data.channels must be 1, 3 or null, got 2")

@@ -27,6 +27,7 @@ from pipeline.core import (
     datasets,
     distributed,
     figures,
+    finetune,
     folders,
     loop,
     models,
@@ -208,12 +209,14 @@ def header_line(cfg: TrainParams, inputs: Inputs, rt: runtime.Runtime, world: Wo
 
 
 def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.TrainData:
-    """The run's images on the device, with the augmentation data.augment asks for."""
+    """The run's images on the device, with the augmentation data.augment, data.augment_policy,
+    data.color_jitter, data.random_erasing, train.mixup_alpha and train.cutmix_alpha ask for."""
     kind = (
         augment.kind_for(inputs.spec.channels, inputs.spec.from_folder)
         if params.data.augment
         else None
     )
+    data = params.data
     return loop.TrainData.on(
         rt,
         inputs.images,
@@ -221,6 +224,10 @@ def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.Trai
         inputs.fit_idx,
         (inputs.val_images, inputs.val_labels),
         augment=kind,
+        policy=augment.policy(
+            data.augment_policy, data.color_jitter, data.random_erasing, inputs.spec.channels
+        ),
+        mixer=finetune.mixer(params.train, inputs.spec.num_classes),
     )
 
 
