@@ -11,18 +11,10 @@ import pytest
 import torch
 
 from pipeline.core import augment, checkpoints, finetune, loop, models, runtime
+from pipeline.core.auto import AUTO_BATCH_SIZE, AUTO_EPOCHS, AUTO_MIN_STEPS, folder_auto
 from pipeline.core.errors import PipelineError
 from pipeline.core.optim import Optimization
-from pipeline.core.params import (
-    AUTO_BATCH_SIZE,
-    AUTO_EPOCHS,
-    AUTO_MIN_STEPS,
-    DataParams,
-    TrainParams,
-    flatten,
-    folder_auto,
-    parse_params,
-)
+from pipeline.core.params import DataParams, TrainParams, flatten, parse_params
 
 BASE = TrainParams(
     epochs=2,

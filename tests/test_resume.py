@@ -13,6 +13,7 @@ import pytest
 from helpers import run
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.params import merge
 from pipeline.core.repo import clean_env
 
 pytestmark = pytest.mark.e2e
@@ -27,8 +28,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_killed_train_resumes_to_identical_weights(make_project) -> None:
-    root = make_project(PARAMS)
+# Fine-tuning: epoch 1 trains the head alone (batch-norm statistics kept), epoch 2 on everything,
+# the averaged weights checkpointed: the freeze follows from the epoch number after a resume.
+FINE_TUNING = {"train": {"freeze_epochs": 1, "ema_decay": 0.9, "batch_norm": True}}
+
+
+@pytest.mark.parametrize("extra", [{}, FINE_TUNING], ids=["plain", "fine-tuning"])
+def test_killed_train_resumes_to_identical_weights(make_project, extra: dict) -> None:
+    root = make_project(merge(PARAMS, extra))
     run(["python", "-m", "pipeline", "download"], root)
     run(["python", "-m", "pipeline", "normalization-stats"], root)
 

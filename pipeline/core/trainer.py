@@ -36,19 +36,13 @@ from pipeline.core import (
     runtime,
     splits,
 )
+from pipeline.core.auto import AUTO_BATCH_SIZE, folder_auto
 from pipeline.core.distributed import World
 from pipeline.core.errors import PipelineError
 from pipeline.core.hooks import EpochHook
 from pipeline.core.loop import EpochResult, TrainState
 from pipeline.core.optim import Optimization
-from pipeline.core.params import (
-    AUTO_BATCH_SIZE,
-    Params,
-    TrainParams,
-    dump_yaml,
-    flatten,
-    folder_auto,
-)
+from pipeline.core.params import Params, TrainParams, dump_yaml, flatten
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import (
     PARAMS_ARTIFACT,
