@@ -246,7 +246,8 @@ def train(
     """
     inputs = load_inputs(params)
     # A folder's auto batch size and epochs, by its fitting pictures; logged as the numbers chosen.
-    params = dataclasses.replace(params, train=folder_auto(params.train, len(inputs.fit_idx)))
+    asked = params.train
+    params = dataclasses.replace(params, train=folder_auto(asked, len(inputs.fit_idx)))
     cfg = params.train
     rt = runtime.make_runtime(cfg, world)
     main_process = distributed.is_main_process(world)
@@ -256,6 +257,10 @@ def train(
         runtime.seed_everything(params.seed)
         model = models.build(*inputs.shape, inputs.norm.mean, inputs.norm.std, inputs.options)
         log(header_line(cfg, inputs, rt, world))
+        if (asked.batch_size, asked.epochs) != (cfg.batch_size, cfg.epochs):
+            log(
+                f"auto: batches of {cfg.batch_size}, at most {cfg.epochs} epochs (docs/datasets.md)"
+            )
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
         resume = find_checkpoint(fingerprint, main_process, world, log)
