@@ -1,6 +1,6 @@
-"""The README's folder command, unchanged, learns photographs with the default parameters (auto
-batch size and epochs); then policy augmentation, weight averaging and flip test-time augmentation
-run through `dvc exp run` on the same folder."""
+"""The folder command of README.md#your-own-images, unchanged, learns photographs with the default
+parameters (auto batch size and epochs); then policy augmentation, weight averaging and flip
+test-time augmentation run through `dvc exp run` on the same folder."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from photos import make_photo_folder
 
 pytestmark = pytest.mark.e2e
 
+SECTION = "README.md#your-own-images"  # where the command is documented
+
 
 def readme_folder_command() -> list[str]:
-    """The `dvc exp run` line of the README's "Your own images" section, as documented."""
+    """The `dvc exp run` line of README.md#your-own-images, as documented."""
     (line,) = [
         line.split("#")[0].strip()
-        for line in (REPO / "README.md").read_text().splitlines()
+        for line in (REPO / SECTION.partition("#")[0]).read_text().splitlines()
         if line.startswith("dvc exp run -S data.dataset=folder")
     ]
     return shlex.split(line)
