@@ -224,11 +224,11 @@ def test_checkpoint_round_trip_and_refusal(tmp_path: Path) -> None:
 
 
 def test_changed_params_compare_validated_values() -> None:
-    from pipeline.core.params import Params, flatten
+    from pipeline.core.params import flatten, parse_params
     from pipeline.core.tracking.provenance import changed_params
 
     committed = "train:\n  lr: 1\n  cnn_channels: [24, 32]\n"
-    current = flatten(Params())
+    current = flatten(parse_params({}))  # validated: MNIST's auto batch size and epochs are numbers
     assert changed_params(committed, {**current, "train.lr": 1.0}) == {}  # 1 and 1.0 are one value
     assert changed_params(committed, {**current, "train.lr": 0.005, "seed": 7}) == {
         "train.lr": "0.005",

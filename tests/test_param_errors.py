@@ -98,18 +98,29 @@ CASES = [
     key_case("text-lr", "train.lr", "fast", "train.lr must be a number > 0, got 'fast'"),
     key_case("nan-min-delta", "train.min_delta", float("nan")),
     key_case(
-        "zero-batch", "train.batch_size", 0, "train.batch_size must be an integer >= 1, got 0"
+        "zero-batch",
+        "train.batch_size",
+        0,
+        "train.batch_size must be an integer >= 1 or auto, got 0",
     ),
     key_case(
         "fractional-batch",
         "train.batch_size",
         12.5,
-        "train.batch_size must be an integer >= 1, got 12.5",
+        "train.batch_size must be an integer >= 1 or auto, got 12.5",
     ),
     key_case("zero-epochs", "train.epochs", 0),
-    key_case("negative-epochs", "train.epochs", -1, "train.epochs must be an integer >= 1, got -1"),
     key_case(
-        "boolean-epochs", "train.epochs", True, "train.epochs must be an integer >= 1, got True"
+        "negative-epochs",
+        "train.epochs",
+        -1,
+        "train.epochs must be an integer >= 1 or auto, got -1",
+    ),
+    key_case(
+        "boolean-epochs",
+        "train.epochs",
+        True,
+        "train.epochs must be an integer >= 1 or auto, got True",
     ),
     key_case(
         "momentum-one", "train.momentum", 1, "train.momentum must be a number >= 0 and < 1, got 1"

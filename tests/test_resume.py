@@ -8,6 +8,8 @@ import pytest
 from helpers import run, sha256, stop_train_after_epoch
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.params import merge
+
 pytestmark = pytest.mark.e2e
 
 PARAMS = {
@@ -16,8 +18,14 @@ PARAMS = {
 }
 
 
-def test_killed_train_resumes_to_identical_weights(make_project) -> None:
-    root = make_project(PARAMS)
+# Fine-tuning: epoch 1 trains the head alone (batch-norm statistics kept), epoch 2 on everything,
+# the averaged weights checkpointed: the freeze follows from the epoch number after a resume.
+FINE_TUNING = {"train": {"freeze_epochs": 1, "ema_decay": 0.9, "batch_norm": True}}
+
+
+@pytest.mark.parametrize("extra", [{}, FINE_TUNING], ids=["plain", "fine-tuning"])
+def test_killed_train_resumes_to_identical_weights(make_project, extra: dict) -> None:
+    root = make_project(merge(PARAMS, extra))
     run(["python", "-m", "pipeline", "download"], root)
     run(["python", "-m", "pipeline", "normalization-stats"], root)
 

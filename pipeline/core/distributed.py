@@ -242,7 +242,7 @@ class World:
                 f"train.processes is {cfg.processes}, but {self.local_size} processes were started "
                 f"on this machine (torchrun --nproc-per-node); make them equal"
             )
-        if cfg.batch_size < self.size:
+        if isinstance(cfg.batch_size, int) and cfg.batch_size < self.size:  # auto: chosen >= it
             raise PipelineError(
                 f"train.batch_size must be >= the {self.size} processes of all machines, got "
                 f"{cfg.batch_size}"

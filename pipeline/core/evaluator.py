@@ -42,6 +42,10 @@ def logits_on_test_split(
         )
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
     logits = models.logits(model, images)  # what the exported MLflow model computes
+    if params.evaluate.tta:  # log of the mean softmax of each picture and its mirror image
+        from pipeline.core.augment import with_mirror
+
+        logits = with_mirror(model, images, logits)
     finite = torch.isfinite(logits).all(1)
     if not bool(finite.all()):
         raise PipelineError(

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.core import augment, models
+from pipeline.core import augment, finetune, models
 from pipeline.core.errors import PipelineError
 from pipeline.core.optim import Optimization
 from pipeline.core.params import TrainParams
@@ -40,6 +40,8 @@ class TrainData:
     val_images: torch.Tensor
     val_labels: torch.Tensor
     augment: str | None = None  # augment.KINDS: how every training batch is augmented
+    policy: augment.Transform | None = None  # data.augment_policy & co., per picture, after it
+    mixer: finetune.Mixer | None = None  # MixUp/CutMix: soft targets, last
 
     @classmethod
     def on(
@@ -50,6 +52,8 @@ class TrainData:
         fit_idx: torch.Tensor,
         val: tuple[torch.Tensor, torch.Tensor],
         augment: str | None = None,
+        policy: augment.Transform | None = None,
+        mixer: finetune.Mixer | None = None,
     ) -> TrainData:
         """Move the split (a tensor) and the validation images and labels to the runtime's device
         once: no per-batch host→device copies. Pictures on disk stay there; each batch goes to the
@@ -63,6 +67,8 @@ class TrainData:
             val[0].to(rt.device),
             val[1].to(rt.device),
             augment,
+            policy,
+            mixer,
         )
 
     def batches_per_epoch(self, batch_size: int) -> int:
@@ -106,6 +112,7 @@ class TrainState:
     best_acc: float = -math.inf
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    ema: dict[str, torch.Tensor] | None = None  # train.ema_decay: the averaged model's state dict
 
     @classmethod
     def start(cls, seed: int) -> TrainState:
@@ -202,14 +209,21 @@ def train_one_epoch(
     rt: Runtime,
     progress: Any = None,
     world: World | None = None,
+    frozen: bool = False,
+    ema: Any = None,
 ) -> tuple[float, float]:
-    """One pass over the batches; returns (mean loss, accuracy). `progress` is an optional tqdm bar.
+    """One pass over the batches; returns (mean loss, accuracy). `progress` is an optional tqdm bar;
+    `frozen` keeps the batch-norm statistics (the backbone is frozen); `ema` (a torch AveragedModel)
+    is updated after every step. Labels are int64 N, or soft targets N×classes (MixUp, CutMix),
+    scored by their largest share.
 
     With a `world`, `model` is the DDP wrapper and each rank trains on its part of every (global)
     batch; the returned numbers are over all ranks. Raises Diverged once the loss is not finite
     (looked at every CHECK_EVERY steps and at the end, so the device is not synced per batch).
     """
     model.train()
+    if frozen:
+        finetune.freeze_batch_norm(model)
     total_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
     first_bad = torch.full(
@@ -219,6 +233,9 @@ def train_one_epoch(
     seen = 0
     for x, y in batch_iter:
         loss, logits, y, rate = train_step(model, x, y, opt, rt, world)
+        if ema is not None:
+            ema.update_parameters(model)
+        y = y if y.dim() == 1 else y.argmax(1)
         rates.append(rate)
         # Accumulate on the device: no host sync per batch.
         total_loss += loss * len(y)
@@ -290,9 +307,11 @@ def validate(
     return float(totals[0]) / len(data.val_labels), float(totals[1]) / len(data.val_labels)
 
 
-def _restore(state: TrainState, model: nn.Module, opt: Optimization) -> torch.Generator:
-    """Put a (resumed) state's weights, optimizer, schedule and RNGs in place; returns its shuffling
-    generator."""
+def _restore(state: TrainState, model: nn.Module, opt: Optimization, ema: Any) -> torch.Generator:
+    """Put a (resumed) state's weights, optimizer, schedule, averaged weights and RNGs in place;
+    returns its shuffling generator."""
+    if ema is not None and state.ema is not None:
+        ema.load_state_dict(state.ema)
     generator = torch.Generator()
     generator.set_state(state.generator)
     if state.model is not None:
@@ -312,9 +331,11 @@ def _advance(
     opt: Optimization,
     generator: torch.Generator,
     cfg: TrainParams,
+    ema: Any = None,
 ) -> TrainState:
     """The state after the epoch `result` describes (a copy of the weights kept when it is the best
-    so far)."""
+    so far: the averaged ones with `ema`)."""
+    kept = model.state_dict() if ema is None else finetune.averaged_weights(ema)
     better = state.best_state is None or result.val_accuracy > state.best_acc + cfg.min_delta
     return replace(
         state,
@@ -325,16 +346,43 @@ def _advance(
         optimizer=opt.optimizer.state_dict(),
         scheduler=opt.scheduler.state_dict() if opt.scheduler is not None else None,
         history=(*state.history, result),
+        ema=ema.state_dict() if ema is not None else None,
         **(
             {
                 "best_acc": result.val_accuracy,
                 "best_epoch": result.epoch,
-                "best_state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "best_state": {k: v.detach().clone() for k, v in kept.items()},
             }
             if better
             else {}
         ),
     )
+
+
+def epoch_batches(
+    data: TrainData, shuffled: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's training batches of `shuffled` (full ones), augmented as `data` says, each draw
+    from `generator` in turn: (uint8 images, int64 labels), or with a mixer (float images in
+    [0, 1], soft targets N×classes)."""
+    batch_iter = batches(data.images, data.labels, shuffled, batch_size, drop_last=True)
+    if data.augment:
+        kind = data.augment
+        batch_iter = ((augment.batch(x, generator, kind), y) for x, y in batch_iter)
+    if data.policy is not None:
+        transform = data.policy
+        batch_iter = ((augment.with_policy(x, generator, transform), y) for x, y in batch_iter)
+    if data.mixer is not None:
+        batch_iter = (_mixed(data.mixer, x, y, generator) for x, y in batch_iter)
+    return batch_iter
+
+
+def _mixed(
+    mixer: finetune.Mixer, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mixer` on one batch, seeded from `generator`."""
+    with augment.drawn_seed(generator):
+        return mixer(x, y)
 
 
 def fit(
@@ -355,27 +403,32 @@ def fit(
     state and data: they draw the same global batches and each trains on its part of them (and
     `on_epoch` returns the same on all). Raises PipelineError when the training loss becomes NaN or
     infinite."""
-    generator = _restore(state, model, opt)
+    ema = finetune.averaged(model, cfg)
+    generator = _restore(state, model, opt, ema)
     steps = data.batches_per_epoch(cfg.batch_size)
-    trained = model if world is None else world.data_parallel(model, rt.device)
+    trained, was_frozen = model, None
     while not state.finished(cfg):
         epoch, start = state.epoch + 1, time.perf_counter()
+        # From the epoch's number alone: a resumed run freezes as an uninterrupted one.
+        frozen = finetune.freezes(cfg) and finetune.frozen(cfg, epoch)
+        if frozen != was_frozen:  # DDP must be wrapped anew when other parameters take gradients
+            if finetune.freezes(cfg):
+                finetune.set_frozen(model, frozen)
+            trained = model if world is None else world.data_parallel(model, rt.device)
+            was_frozen = frozen
         lr = opt.optimizer.param_groups[0]["lr"]
         shuffled = data.fit_idx[
             torch.randperm(len(data.fit_idx), generator=generator).to(rt.device)
         ]
         if world is not None:
             world.reseed(generator)
-        batch_iter = batches(data.images, data.labels, shuffled, cfg.batch_size, drop_last=True)
-        if data.augment:
-            kind = data.augment
-            batch_iter = ((augment.batch(x, generator, kind), y) for x, y in batch_iter)
+        batch_iter = epoch_batches(data, shuffled, cfg.batch_size, generator)
         with tqdm(
             total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress
         ) as bar:
             try:
                 train_loss, train_acc = train_one_epoch(
-                    trained, batch_iter, opt, rt, bar if progress else None, world
+                    trained, batch_iter, opt, rt, bar if progress else None, world, frozen, ema
                 )
             except Diverged as exc:
                 # Only remedies not in use already: onecycle is the default schedule.
@@ -388,11 +441,11 @@ def fit(
                     + "; ".join(tries)
                 ) from None
         opt.after_epoch()
-        val_loss, val_acc = validate(model, data, rt, world)
+        val_loss, val_acc = validate(model if ema is None else ema.module, data, rt, world)
         result = EpochResult(
             epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start
         )
-        state = _advance(state, result, model, opt, generator, cfg)
+        state = _advance(state, result, model, opt, generator, cfg, ema)
         if on_epoch(result, state):
             break
     assert state.best_state is not None

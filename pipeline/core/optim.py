@@ -100,7 +100,9 @@ def one_cycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     # momentum the user switched on (adadelta has none, and cycling would turn on momentum that
     # train.momentum: 0 turned off).
     cycle = c.cycle_momentum and ("betas" in o.defaults or o.defaults.get("momentum", 0) > 0)
-    return OneCycleLR(o, max_lr=c.lr, epochs=c.epochs, steps_per_epoch=steps, cycle_momentum=cycle)
+    # Each parameter group's own peak (train.backbone_lr_scale gives the backbone a lower one).
+    peaks = [group["lr"] for group in o.param_groups]
+    return OneCycleLR(o, max_lr=peaks, epochs=c.epochs, steps_per_epoch=steps, cycle_momentum=cycle)
 
 
 # (optimizer, train params, batches per epoch) -> schedule; None = a constant rate.
@@ -154,12 +156,13 @@ class Optimization:
 
     @classmethod
     def build(cls, model: nn.Module, cfg: TrainParams, steps_per_epoch: int) -> Optimization:
-        """Optimizer (over the parameters that are not frozen), schedule and loss named by `cfg`,
+        """Optimizer (over the parameters that are not frozen; the head and the backbone in two
+        groups with train.backbone_lr_scale), schedule and loss named by `cfg`,
         for `model` as it will be trained (device, layout). Raises KeyError for a name none of
         the dicts holds (core.params refuses those first)."""
-        optimizer = OPTIMIZERS[cfg.optimizer](
-            [p for p in model.parameters() if p.requires_grad], cfg
-        )
+        from pipeline.core import finetune
+
+        optimizer = OPTIMIZERS[cfg.optimizer](finetune.parameter_groups(model, cfg), cfg)
         scheduler = SCHEDULERS[cfg.scheduler](optimizer, cfg, steps_per_epoch)
         return cls(
             optimizer,

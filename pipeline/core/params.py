@@ -21,9 +21,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.core import datasets, transfer, zoo_table
+from pipeline.core.auto import builtin_auto
 from pipeline.core.errors import PipelineError
 from pipeline.core.validation import build, spec
 from pipeline.core.yamlio import read_yaml, write_yaml
@@ -39,6 +40,7 @@ MODELS = (
     *(n for n in zoo_table.ARCHITECTURES if n != "resnet18"),
 )
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment", "autoaugment")
 MAX_FILE_BYTES = 1 << 20  # params.yaml is a few kB; anything near this is a mistake or an attack
 # MLflow's own rules for aliases (alphanumerics, _ and -; "latest" and v<number> are reserved) and
 # registered-model names (no / or :), checked here so a bad value stops before training, not after.
@@ -102,6 +104,28 @@ class DataParams:
         "random crop (4 px padding) and flip for CIFAR-10; random resized crop and flip "
         "(torchvision's) for a folder's photographs.",
     )
+    # Photographs' augmentation: each drawn from the run's seeded generator, off by default.
+    augment_policy: str = spec(
+        "none",
+        "An automatic augmentation policy on every training batch (torchvision's, on uint8): "
+        "trivialaugment (TrivialAugmentWide), randaugment (RandAugment), autoaugment (ImageNet's "
+        "AutoAugment); none = off.",
+        choices=AUGMENT_POLICIES,
+    )
+    color_jitter: float = spec(
+        0.0,
+        "Random brightness, contrast and saturation changes of up to this fraction (colour "
+        "pictures; brightness and contrast alone on grey ones); 0 = off.",
+        ge=0,
+        le=1,
+    )
+    random_erasing: float = spec(
+        0.0,
+        "Probability that a random rectangle of a training picture is erased (RandomErasing); "
+        "0 = off.",
+        ge=0,
+        le=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -153,8 +177,42 @@ class TrainParams:
         "new when the classes differ. torchvision's weights bring their picture size (folder, "
         "data.image_size null) and normalisation (docs/transfer.md).",
     )
+    # Fine-tuning and regularisation (core.finetune): every one off by default.
     freeze_backbone: bool = spec(
-        False, "resnet18 and torchvision's models: train only the final classifier layer."
+        False,
+        "Train only the head (the last linear layer) in every epoch, the backbone's weights and "
+        "batch-norm statistics frozen: train.freeze_epochs for the whole run.",
+    )
+    freeze_epochs: int = spec(
+        0,
+        "Fine-tuning: the first this many epochs train only the head (the last linear layer), the "
+        "backbone's weights and batch-norm statistics frozen; then every layer trains.",
+        ge=0,
+    )
+    backbone_lr_scale: float = spec(
+        1.0,
+        "The backbone's learning rate is train.lr times this (its own optimizer parameter group); "
+        "the head's is train.lr.",
+        ge=0,
+    )
+    mixup_alpha: float = spec(
+        0.0,
+        "MixUp: blend pairs of training pictures and their labels (soft targets), the share drawn "
+        "from Beta(alpha, alpha); 0 = off. With train.cutmix_alpha each batch uses one of them.",
+        ge=0,
+    )
+    cutmix_alpha: float = spec(
+        0.0,
+        "CutMix: paste a rectangle of another training picture, the labels mixed by its area, "
+        "drawn from Beta(alpha, alpha); 0 = off.",
+        ge=0,
+    )
+    ema_decay: float | None = spec(
+        None,
+        "Keep an exponential moving average of the weights (this decay per step), validated and "
+        "saved in place of the last weights; null = off.",
+        gt=0,
+        lt=1,
     )
     optimizer: str = spec(
         "adam", "Optimizer.", choices=("adam", "adamw", "sgd", "adadelta", "rmsprop")
@@ -177,8 +235,18 @@ class TrainParams:
         choices=("cross_entropy", "nll"),
     )
     label_smoothing: float = spec(0.1, "Label smoothing (either loss).", ge=0, lt=1)
-    batch_size: int = spec(256, "Training batch size.", ge=1)
-    epochs: int = spec(2, "Maximum number of epochs.", ge=1)
+    batch_size: int | Literal["auto"] = spec(
+        "auto",
+        "Training batch size; auto = 256 for the built-in datasets, for a folder the largest power "
+        "of two up to an eighth of its fitting pictures (at most 256; docs/datasets.md).",
+        ge=1,
+    )
+    epochs: int | Literal["auto"] = spec(
+        "auto",
+        "Maximum number of epochs; auto = 2 for the built-in datasets, for a folder enough for "
+        "300 optimizer steps (docs/datasets.md).",
+        ge=1,
+    )
     patience: int | None = spec(
         2, "Stop after this many epochs without a better validation accuracy; null = never.", ge=1
     )
@@ -231,6 +299,11 @@ class EvaluateParams:
         "k of the top-k test accuracy (metric topK_accuracy); capped at the number of classes "
         "(two classes: top2_accuracy).",
         ge=1,
+    )
+    tta: bool = spec(
+        False,
+        "Test-time augmentation: score each test picture by the mean softmax of it and its "
+        "horizontal mirror image.",
     )
 
 
@@ -302,7 +375,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a plain mapping (as loaded from YAML) into Params, each value and then the
     combinations."""
-    params = build(Params, without_pretrained(raw, source), prefix="", source=source)
+    params = builtin_auto(build(Params, without_pretrained(raw, source), prefix="", source=source))
     train = params.train
     if train.portable and train.threads == 0:
         raise PipelineError(
@@ -314,7 +387,7 @@ def parse_params(raw: Any, source: str = "params") -> Params:
             f"{source}: {key} must not be {getattr(train, key.split('.')[1])} with train.portable "
             "(CPU fp32 only)"
         )
-    if train.batch_size < train.processes:
+    if isinstance(train.batch_size, int) and train.batch_size < train.processes:
         raise PipelineError(
             f"{source}: train.batch_size must be >= train.processes (each process takes part of "
             "every batch), "
@@ -324,6 +397,12 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise PipelineError(
             f"{source}: train.betas must be a list of two numbers >= 0 and < 1, got "
             f"{list(train.betas)}"
+        )
+    if train.loss == "nll" and (train.mixup_alpha or train.cutmix_alpha):
+        key = "train.mixup_alpha" if train.mixup_alpha else "train.cutmix_alpha"
+        raise PipelineError(
+            f"{source}: {key} mixes labels into soft targets, which train.loss nll does not take; "
+            "use train.loss cross_entropy"
         )
     data = params.data
     if data.channels == 2:

@@ -8,6 +8,7 @@ tracker is all the tracking there is: with the base `Tracker` nothing is logged 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from pipeline.core import (
     datasets,
     distributed,
     figures,
+    finetune,
     folders,
     loop,
     models,
@@ -36,6 +38,7 @@ from pipeline.core import (
     transfer,
     weights,
 )
+from pipeline.core.auto import AUTO_BATCH_SIZE, folder_auto
 from pipeline.core.distributed import World
 from pipeline.core.errors import PipelineError
 from pipeline.core.hooks import EpochHook
@@ -122,7 +125,9 @@ def load_inputs(params: Params) -> Inputs:
     blame = {"mlp": "train.mlp_hidden", "cnn": "train.cnn_channels"}.get(
         cfg.model, "train.batch_size"
     )
-    models.check_fits(*shape, options, cfg.batch_size, blame)
+    # An auto batch is at most the built-in datasets' size.
+    batch = cfg.batch_size if isinstance(cfg.batch_size, int) else AUTO_BATCH_SIZE
+    models.check_fits(*shape, options, batch, blame)
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     start, statistics = weights.read(paths.START, cfg), "dataset"
     seen = 3 if models.repeats_grey(cfg.model, spec.channels) else spec.channels
@@ -217,12 +222,14 @@ def header_line(cfg: TrainParams, inputs: Inputs, rt: runtime.Runtime, world: Wo
 
 
 def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.TrainData:
-    """The run's images on the device, with the augmentation data.augment asks for."""
+    """The run's images on the device, with the augmentation data.augment, data.augment_policy,
+    data.color_jitter, data.random_erasing, train.mixup_alpha and train.cutmix_alpha ask for."""
     kind = (
         augment.kind_for(inputs.spec.channels, inputs.spec.from_folder)
         if params.data.augment
         else None
     )
+    data = params.data
     return loop.TrainData.on(
         rt,
         inputs.images,
@@ -230,6 +237,10 @@ def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.Trai
         inputs.fit_idx,
         (inputs.val_images, inputs.val_labels),
         augment=kind,
+        policy=augment.policy(
+            data.augment_policy, data.color_jitter, data.random_erasing, inputs.spec.channels
+        ),
+        mixer=finetune.mixer(params.train, inputs.spec.num_classes),
     )
 
 
@@ -252,8 +263,11 @@ def train(
     outputs and checkpoints, and the caller gives the other ranks the base Tracker. Raises
     PipelineError for bad inputs, an unusable store, or training that diverged.
     """
-    cfg = params.train
     inputs = load_inputs(params)
+    # A folder's auto batch size and epochs, by its fitting pictures; logged as the numbers chosen.
+    asked = params.train
+    params = dataclasses.replace(params, train=folder_auto(asked, len(inputs.fit_idx)))
+    cfg = params.train
     rt = runtime.make_runtime(cfg, world)
     main_process = distributed.is_main_process(world)
     # Joined only now: an input error is found by every process alone, before any of them waits for
@@ -267,6 +281,10 @@ def train(
             )
             log(f"starting from {cfg.weights} ({count} tensors), normalised as {inputs.statistics}")
         log(header_line(cfg, inputs, rt, world))
+        if (asked.batch_size, asked.epochs) != (cfg.batch_size, cfg.epochs):
+            log(
+                f"auto: batches of {cfg.batch_size}, at most {cfg.epochs} epochs (docs/datasets.md)"
+            )
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
         resume = find_checkpoint(fingerprint, main_process, world, log)

@@ -76,6 +76,8 @@ def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 
 
 def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
+    if value == AUTO and _takes_auto(hint):
+        return AUTO
     base, optional = _unwrap(hint)
 
     def bad() -> PipelineError:
@@ -130,9 +132,19 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
     return value
 
 
+AUTO = "auto"  # the one word a `X | Literal["auto"]` field takes besides an X
+
+
+def _takes_auto(hint: Any) -> bool:
+    """Whether the field's type is `X | Literal["auto"]`."""
+    return typing.Literal[AUTO] in typing.get_args(hint)
+
+
 def _unwrap(hint: Any) -> tuple[Any, bool]:
-    """(the type, whether null is allowed) of `X` or `X | None`."""
+    """(the type, whether null is allowed) of `X`, `X | None` or `X | Literal["auto"]`."""
     args = typing.get_args(hint)
+    if typing.Literal[AUTO] in args:
+        return next(a for a in args if a != typing.Literal[AUTO]), False
     if type(None) in args:
         return next(a for a in args if a is not type(None)), True
     return hint, False
@@ -177,7 +189,7 @@ def describe(hint: Any, meta: Any, short: bool = False) -> str:
         bounds = [f"{sign} {_number(meta[b])}" for b, sign in signs.items() if meta[b] is not None]
         if bounds:
             text += " " + " and ".join(bounds)
-    return text + (" or null" if optional else "")
+    return text + (" or null" if optional else "") + (f" or {AUTO}" if _takes_auto(hint) else "")
 
 
 def _close(value: Any, choices: tuple[str, ...] | None) -> str:
