@@ -35,16 +35,25 @@ def rows(r: dict[str, Any]) -> list[str]:
         *_stage_rows(r),
         *_tracking_rows(r),
         *folder_rows(r.get("folders"), d.get("test_accuracy")),
+        *predict_rows(r.get("predict")),
     ]
 
 
 def _heading(r: dict[str, Any]) -> list[str]:
     """The machine the entry was measured on, and the table's header."""
     m = r["machine"]
+    later = "".join(
+        f"; `{key}` from a later {w['mode']} run of that section only, commit {w['commit']}, "
+        f"{w['date']}"
+        for key, w in r.get("later", {}).items()
+    )
+    only = f" of {', '.join(r['sections'])} only" if "sections" in r else ""
     return [
         f"{m['cpu']}, flags `{m['flags']}`, {m['cores']} cores, torch {m['torch']}, commit "
         f"{m['commit']}, "
-        f"{r['date']}, {r['mode']} run" + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
+        f"{r['date']}, {r['mode']} run{only}"
+        + (f", GPU {m['cuda']}" if m.get("cuda") else "")
+        + later,
         "",
         "| figure | measured | target |",
         "| --- | --- | --- |",
@@ -104,7 +113,7 @@ def _loop_rows(r: dict[str, Any]) -> list[str]:
 def _stage_rows(r: dict[str, Any]) -> list[str]:
     """Each stage's time and memory, the training rate per precision, and the throughput."""
     out = []
-    for stage, s in r["stages"].items():
+    for stage, s in r.get("stages", {}).items():
         limit = {"normalization_stats": 1.0, "evaluate": 4.5}.get(stage)
         out.append(
             _row(
@@ -115,34 +124,48 @@ def _stage_rows(r: dict[str, Any]) -> list[str]:
                 s["seconds"] <= limit if limit else s["peak_rss_mb"] <= 1200,
             )
         )
-    p, m = r["precision"], r["machine"]
-    out.append(
-        _row(
-            "training rate fp32 / bf16 (2 threads; 1 thread per CPU-second)",
-            f"{p['fp32_wall_img_per_s']} / {p['bf16_wall_img_per_s']} img/s "
-            f"({p['bf16_over_fp32']}×); "
-            f"{p['fp32_cpu_1thread_img_per_s']} / {p['bf16_cpu_1thread_img_per_s']}",
-            f"auto picks bf16 only where native ({'native' if m['native_bf16'] else 'emulated'} "
-            "here)",
-            (p["bf16_over_fp32"] > 1) == m["native_bf16"],
+    p, m, t = r.get("precision"), r["machine"], r.get("throughput")
+    if p:
+        out.append(_precision_row(p, m))
+    if t:
+        out.append(
+            _row(
+                "training throughput: tutorials / ours",
+                f"{t['baseline_img_per_s']} / {t['ours_img_per_s']} img/s "
+                f"({t['ratio']}×, {t['ours_precision']})",
+                "",
+                None,
+            )
         )
-    )
-    t = r["throughput"]
-    out.append(
-        _row(
-            "training throughput: tutorials / ours",
-            f"{t['baseline_img_per_s']} / {t['ours_img_per_s']} img/s "
-            f"({t['ratio']}×, {t['ours_precision']})",
-            "",
-            None,
-        )
-    )
     return out
+
+
+def _precision_row(p: dict[str, Any], m: dict[str, Any]) -> str:
+    """The training rate in fp32 and bf16, against whether this CPU has native bf16."""
+    return _row(
+        "training rate fp32 / bf16 (2 threads; 1 thread per CPU-second)",
+        f"{p['fp32_wall_img_per_s']} / {p['bf16_wall_img_per_s']} img/s "
+        f"({p['bf16_over_fp32']}×); "
+        f"{p['fp32_cpu_1thread_img_per_s']} / {p['bf16_cpu_1thread_img_per_s']}",
+        f"auto picks bf16 only where native ({'native' if m['native_bf16'] else 'emulated'} here)",
+        (p["bf16_over_fp32"] > 1) == m["native_bf16"],
+    )
+
+
+def _internals_row(i: dict[str, Any]) -> str:
+    """What swapping MLflow's requirement check out of log_model saves."""
+    return _row(
+        "library internals: MLflow's requirement check swapped out of log_model",
+        f"saves {i['mismatch_swap_saves_seconds']} s ({i['log_model_without_swap_seconds']} s → "
+        f"{i['log_model_seconds']} s)",
+        "listed in tests/test_library_guards.py",
+        None,
+    )
 
 
 def _tracking_rows(r: dict[str, Any]) -> list[str]:
     """What tracking costs per stage, the library internal it works around, and the preset."""
-    k, i = r["tracking"], r["internals"]
+    k, i = r.get("tracking"), r.get("internals")
     out = [
         _row(
             f"{stage} stage: tracking process / MLflow in-process / untracked",
@@ -152,17 +175,10 @@ def _tracking_rows(r: dict[str, Any]) -> list[str]:
             k[f"{stage}_saved_by_process_seconds"] >= 2,
         )
         for stage in ("train", "evaluate")
+        if k
     ]
-    out.append(
-        _row(
-            "library internals: MLflow's requirement check swapped out of log_model",
-            f"saves {i['mismatch_swap_saves_seconds']} s ({i['log_model_without_swap_seconds']} s "
-            "→ "
-            f"{i['log_model_seconds']} s)",
-            "listed in tests/test_library_guards.py",
-            None,
-        )
-    )
+    if i:
+        out.append(_internals_row(i))
     pr = r.get("preset")
     if pr:
         out.append(
@@ -218,6 +234,30 @@ def folder_rows(f: dict[str, Any] | None, builtin_accuracy: float | None) -> lis
             worst < 1536,
         ),
     ]
+
+
+def predict_rows(p: dict[str, Any] | None) -> list[str]:
+    """`predict` from a cold process, ONNX against torch, per picture count: best and median wall
+    seconds, peak RSS."""
+    if not p:
+        return []
+    out = []
+    for count in (1, 1000):
+        c = p[f"pictures_{count}"]
+        o, t = c["onnx"], c["torch"]
+        out.append(
+            _row(
+                f"`predict` cold, {count:,} picture{'s' if count > 1 else ''}: ONNX / torch "
+                f"(best, median of {p['repeats']}; peak RSS)",
+                f"{o['best_seconds']} / {t['best_seconds']} s ({c['torch_over_onnx']}×), "
+                f"median {o['median_seconds']} / {t['median_seconds']} s; "
+                f"{o['peak_rss_mb']} / {t['peak_rss_mb']} MB; same top-1: {c['same_top1']}; "
+                f"load {p['load_before']}→{p['load_after']}",
+                "ONNX below torch" if count == 1 else "same top-1 classes",
+                o["best_seconds"] < t["best_seconds"] if count == 1 else c["same_top1"],
+            )
+        )
+    return out
 
 
 GAPS = """What would close the gaps that remain:
