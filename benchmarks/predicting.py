@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -48,9 +49,12 @@ def write_pictures(root: Path, folder: Path, count: int) -> list[Path]:
 
 
 def top1(output: str) -> list[str]:
-    """Each picture's first class, from `predict --json` output (stderr lines may come first)."""
-    start = output.index("[")
-    results, _ = json.JSONDecoder().raw_decode(output[start:])
+    """Each picture's first class, from `predict --json` output (stderr lines may come first; the
+    JSON list opens on a line of its own)."""
+    start = re.search(r"^\[$", output, re.MULTILINE)
+    if start is None:
+        raise click.ClickException(f"predict printed no JSON:\n{output[-800:]}")
+    results, _ = json.JSONDecoder().raw_decode(output[start.start() :])
     return [r["predictions"][0]["class"] for r in results]
 
 
