@@ -52,7 +52,7 @@ def test_queued_records_all_land_in_the_run(
         (3, 0.3),
     ]
     assert {a.path for a in client.list_artifacts(run_id)} >= {"notes.txt", "confusion.png"}
-    assert tracker._child.returncode == 0
+    assert tracker.process is not None and tracker.process.exitcode == 0
 
 
 @pytest.mark.parametrize("kind", [MlflowTracker, BackgroundTracker])
@@ -115,8 +115,8 @@ def test_an_interrupt_ends_the_run_killed(store: tuple[str, MlflowClient]) -> No
 def test_a_dead_tracking_process_is_one_line(store: tuple[str, MlflowClient]) -> None:
     uri, _ = store
     tracker = BackgroundTracker(uri)
-    tracker._child.kill()
-    tracker._child.wait()
+    assert tracker.process is not None
+    tracker.process.kill()
     with (
         pytest.raises(
             PipelineError, match=r"the tracking process ended unexpectedly \(exit code -9\)"
