@@ -20,7 +20,7 @@ import importlib
 import multiprocessing
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
@@ -66,7 +66,7 @@ class BackgroundTracker(Tracker):
         # The pool starts its process on the first submit: kept to report its exit code.
         self.process = next(iter(set(multiprocessing.active_children()) - before), None)
 
-    def _submit(self, function: Any, *args: Any) -> None:
+    def _submit(self, function: Callable[..., Any], *args: Any) -> None:
         try:
             self._pending.append(self._pool.submit(function, *args))
         except BrokenProcessPool:
