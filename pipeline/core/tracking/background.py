@@ -51,11 +51,13 @@ class BackgroundTracker(Tracker):
         check_environment()
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)  # here, in seconds, before the stage starts its work
-        # Spawned, not forked: the benchmark and the tests start it from a process that holds torch
-        # and its threads, which a fork would copy half-locked.
+        # Forked: the stages start it first thing, before torch and its threads, so the copy is
+        # small and holds no lock. A spawned worker would start a fresh interpreter, import the
+        # stage's main module once more and tear all of mlflow down at the end; a forked one ends
+        # with os._exit, and the stage waits for that end.
         self._pool = ProcessPoolExecutor(
             max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context("fork"),
             initializer=_settle,
             initargs=(str(paths.project_root()),),
         )
@@ -166,6 +168,7 @@ def _settle(root: str) -> None:
     # 0's, `./mlruns`) there, not in the copy under .dvc/tmp/exps/ where DVC runs a queued
     # experiment. Paths it gets are absolute.
     os.chdir(root)
+    os.dup2(2, 1)  # the stage's stdout is its own report: whatever MLflow prints goes to stderr
     # MLflow's usage telemetry has nowhere to go from a CI runner or an offline machine, and its
     # sender thread would delay the end of every stage; a user can still set the variable to false.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
