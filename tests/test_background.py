@@ -3,8 +3,13 @@ MlflowTracker's."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -52,7 +57,7 @@ def test_queued_records_all_land_in_the_run(
         (3, 0.3),
     ]
     assert {a.path for a in client.list_artifacts(run_id)} >= {"notes.txt", "confusion.png"}
-    assert tracker._child.returncode == 0
+    assert tracker.process is not None and tracker.process.exitcode == 0
 
 
 @pytest.mark.parametrize("kind", [MlflowTracker, BackgroundTracker])
@@ -115,8 +120,8 @@ def test_an_interrupt_ends_the_run_killed(store: tuple[str, MlflowClient]) -> No
 def test_a_dead_tracking_process_is_one_line(store: tuple[str, MlflowClient]) -> None:
     uri, _ = store
     tracker = BackgroundTracker(uri)
-    tracker._child.kill()
-    tracker._child.wait()
+    assert tracker.process is not None
+    tracker.process.kill()
     with (
         pytest.raises(
             PipelineError, match=r"the tracking process ended unexpectedly \(exit code -9\)"
@@ -125,6 +130,44 @@ def test_a_dead_tracking_process_is_one_line(store: tuple[str, MlflowClient]) ->
     ):
         pass
     tracker.close()
+
+
+# A stage that holds a run open, then waits to be killed; prints the run id and the tracking
+# process's pid.
+KILLED_STAGE = """
+import sys, time
+from pipeline.core.tracking.background import BackgroundTracker
+tracker = BackgroundTracker(sys.argv[1])
+with tracker.train_run("exp", "run-e", {}) as run_id:
+    print(run_id, tracker.process.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_tracking_process_ends_with_a_killed_stage(
+    store: tuple[str, MlflowClient], tmp_path: Path
+) -> None:
+    # SIGKILL leaves the stage no chance to shut its pool down: the tracking process must notice on
+    # its own, and leave the run as a kill leaves it (MLflow's exit handler would end it FINISHED).
+    uri, client = store
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    stage = subprocess.Popen(
+        [sys.executable, "-c", KILLED_STAGE, uri], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert stage.stdout is not None
+    run_id, pid = stage.stdout.readline().split()
+    stage.kill()
+    stage.wait()
+    worker = psutil.Process(int(pid))
+    deadline = time.monotonic() + 300  # a bound on a hang, not a speed check
+    while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the tracking process outlived its stage"
+        time.sleep(0.2)
+    assert client.get_run(run_id).info.status == "RUNNING"
 
 
 def test_a_stage_stopped_by_bad_input_creates_no_store(make_project) -> None:

@@ -6,8 +6,8 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from pipeline.core.tracking.store import (
     check_artifact_location,
     check_environment,
     check_reachable,
-    interrupts_as_keyboard,
+    run_span,
     sqlite_lock,
     tracking_uri,
 )
@@ -148,51 +148,58 @@ class MlflowTracker(Tracker):
         this project root."""
         return self._experiment_id(name)
 
-    @contextmanager
-    def _run(self, **start_kwargs: Any) -> Iterator[Any]:
-        """mlflow.start_run that ends KILLED on Ctrl-C or SIGTERM, FAILED on an error, never
-        RUNNING."""
+    def _start(self, start: Mapping[str, Any], params: Mapping[str, str]) -> str:
+        """mlflow.start_run(**start) with system metrics, then log `params`; returns the run id.
+        The run stays active until end_run."""
         mlflow = self._connect()
-        from mlflow.entities import RunStatus
         from mlflow.exceptions import MlflowException
 
-        with interrupts_as_keyboard():
-            try:
-                # CPU, memory, disk, network (and GPU where pynvml finds one) as system/* metrics.
-                run = mlflow.start_run(**start_kwargs, log_system_metrics=True)
-            except MlflowException as exc:
-                raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
-            try:
-                yield run
-            except BaseException as exc:
-                status = (
-                    RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-                )
-                try:
-                    _last_system_sample(run.info.run_id)
-                    mlflow.end_run(RunStatus.to_string(status))
-                except (
-                    Exception
-                ):  # the store may be what failed; the original error is the one to report
-                    pass
-                raise
-            else:
-                self._end_run()
+        try:
+            # CPU, memory, disk, network (and GPU where pynvml finds one) as system/* metrics.
+            run = mlflow.start_run(**start, log_system_metrics=True)
+        except MlflowException as exc:
+            raise PipelineError(f"MLflow store {self.uri}: {first_line(exc)}") from None
+        self._log_params(params)
+        return str(run.info.run_id)
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        """End the active run (if any) as `status` (FINISHED, FAILED or KILLED), with the last
+        system-metrics sample. Raises PipelineError when the store refuses to finish it."""
+        mlflow = self._connect()
+        active = mlflow.active_run()
+        if active is None:
+            return
+        if status == "FINISHED":
+            self._finish(active.info.run_id)
+        else:
+            _last_system_sample(active.info.run_id)
+            mlflow.end_run(status)
 
     @_store_errors
-    def _end_run(self) -> None:
-        mlflow = self._connect()
-        _last_system_sample(mlflow.active_run().info.run_id)
-        mlflow.end_run()
+    def _finish(self, run_id: str) -> None:
+        _last_system_sample(run_id)
+        self._connect().end_run()
 
-    @contextmanager
     def train_run(
         self,
         experiment_name: str,
         run_name: str,
         params: Mapping[str, Any],
         resume_run_id: str | None = None,
-    ) -> Iterator[str]:
+    ) -> AbstractContextManager[str]:
+        return run_span(
+            lambda: self.open_train_run(experiment_name, run_name, params, resume_run_id),
+            self.end_run,
+        )
+
+    def open_train_run(
+        self,
+        experiment_name: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        resume_run_id: str | None = None,
+    ) -> str:
+        """Start train_run's run and return its id; it stays active until end_run."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -215,20 +222,23 @@ class MlflowTracker(Tracker):
                 start = {"run_id": resume_run_id}
             else:
                 start["tags"] = {**start["tags"], "resumed_from_run_id": resume_run_id}
-        with self._run(**start) as run:
-            self._log_params(wanted)
-            yield run.info.run_id
+        return self._start(start, wanted)
 
     @_store_errors
     def _log_params(self, params: Mapping[str, str]) -> None:
         self._connect().log_params(dict(params))
 
-    @contextmanager
-    def evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
+    def evaluate_run(
+        self, run_info: Mapping[str, Any], params: Mapping[str, Any]
+    ) -> AbstractContextManager[str]:
         """As Tracker.evaluate_run; a new run, tagged with the original id and carrying its
         parameters, is opened instead when the store does not know that run (a fresh store, a clone)
         or when the run was already evaluated with other evaluate.* values (MLflow parameters cannot
         change)."""
+        return run_span(lambda: self.open_evaluate_run(run_info, params), self.end_run)
+
+    def open_evaluate_run(self, run_info: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+        """Start evaluate_run's run and return its id; it stays active until end_run."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -241,22 +251,16 @@ class MlflowTracker(Tracker):
         if original is not None and all(
             original.data.params.get(k, v) == v for k, v in wanted.items()
         ):
-            start: dict[str, Any] = {"run_id": run_info["run_id"]}
-            inherited: dict[str, str] = {}
-        else:
-            start = {
-                "experiment_id": experiment_id,
-                "run_name": run_info.get("run_name"),
-                "tags": {**origin_tags(params), "original_run_id": run_info["run_id"]},
-            }
-            inherited = (
-                {k: v for k, v in original.data.params.items() if k not in wanted}
-                if original
-                else {}
-            )
-        with self._run(**start) as run:
-            self._log_params({**inherited, **wanted})
-            yield run.info.run_id
+            return self._start({"run_id": run_info["run_id"]}, wanted)
+        start = {
+            "experiment_id": experiment_id,
+            "run_name": run_info.get("run_name"),
+            "tags": {**origin_tags(params), "original_run_id": run_info["run_id"]},
+        }
+        inherited = (
+            {k: v for k, v in original.data.params.items() if k not in wanted} if original else {}
+        )
+        return self._start(start, {**inherited, **wanted})
 
     @_store_errors
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -7,11 +7,12 @@ there even when a queued experiment runs in a copy under `.dvc/tmp/exps/…`, so
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -158,6 +159,26 @@ def interrupts_as_keyboard() -> Iterator[None]:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@contextmanager
+def run_span(open_run: Callable[[], str], end_run: Callable[[str], None]) -> Iterator[str]:
+    """The life of one MLflow run: `open_run()` starts it and returns its id, which the block gets;
+    `end_run(status)` ends it FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM, never
+    leaving it RUNNING. An error opening it ends whatever it started (FAILED).
+
+    A failure to end a failed or killed run is dropped: the store may be what failed, and the
+    error that stopped the run is the one to report.
+    """
+    with interrupts_as_keyboard():
+        try:
+            yield open_run()
+        except BaseException as exc:
+            # A second Ctrl-C while ending the run leaves it as it is; the first one is re-raised.
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        end_run("FINISHED")
 
 
 def check_artifact_location(name: str, location: str) -> None:
