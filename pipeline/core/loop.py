@@ -1,8 +1,9 @@
 """The training loop: whole splits as uint8 tensors on the device; epochs with early stopping.
 
 Images stay uint8 until a batch is drawn and the model normalises each batch itself: no per-sample
-transforms, no DataLoader. Read `fit` top to bottom: shuffle, train one epoch, validate, keep the
-best weights, hand the state to `on_epoch` (which checkpoints it), stop when patience runs out.
+transforms, no DataLoader. Read `fit` top to bottom: shuffle (or draw class-balanced), train one
+epoch, validate, keep the best weights, hand the state to `on_epoch` (which checkpoints it), stop
+when patience runs out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.core import augment, models
+from pipeline.core import augment, imbalance, models
 from pipeline.core.errors import PipelineError
 from pipeline.core.optim import Optimization
 from pipeline.core.params import TrainParams
@@ -40,6 +41,9 @@ class TrainData:
     val_images: torch.Tensor
     val_labels: torch.Tensor
     augment: str | None = None  # augment.KINDS: how every training batch is augmented
+    # float64 per fitting image: data.sampler balanced draws by these (imbalance.sample_weights);
+    # None = a permutation per epoch.
+    sample_weights: torch.Tensor | None = None
 
     @classmethod
     def on(
@@ -50,6 +54,7 @@ class TrainData:
         fit_idx: torch.Tensor,
         val: tuple[torch.Tensor, torch.Tensor],
         augment: str | None = None,
+        sample_weights: torch.Tensor | None = None,
     ) -> TrainData:
         """Move the split (a tensor) and the validation images and labels to the runtime's device
         once: no per-batch host→device copies. Pictures on disk stay there; each batch goes to the
@@ -63,6 +68,7 @@ class TrainData:
             val[0].to(rt.device),
             val[1].to(rt.device),
             augment,
+            sample_weights,
         )
 
     def batches_per_epoch(self, batch_size: int) -> int:
@@ -361,9 +367,8 @@ def fit(
     while not state.finished(cfg):
         epoch, start = state.epoch + 1, time.perf_counter()
         lr = opt.optimizer.param_groups[0]["lr"]
-        shuffled = data.fit_idx[
-            torch.randperm(len(data.fit_idx), generator=generator).to(rt.device)
-        ]
+        order = imbalance.epoch_order(len(data.fit_idx), data.sample_weights, generator)
+        shuffled = data.fit_idx[order.to(rt.device)]
         if world is not None:
             world.reseed(generator)
         batch_iter = batches(data.images, data.labels, shuffled, cfg.batch_size, drop_last=True)

@@ -30,6 +30,8 @@ from pipeline.core.yamlio import read_yaml, write_yaml
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("shuffle", "balanced")
+CLASS_WEIGHTS = ("none", "balanced")  # or a mapping from class name to weight
 MAX_FILE_BYTES = 1 << 20  # params.yaml is a few kB; anything near this is a mistake or an attack
 # MLflow's own rules for aliases (alphanumerics, _ and -; "latest" and v<number> are reserved) and
 # registered-model names (no / or :), checked here so a bad value stops before training, not after.
@@ -91,6 +93,13 @@ class DataParams:
         "Augment training batches: random shifts of up to 2 px for the grey 28 px datasets; "
         "random crop (4 px padding) and flip for CIFAR-10; random resized crop and flip "
         "(torchvision's) for a folder's photographs.",
+    )
+    sampler: str = spec(
+        "shuffle",
+        "How each epoch draws the fitting images: shuffle = each once, in a seeded random order; "
+        "balanced = as many draws, with replacement, each class equally likely (torch's "
+        "WeightedRandomSampler, from the run's seeded generator).",
+        choices=SAMPLERS,
     )
 
 
@@ -158,6 +167,14 @@ class TrainParams:
         choices=("cross_entropy", "nll"),
     )
     label_smoothing: float = spec(0.1, "Label smoothing (either loss).", ge=0, lt=1)
+    class_weights: str | dict[str, float] = spec(  # noqa: RUF009 (a field(); default a str)
+        "none",
+        "Per-class weights of the loss: none; balanced = n_samples / (n_classes × the class's "
+        "count in the fitting images), as scikit-learn's compute_class_weight; or a mapping "
+        "from class name to weight (classes left out weigh 1).",
+        choices=CLASS_WEIGHTS,
+        ge=0,
+    )
     batch_size: int = spec(256, "Training batch size.", ge=1)
     epochs: int = spec(2, "Maximum number of epochs.", ge=1)
     patience: int | None = spec(

@@ -26,6 +26,7 @@ from pipeline.core import (
     datasets,
     distributed,
     figures,
+    imbalance,
     loop,
     models,
     normalization,
@@ -96,6 +97,7 @@ class Inputs:
     fit_idx: torch.Tensor
     val_images: torch.Tensor  # uint8, carved from the training split or a folder's val/
     val_labels: torch.Tensor
+    class_weights: torch.Tensor | None = None  # float32 classes: the loss's (train.class_weights)
 
 
 def load_inputs(params: Params) -> Inputs:
@@ -121,6 +123,7 @@ def load_inputs(params: Params) -> Inputs:
         cfg.model, "train.batch_size"
     )
     models.check_fits(*shape, options, cfg.batch_size, blame)
+    imbalance.check_names(cfg.class_weights, spec.class_names)
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     images, labels = datasets.load_split(spec, paths.RAW, train=True)
     own_val = datasets.read_validation(spec, paths.RAW)
@@ -140,7 +143,10 @@ def load_inputs(params: Params) -> Inputs:
             ),
         )
         val_images, val_labels = images[val_idx], labels[val_idx]
-    return Inputs(spec, options, shape, norm, images, labels, fit_idx, val_images, val_labels)
+    weights = imbalance.class_weights(cfg.class_weights, spec.class_names, labels[fit_idx].numpy())
+    return Inputs(
+        spec, options, shape, norm, images, labels, fit_idx, val_images, val_labels, weights
+    )
 
 
 def logged_params(
@@ -193,7 +199,8 @@ def header_line(cfg: TrainParams, inputs: Inputs, rt: runtime.Runtime, world: Wo
 
 
 def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.TrainData:
-    """The run's images on the device, with the augmentation data.augment asks for."""
+    """The run's images on the device, with the augmentation data.augment asks for and the draw
+    data.sampler asks for."""
     kind = (
         augment.kind_for(inputs.spec.channels, inputs.spec.from_folder)
         if params.data.augment
@@ -206,6 +213,11 @@ def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.Trai
         inputs.fit_idx,
         (inputs.val_images, inputs.val_labels),
         augment=kind,
+        sample_weights=(
+            imbalance.sample_weights(inputs.labels[inputs.fit_idx])
+            if params.data.sampler == "balanced"
+            else None
+        ),
     )
 
 
@@ -245,7 +257,8 @@ def train(
         model = rt.place(model)
         # Built before the run opens, so that the optimizer's first imports overlap a background
         # tracker opening the store.
-        opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
+        weights = None if inputs.class_weights is None else inputs.class_weights.to(rt.device)
+        opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size), weights)
         name = run_name(params)
         with tracker.train_run(
             params.mlflow.experiment_name, name, logged, resume.run_id if resume else None
