@@ -115,6 +115,7 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
             raise bad()
         if meta["pattern"] and not re.fullmatch(meta["pattern"][0], value):
             raise bad()
+        return value  # bounds are a mapping's (str | dict fields), not the name's
     for bound, holds in (
         ("gt", operator.gt),
         ("ge", operator.ge),
