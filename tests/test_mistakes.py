@@ -52,8 +52,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             root / "data/images/train" / rel,
             root / "data/images/train/dark" / Path(rel).name.replace(".png", "-moved.png"),
         )
-    for stage in ("download", "normalization-stats", "train"):
-        run(["python", "-m", "pipeline", stage], root)
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "results"], root)
     return root
 
 
@@ -125,3 +126,25 @@ def test_built_in_pictures_are_named_by_split_and_index() -> None:
     assert [r.picture for r in rows] == ["b", "a"] and rows[0].predicted == "y"
     confident = mistakes.rank(["a", "b", "c"], torch.tensor([1, 0, 0]), logits, ["x", "y"], 5, True)
     assert [r.picture for r in confident] == ["c", "a", "b"]
+
+
+def test_report_says_how_many_pictures_changed_per_class(project: Path, tmp_path: Path) -> None:
+    """Run last: it changes the project's pictures (the others only read them)."""
+    train = project / "data/images/train"
+    for i in (10, 11, 12):  # three mid pictures relabelled light, one dark one removed
+        shutil.move(train / "mid" / f"{i}.png", train / "light" / f"mid-{i}.png")
+    (train / "dark" / "0.png").unlink()
+    run(["dvc", "repro"], project)
+    text = run(["python", "-m", "pipeline", "report", "--baseline", "HEAD"], project).stdout
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.split("## Data", 1)[1].splitlines()
+        if line.startswith("| ") and not line.startswith("| class")
+    }
+    assert rows["mid"][:3] == ["0", "3", "0"], text
+    assert rows["light"][:3] == ["3", "0", "0"], text
+    assert rows["dark"][:3] == ["0", "1", "0"], text
+    assert "git's blob ids" in text, text
+    # Training pictures per class (report.json): 2 light ones were planted in dark/ at the start.
+    assert [rows[c][3] for c in ("dark", "light", "mid")] == ["32 → 31", "28 → 31", "30 → 27"]
+    assert rows["mid"][4] == "8 → 8" and rows["mid"][5].count("→") == 1, text
