@@ -145,11 +145,11 @@ def picture_listings(
 
 
 def changes(old: dict[str, str], new: dict[str, str]) -> dict[str, Counter]:
-    """Per class: pictures added, removed, edited (same path, other MD5)."""
+    """Per class: pictures added, removed, edited (same path, other hash)."""
     out: dict[str, Counter] = {}
     for rel in old.keys() | new.keys():
         if "/" not in rel or Path(rel).suffix.lower() not in SUFFIXES:
-            continue  # a README beside the class folders is not a picture
+            continue  # a text file beside the class folders is no picture
         kind = "added" if rel not in old else "removed" if rel not in new else None
         if kind is None and old[rel] != new[rel]:
             kind = "edited"
