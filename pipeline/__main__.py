@@ -33,6 +33,10 @@ STAGES = {
 }
 TOOLS = {
     "predict": ("pipeline_tools.predict", "Classify image files with the trained model."),
+    "mistakes": (
+        "pipeline_tools.mistakes",
+        "The pictures to look at: highest loss, or confidently wrong, first.",
+    ),
     "compare": ("pipeline_tools.compare", "MLflow compare-view URLs and a table of what differs."),
     "report": ("pipeline_tools.report", "Markdown report of what changed against a revision."),
     "baseline": ("pipeline_tools.baseline", "Back to the committed params, lock and results."),

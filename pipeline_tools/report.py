@@ -2,8 +2,10 @@
 a pull request.
 
 Metrics and parameters that changed (from `dvc metrics diff` / `dvc params diff`), the per-class
-test accuracy side by side, the plots as images, and the MLflow run. CI posts it as a comment
-(.github/workflows/report.yml, with CML, which uploads the images the Markdown references).
+test accuracy side by side, the pictures changed per class with what that did to each class's
+accuracy (pipeline_tools.data_changes), the plots as images, and the MLflow run. CI posts it as a
+comment (.github/workflows/report.yml, with CML, which uploads the images the Markdown
+references).
 """
 
 from __future__ import annotations
@@ -61,8 +63,29 @@ def build(baseline: str, mlflow_url: str | None = None) -> str:
     metrics = dvc_json("metrics", "diff", baseline, "--all")
     params = dvc_json("params", "diff", baseline)
     lines = [f"# Experiment report: workspace against `{baseline}`", ""]
-
+    metric_lines, per_class = metrics_section(metrics, baseline)
+    lines += metric_lines + params_section(params, baseline)
+    if per_class:
+        per_class = in_model_order(per_class)
+        lines += per_class_section(per_class, baseline)
+    lines += data_section(baseline, per_class)
     lines += [
+        "",
+        "## Plots",
+        "",
+        "Curves per epoch, confusion matrix, ROC and precision-recall: `dvc plots diff "
+        f"{baseline}` draws them with both revisions overlaid.",
+        "",
+    ]
+    lines += [f"![{image.stem}]({image.as_posix()})" for image in IMAGES if image.is_file()]
+    return "\n".join(lines + mlflow_section(mlflow_url)) + "\n"
+
+
+def metrics_section(
+    metrics: dict[str, Any], baseline: str
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(the metrics table's lines, the per-class accuracy entries of `dvc metrics diff`)."""
+    lines = [
         "## Metrics",
         "",
         f"| file | metric | `{baseline}` | workspace | change |",
@@ -82,68 +105,82 @@ def build(baseline: str, mlflow_url: str | None = None) -> str:
                     f"| {file} | {key} | {_fmt(entry.get('old'))} | {_fmt(entry.get('new'))} | "
                     f"{_change(entry)} |"
                 )
+    return lines, per_class
 
+
+def params_section(params: dict[str, Any], baseline: str) -> list[str]:
+    """The parameters that changed, as a table."""
     changed = [(k, e) for entries in params.values() for k, e in sorted(entries.items())]
-    lines += ["", "## Parameters changed", ""]
-    if changed:
-        lines += [f"| parameter | `{baseline}` | workspace |", "|---|---|---|"]
-        lines += [f"| {k} | {_raw(e.get('old'))} | {_raw(e.get('new'))} |" for k, e in changed]
-    else:
-        lines.append("None: the same `params.yaml`.")
+    lines = ["", "## Parameters changed", ""]
+    if not changed:
+        return [*lines, "None: the same `params.yaml`."]
+    lines += [f"| parameter | `{baseline}` | workspace |", "|---|---|---|"]
+    return lines + [f"| {k} | {_raw(e.get('old'))} | {_raw(e.get('new'))} |" for k, e in changed]
 
-    if per_class:
-        try:  # the classes in the model's order, not DVC's
-            order = list(json.loads(paths.EVAL_METRICS.read_text())["per_class_accuracy"])
-        except (OSError, ValueError, KeyError):
-            order = []
-        per_class = dict(
-            sorted(
-                per_class.items(),
-                key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
-            )
+
+def in_model_order(per_class: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The per-class entries in the model's class order (metrics/eval.json's), not DVC's."""
+    try:
+        order = list(json.loads(paths.EVAL_METRICS.read_text())["per_class_accuracy"])
+    except (OSError, ValueError, KeyError):
+        order = []
+    return dict(
+        sorted(
+            per_class.items(),
+            key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
         )
-        lines += [
-            "",
-            "## Per-class test accuracy",
-            "",
-            f"| class | `{baseline}` | workspace | change |",
-            "|---|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {_fmt(c)} | {_fmt(e.get('old'))} | {_fmt(e.get('new'))} | {_change(e)} |"
-            for c, e in per_class.items()
-        ]
+    )
 
-    lines += [
+
+def per_class_section(per_class: dict[str, dict[str, Any]], baseline: str) -> list[str]:
+    """The per-class test accuracy side by side."""
+    return [
         "",
-        "## Plots",
+        "## Per-class test accuracy",
         "",
-        "Curves per epoch, confusion matrix, ROC and precision-recall: `dvc plots diff "
-        f"{baseline}` draws them with both revisions overlaid.",
-        "",
+        f"| class | `{baseline}` | workspace | change |",
+        "|---|---:|---:|---:|",
+    ] + [
+        f"| {_fmt(c)} | {_fmt(e.get('old'))} | {_fmt(e.get('new'))} | {_change(e)} |"
+        for c, e in per_class.items()
     ]
-    lines += [f"![{image.stem}]({image.as_posix()})" for image in IMAGES if image.is_file()]
 
+
+def data_section(baseline: str, per_class: dict[str, dict[str, Any]]) -> list[str]:
+    """Pictures changed per class between the two revisions' data (pipeline_tools.data_changes)."""
+    from pipeline.core.params import load_params
+    from pipeline_tools import data_changes
+
+    try:
+        folder = load_params(paths.project_root() / paths.PARAMS).data.folder
+    except PipelineError:
+        folder = ""
+    return data_changes.section(baseline, folder, per_class)
+
+
+def mlflow_section(mlflow_url: str | None) -> list[str]:
+    """The MLflow run the workspace's model came from, if the run file names one."""
     try:
         run = json.loads(paths.RUN_FILE.read_text())
     except (OSError, ValueError):
-        run = {}
-    if run.get("run_id"):
-        where = f" on {mlflow_url}" if mlflow_url else ""
-        lines += [
-            "",
-            "## MLflow",
-            "",
-            f"Run `{run.get('run_name', '')}` (`{run['run_id']}`){where}, "
-            f"model `{run.get('model_uri', '')}`.",
-        ]
-    return "\n".join(lines) + "\n"
+        return []
+    if not run.get("run_id"):
+        return []
+    where = f" on {mlflow_url}" if mlflow_url else ""
+    return [
+        "",
+        "## MLflow",
+        "",
+        f"Run `{run.get('run_name', '')}` (`{run['run_id']}`){where}, "
+        f"model `{run.get('model_uri', '')}`.",
+    ]
 
 
 @click.command(
     help=(
-        "Write Markdown of the workspace's metrics, parameters, per-class accuracy and plots "
-        "against a baseline revision (what CI posts on a pull request)."
+        "Write Markdown of the workspace's metrics, parameters, per-class accuracy, pictures "
+        "changed per class and plots against a baseline revision (what CI posts on a pull "
+        "request)."
     )
 )
 @click.option(

@@ -1,8 +1,9 @@
 """The training loop: whole splits as uint8 tensors on the device; epochs with early stopping.
 
 Images stay uint8 until a batch is drawn and the model normalises each batch itself: no per-sample
-transforms, no DataLoader. Read `fit` top to bottom: shuffle, train one epoch, validate, keep the
-best weights, hand the state to `on_epoch` (which checkpoints it), stop when patience runs out.
+transforms, no DataLoader. Read `fit` top to bottom: shuffle (or draw class-balanced), train one
+epoch, validate, keep the best weights, hand the state to `on_epoch` (which checkpoints it), stop
+when patience runs out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.core import augment, finetune, models
+from pipeline.core import augment, finetune, imbalance, models
 from pipeline.core.errors import PipelineError
 from pipeline.core.optim import Optimization
 from pipeline.core.params import TrainParams
@@ -42,6 +43,9 @@ class TrainData:
     augment: str | None = None  # augment.KINDS: how every training batch is augmented
     policy: augment.Transform | None = None  # data.augment_policy & co., per picture, after it
     mixer: finetune.Mixer | None = None  # MixUp/CutMix: soft targets, last
+    # float64 per fitting image: data.sampler balanced draws by these (imbalance.sample_weights);
+    # None = a permutation per epoch.
+    sample_weights: torch.Tensor | None = None
 
     @classmethod
     def on(
@@ -54,6 +58,7 @@ class TrainData:
         augment: str | None = None,
         policy: augment.Transform | None = None,
         mixer: finetune.Mixer | None = None,
+        sample_weights: torch.Tensor | None = None,
     ) -> TrainData:
         """Move the split (a tensor) and the validation images and labels to the runtime's device
         once: no per-batch host→device copies. Pictures on disk stay there; each batch goes to the
@@ -69,6 +74,7 @@ class TrainData:
             augment,
             policy,
             mixer,
+            sample_weights,
         )
 
     def batches_per_epoch(self, batch_size: int) -> int:
@@ -417,9 +423,8 @@ def fit(
             trained = model if world is None else world.data_parallel(model, rt.device)
             was_frozen = frozen
         lr = opt.optimizer.param_groups[0]["lr"]
-        shuffled = data.fit_idx[
-            torch.randperm(len(data.fit_idx), generator=generator).to(rt.device)
-        ]
+        order = imbalance.epoch_order(len(data.fit_idx), data.sample_weights, generator)
+        shuffled = data.fit_idx[order.to(rt.device)]
         if world is not None:
             world.reseed(generator)
         batch_iter = epoch_batches(data, shuffled, cfg.batch_size, generator)

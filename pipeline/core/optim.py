@@ -115,32 +115,46 @@ SCHEDULERS: dict[str, Callable[[Optimizer, TrainParams, int], LRScheduler | None
 PER_BATCH_SCHEDULERS = frozenset({"onecycle"})  # the others step once per epoch
 
 
-def cross_entropy(c: TrainParams) -> Loss:
-    """Cross-entropy on logits (N×classes float) and int64 labels (N), with
-    train.label_smoothing."""
+def cross_entropy(c: TrainParams, weight: torch.Tensor | None = None) -> Loss:
+    """Cross-entropy on logits (N×classes float) and int64 labels (N), with train.label_smoothing
+    and the per-class `weight` (float32 classes; None = every class 1). With both, torch weights
+    the smoothing term too: each class's share of it by its weight, the sum divided by the summed
+    weights of the batch's labels, as the main term is."""
     import torch.nn.functional as F
 
-    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+    return lambda logits, y: F.cross_entropy(
+        logits, y, weight=weight, label_smoothing=c.label_smoothing
+    )
 
 
-def nll(c: TrainParams) -> Loss:
-    """The tutorials' NLL on log-softmax outputs: the same maths as cross_entropy, smoothing
-    included (1 - s on the class, s spread evenly over all classes, as cross_entropy's
-    label_smoothing does)."""
+def nll(c: TrainParams, weight: torch.Tensor | None = None) -> Loss:
+    """The tutorials' NLL on log-softmax outputs: the same maths as cross_entropy, smoothing and
+    class weights included (1 - s on the class, s spread evenly over all classes, as
+    cross_entropy's label_smoothing does; with a `weight`, both terms weighted and normalised as
+    cross_entropy weights them, tests/test_imbalance.py compares the two)."""
     import torch.nn.functional as F
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         log_probs = F.log_softmax(logits, dim=1)
-        nll = F.nll_loss(log_probs, y)
+        nll = F.nll_loss(log_probs, y, weight=weight)
         # At smoothing 0 the second term is skipped, not multiplied by 0: 0 × a −inf log-probability
         # is NaN.
         s = c.label_smoothing
-        return nll if s == 0 else (1 - s) * nll - s * log_probs.mean(1).mean()
+        if s == 0:
+            return nll
+        if weight is None:
+            return (1 - s) * nll - s * log_probs.mean(1).mean()
+        smooth = (log_probs * weight).sum() / (weight[y].sum() * log_probs.shape[1])
+        return (1 - s) * nll - s * smooth
 
     return loss
 
 
-LOSSES: dict[str, Callable[[TrainParams], Loss]] = {"cross_entropy": cross_entropy, "nll": nll}
+# (train params, per-class weights or None) -> loss
+LOSSES: dict[str, Callable[[TrainParams, torch.Tensor | None], Loss]] = {
+    "cross_entropy": cross_entropy,
+    "nll": nll,
+}
 
 
 @dataclass(frozen=True)
@@ -155,11 +169,18 @@ class Optimization:
     grad_clip: float | None
 
     @classmethod
-    def build(cls, model: nn.Module, cfg: TrainParams, steps_per_epoch: int) -> Optimization:
+    def build(
+        cls,
+        model: nn.Module,
+        cfg: TrainParams,
+        steps_per_epoch: int,
+        class_weights: torch.Tensor | None = None,
+    ) -> Optimization:
         """Optimizer (over the parameters that are not frozen; the head and the backbone in two
-        groups with train.backbone_lr_scale), schedule and loss named by `cfg`,
-        for `model` as it will be trained (device, layout). Raises KeyError for a name none of
-        the dicts holds (core.params refuses those first)."""
+        groups with train.backbone_lr_scale), schedule and loss named by `cfg`, for `model` as it
+        will be trained (device, layout); the loss weighted by `class_weights` (float32 classes, on
+        the training device; core.imbalance.class_weights). Raises KeyError for a name none of the
+        dicts holds (core.params refuses those first)."""
         from pipeline.core import finetune
 
         optimizer = OPTIMIZERS[cfg.optimizer](finetune.parameter_groups(model, cfg), cfg)
@@ -168,7 +189,7 @@ class Optimization:
             optimizer,
             scheduler,
             cfg.scheduler in PER_BATCH_SCHEDULERS,
-            LOSSES[cfg.loss](cfg),
+            LOSSES[cfg.loss](cfg, class_weights),
             cfg.grad_clip,
         )
 

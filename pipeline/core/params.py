@@ -41,6 +41,8 @@ MODELS = (
 )
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment", "autoaugment")
+SAMPLERS = ("shuffle", "balanced")
+CLASS_WEIGHTS = ("none", "balanced")  # or a mapping from class name to weight
 MAX_FILE_BYTES = 1 << 20  # params.yaml is a few kB; anything near this is a mistake or an attack
 # MLflow's own rules for aliases (alphanumerics, _ and -; "latest" and v<number> are reserved) and
 # registered-model names (no / or :), checked here so a bad value stops before training, not after.
@@ -125,6 +127,13 @@ class DataParams:
         "0 = off.",
         ge=0,
         le=1,
+    )
+    sampler: str = spec(
+        "shuffle",
+        "How each epoch draws the fitting images: shuffle = each once, in a seeded random order; "
+        "balanced = as many draws, with replacement, each class equally likely (torch's "
+        "WeightedRandomSampler, from the run's seeded generator).",
+        choices=SAMPLERS,
     )
 
 
@@ -235,6 +244,14 @@ class TrainParams:
         choices=("cross_entropy", "nll"),
     )
     label_smoothing: float = spec(0.1, "Label smoothing (either loss).", ge=0, lt=1)
+    class_weights: str | dict[str, float] = spec(  # noqa: RUF009 (a field(); default a str)
+        "none",
+        "Per-class weights of the loss: none; balanced = n_samples / (n_classes × the class's "
+        "count in the fitting images), as scikit-learn's compute_class_weight; or a mapping "
+        "from class name to weight (classes left out weigh 1).",
+        choices=CLASS_WEIGHTS,
+        ge=0,
+    )
     batch_size: int | Literal["auto"] = spec(
         "auto",
         "Training batch size; auto = 256 for the built-in datasets, for a folder the largest power "

@@ -29,6 +29,7 @@ from pipeline.core import (
     figures,
     finetune,
     folders,
+    imbalance,
     loop,
     models,
     normalization,
@@ -104,6 +105,7 @@ class Inputs:
     val_labels: torch.Tensor
     start: weights.Start | None = None  # models/start.pt, unless train.weights is none
     statistics: str = "dataset"  # whose mean and std normalise: the dataset's or the weights'
+    class_weights: torch.Tensor | None = None  # float32 classes: the loss's (train.class_weights)
 
 
 def load_inputs(params: Params) -> Inputs:
@@ -128,6 +130,7 @@ def load_inputs(params: Params) -> Inputs:
     # An auto batch is at most the built-in datasets' size.
     batch = cfg.batch_size if isinstance(cfg.batch_size, int) else AUTO_BATCH_SIZE
     models.check_fits(*shape, options, batch, blame)
+    imbalance.check_names(cfg.class_weights, spec.class_names)
     norm = normalization.load(paths.STATS, spec.name, spec.channels)
     start, statistics = weights.read(paths.START, cfg), "dataset"
     seen = 3 if models.repeats_grey(cfg.model, spec.channels) else spec.channels
@@ -157,6 +160,9 @@ def load_inputs(params: Params) -> Inputs:
             ),
         )
         val_images, val_labels = images[val_idx], labels[val_idx]
+    class_weights = imbalance.class_weights(
+        cfg.class_weights, spec.class_names, labels[fit_idx].numpy()
+    )
     return Inputs(
         spec,
         options,
@@ -169,6 +175,7 @@ def load_inputs(params: Params) -> Inputs:
         val_labels,
         start,
         statistics,
+        class_weights,
     )
 
 
@@ -223,7 +230,8 @@ def header_line(cfg: TrainParams, inputs: Inputs, rt: runtime.Runtime, world: Wo
 
 def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.TrainData:
     """The run's images on the device, with the augmentation data.augment, data.augment_policy,
-    data.color_jitter, data.random_erasing, train.mixup_alpha and train.cutmix_alpha ask for."""
+    data.color_jitter, data.random_erasing, train.mixup_alpha and train.cutmix_alpha ask for, and
+    the draw data.sampler asks for."""
     kind = (
         augment.kind_for(inputs.spec.channels, inputs.spec.from_folder)
         if params.data.augment
@@ -241,6 +249,11 @@ def train_data(params: Params, inputs: Inputs, rt: runtime.Runtime) -> loop.Trai
             data.augment_policy, data.color_jitter, data.random_erasing, inputs.spec.channels
         ),
         mixer=finetune.mixer(params.train, inputs.spec.num_classes),
+        sample_weights=(
+            imbalance.sample_weights(inputs.labels[inputs.fit_idx])
+            if params.data.sampler == "balanced"
+            else None
+        ),
     )
 
 
@@ -292,7 +305,8 @@ def train(
         model = rt.place(model)
         # Built before the run opens, so that the optimizer's first imports overlap a background
         # tracker opening the store.
-        opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size))
+        loss_weights = None if inputs.class_weights is None else inputs.class_weights.to(rt.device)
+        opt = Optimization.build(model, cfg, data.batches_per_epoch(cfg.batch_size), loss_weights)
         name = run_name(params)
         with tracker.train_run(
             params.mlflow.experiment_name, name, logged, resume.run_id if resume else None

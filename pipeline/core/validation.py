@@ -78,6 +78,8 @@ def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
 def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
     if value == AUTO and _takes_auto(hint):
         return AUTO
+    if isinstance(value, dict) and _mapping(hint):
+        return _check_mapping(key, hint, meta, value, source)
     base, optional = _unwrap(hint)
 
     def bad() -> PipelineError:
@@ -121,6 +123,7 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
             raise bad()
         if meta["pattern"] and not re.fullmatch(meta["pattern"][0], value):
             raise bad()
+        return value  # bounds are a mapping's (str | dict fields), not the name's
     for bound, holds in (
         ("gt", operator.gt),
         ("ge", operator.ge),
@@ -140,13 +143,34 @@ def _takes_auto(hint: Any) -> bool:
     return typing.Literal[AUTO] in typing.get_args(hint)
 
 
+def _check_mapping(key: str, hint: Any, meta: Any, value: dict, source: str) -> dict[str, float]:
+    """A `str | dict[str, float]` field given a mapping: names (YAML reads `3:` as an integer, so
+    integers become their digits) to finite numbers within the field's bounds."""
+    if not value:
+        raise PipelineError(f"{source}: {key} must be {describe(hint, meta)}, got an empty mapping")
+    out: dict[str, float] = {}
+    number = {**meta, "choices": None}  # the field's bounds, for each value
+    for name, weight in value.items():
+        if isinstance(name, bool) or not isinstance(name, (str, int)) or not str(name).strip():
+            raise PipelineError(f"{source}: {key} has a key that is not a name: {_show(name)}")
+        out[str(name)] = _check(f"{key}.{name}", float, number, weight, source)
+    return out
+
+
+def _mapping(hint: Any) -> bool:
+    """Whether `hint` also accepts a mapping (`str | dict[str, float]`)."""
+    return any(typing.get_origin(a) is dict for a in typing.get_args(hint))
+
+
 def _unwrap(hint: Any) -> tuple[Any, bool]:
-    """(the type, whether null is allowed) of `X`, `X | None` or `X | Literal["auto"]`."""
+    """(the type, whether null is allowed) of `X`, `X | None`, `X | Literal["auto"]` or
+    `X | dict[...]` (the mapping is checked by `_check_mapping`)."""
     args = typing.get_args(hint)
     if typing.Literal[AUTO] in args:
         return next(a for a in args if a != typing.Literal[AUTO]), False
-    if type(None) in args:
-        return next(a for a in args if a is not type(None)), True
+    if type(None) in args or _mapping(hint):
+        rest = [a for a in args if a is not type(None) and typing.get_origin(a) is not dict]
+        return rest[0], type(None) in args
     return hint, False
 
 
@@ -171,7 +195,10 @@ def describe(hint: Any, meta: Any, short: bool = False) -> str:
         return "a non-empty list of " + describe(typing.get_args(base)[0], meta).replace(
             "an integer", "integers"
         )
-    if meta["choices"] and short and len(meta["choices"]) > SHORT_CHOICES:
+    if _mapping(hint):
+        bounded = describe(float, {**meta, "choices": None}).replace("a number", "numbers")
+        text = "one of " + ", ".join(meta["choices"]) + f", or a mapping of names to {bounded}"
+    elif meta["choices"] and short and len(meta["choices"]) > SHORT_CHOICES:
         shown = ", ".join(meta["choices"][:SHORT_CHOICES])
         text = f"one of {shown}… ({len(meta['choices'])} names, listed in docs/parameters.md)"
     elif meta["choices"]:

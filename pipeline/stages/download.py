@@ -28,7 +28,7 @@ def main(params_file: Path) -> None:
     params = load_params(params_file)
     # Imported once the parameters are valid: a typo is reported at once, not after seconds of
     # imports.
-    from pipeline.core import decoding, originals
+    from pipeline.core import decoding, imbalance, originals
 
     if params.data.dataset == "folder":
         report = decoding.decode_folder(params, len(os.sched_getaffinity(0)), progress_printer())
@@ -46,6 +46,9 @@ def main(params_file: Path) -> None:
                 f"{paths.RAW / 'folder' / 'report.json'}; first: {report['skipped'][0]['path']} "
                 f"({report['skipped'][0]['reason']})"
             )
+        warning = imbalance.imbalance_warning(report["splits"]["train"]["per_class"])
+        if warning:
+            click.echo(warning, err=True)
         if report["duplicates"]["count"]:
             click.echo(
                 f"warning: {report['duplicates']['count']} picture(s) appear with the same pixels "
