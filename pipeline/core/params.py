@@ -6,7 +6,8 @@ DVC reads it.
 stages see (`'4:2'`, refused as a seed), not PyYAML's YAML 1.1 reading (sexagesimal 242, `off` as
 false). Each field carries its default (the only place it is written down), its allowed values and a
 one-line help text; the parameter reference in docs/ is generated from the same fields
-(`python -m pipeline params-reference`).
+(`python -m pipeline params-reference`). What no single field states (values that must agree,
+keys since replaced) is checked by core.param_checks.
 
 The names train.model, train.optimizer, train.scheduler and train.loss accept are written here, as
 their fields' choices; the functions they name are in core.models and core.optim, as dicts from name
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.core import datasets, transfer, zoo_table
+from pipeline.core import datasets, param_checks, zoo_table
 from pipeline.core.auto import builtin_auto
 from pipeline.core.errors import PipelineError
 from pipeline.core.validation import build, spec
@@ -392,68 +393,11 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a plain mapping (as loaded from YAML) into Params, each value and then the
     combinations."""
-    params = builtin_auto(build(Params, without_pretrained(raw, source), prefix="", source=source))
-    train = params.train
-    if train.portable and train.threads == 0:
-        raise PipelineError(
-            f"{source}: train.threads must be >= 1 with train.portable (thread count changes sums)"
-        )
-    if train.portable and (train.precision == "bf16" or train.device == "cuda"):
-        key = "train.precision" if train.precision == "bf16" else "train.device"
-        raise PipelineError(
-            f"{source}: {key} must not be {getattr(train, key.split('.')[1])} with train.portable "
-            "(CPU fp32 only)"
-        )
-    if isinstance(train.batch_size, int) and train.batch_size < train.processes:
-        raise PipelineError(
-            f"{source}: train.batch_size must be >= train.processes (each process takes part of "
-            "every batch), "
-            f"got {train.batch_size} < {train.processes}"
-        )
-    if len(train.betas) != 2:
-        raise PipelineError(
-            f"{source}: train.betas must be a list of two numbers >= 0 and < 1, got "
-            f"{list(train.betas)}"
-        )
-    if train.loss == "nll" and (train.mixup_alpha or train.cutmix_alpha):
-        key = "train.mixup_alpha" if train.mixup_alpha else "train.cutmix_alpha"
-        raise PipelineError(
-            f"{source}: {key} mixes labels into soft targets, which train.loss nll does not take; "
-            "use train.loss cross_entropy"
-        )
-    data = params.data
-    if data.channels == 2:
-        raise PipelineError(f"{source}: data.channels must be 1, 3 or null, got 2")
-    builtin = datasets.get(data.dataset)
-    for key, own in (("image_size", builtin.image_size), ("channels", builtin.channels)):
-        if not builtin.from_folder and getattr(data, key) not in (None, own):
-            raise PipelineError(
-                f"{source}: data.{key} applies to data.dataset folder; {data.dataset} has its own "
-                f"({own}), so leave it null, got {getattr(data, key)}"
-            )
-    transfer.check(params, source)
-    if params.data.val_size < train.processes:
-        raise PipelineError(
-            f"{source}: data.val_size must be >= train.processes (each process scores part of the "
-            "validation "
-            f"images), got {params.data.val_size} < {train.processes}"
-        )
+    params = builtin_auto(
+        build(Params, param_checks.without_pretrained(raw, source), prefix="", source=source)
+    )
+    param_checks.check_combinations(params, source)
     return params
-
-
-def without_pretrained(raw: Any, source: str) -> Any:
-    """`raw` without train.pretrained, which train.weights replaced: false (what every earlier
-    params.yaml holds, and their runs logged) is dropped, true refused in one line naming the new
-    key."""
-    train = raw.get("train") if isinstance(raw, dict) else None
-    if not isinstance(train, dict) or "pretrained" not in train:
-        return raw
-    if train["pretrained"] is not False:
-        raise PipelineError(
-            f"{source}: train.pretrained was replaced by train.weights; write train.weights: "
-            "imagenet (torchvision's ImageNet weights) and remove train.pretrained"
-        )
-    return {**raw, "train": {k: v for k, v in train.items() if k != "pretrained"}}
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
