@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    OTHER_LR,
     assert_one_line_error,
     assert_unchanged,
     create_project,
@@ -21,6 +22,8 @@ from helpers import (
 )
 from photos import held_out, make_photo_folder
 from PIL import Image
+
+from pipeline.core.params import merge
 
 pytestmark = pytest.mark.e2e
 
@@ -177,3 +180,45 @@ def test_the_same_picture_in_train_and_test_is_reported(tmp_path: Path) -> None:
     )
     report = json.loads((root / "data/raw/folder/report.json").read_text())
     assert report["duplicates"]["count"] == 1 and os.path.isdir(root / "data/raw/folder/train")
+
+
+def git_lines(root: Path, *args: str) -> list[str]:
+    """The lines `git *args` prints in `root`."""
+    return run(["git", *args], root).stdout.splitlines()
+
+
+def test_an_experiment_on_an_added_folder_commits_no_picture_and_stays_up_to_date(
+    tmp_path: Path,
+) -> None:
+    """The documented set-up (`dvc add data/images`, the .dvc file committed): `dvc exp run`
+    stages every untracked dependency that DVC does not track into the experiment's commit, so
+    without `dvc add` each picture would land in git; with it none does, and nothing reruns
+    after."""
+    params = {"data": {"image_size": 32}, "train": {"model": "cnn", "epochs": 1}}
+    root = create_project(tmp_path / "project", merge(FOLDER_PARAMS, params))
+    images = make_photo_folder(root / "data/images", per_class=10)
+    (images / "cat" / "2024" / "summer").mkdir(parents=True)  # pictures at any depth
+    shutil.copy(next((images / "cat").glob("*.jpg")), images / "cat" / "2024" / "summer" / "x.jpg")
+    (images / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    run(["dvc", "add", "data/images"], root)
+    run(["git", "add", "data/images.dvc", "data/.gitignore"], root)
+    run(["git", "commit", "-q", "-m", "pictures tracked by DVC"], root)
+    assert not [
+        f
+        for f in git_lines(root, "status", "--porcelain", "--untracked-files=all")
+        if "images/" in f
+    ]
+
+    run(["dvc", "exp", "run", "-S", f"train.lr={OTHER_LR}"], root)
+    (ref,) = [
+        r
+        for r in git_lines(root, "for-each-ref", "--format=%(refname)", "refs/exps")
+        if "/exec/" not in r
+    ]
+    files = git_lines(root, "ls-tree", "-r", "--name-only", ref)
+    assert "data/images.dvc" in files and "dvc.lock" in files, files
+    assert not [f for f in files if f.startswith("data/images/")], files
+    changed = git_lines(root, "diff", "--name-only", "HEAD", ref)
+    assert "params.yaml" in changed and not [f for f in changed if "images/" in f], changed
+    assert "Running stage" not in run(["dvc", "repro"], root).stdout
+    assert "up to date" in run(["dvc", "status"], root).stdout
