@@ -1,6 +1,10 @@
 """Your own pictures, measured: decoding rates (MNIST's 70,000 digits as PNG files, large JPEGs), a
-no-op `dvc repro` over such a folder, peak memory on a folder larger than 4 GB decoded, and MNIST as
-a folder against the built-in path."""
+no-op `dvc repro` over such a folder, peak memory on a folder larger than 4 GB decoded, MNIST as
+a folder against the built-in path, and the documented path (`dvc add`, `dvc exp run`) against the
+ImageFolder script people write.
+
+    python benchmarks/folders.py --pictures 20000   # only the last, printed as JSON
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,15 @@ from PIL import Image
 from pipeline.core import datasets, folders, images, paths
 
 
-def mnist_pngs(root: Path) -> Path:
-    """The 70,000 MNIST digits as PNG files: root/{train,test}/<digit>/<n>.png."""
+def mnist_pngs(root: Path, limit: int | None = None) -> Path:
+    """The 70,000 MNIST digits as PNG files: root/{train,test}/<digit>/<n>.png; with `limit`, the
+    first `limit` of them, six in seven from the training split as MNIST's own shares."""
     spec = datasets.get("mnist")
     for split, train in (("train", True), ("test", False)):
         pixels, labels = datasets.read_split(spec, paths.RAW, train=train)
+        if limit is not None:
+            share = limit * 6 // 7 if train else limit - limit * 6 // 7
+            pixels, labels = pixels[:share], labels[:share]
         for digit in range(10):
             (root / split / str(digit)).mkdir(parents=True, exist_ok=True)
         for i, (picture, label) in enumerate(zip(pixels, labels, strict=False)):
@@ -154,6 +162,7 @@ def measure(project: Path) -> dict[str, Any]:
             {"data": {"image_size": 28, "channels": 1}},
             ("normalization_stats", "train", "evaluate"),
         )
+        out["against_imagefolder"] = against_imagefolder(project, digits)
         shutil.rmtree(digits)
         large = solid_folder(
             Path(tmp) / "large", 90_000, 128
@@ -165,3 +174,100 @@ def measure(project: Path) -> dict[str, Any]:
             ("normalization_stats", "train"),
         )
     return out
+
+
+def git_kb(root: Path) -> int:
+    """KB of the git objects of `root`, loose and packed."""
+    import subprocess
+
+    out = subprocess.run(
+        ["git", "count-objects", "-v"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    sizes = dict(line.split(": ") for line in out.splitlines())
+    return int(sizes["size"]) + int(sizes["size-pack"])
+
+
+def tracked_project(project: Path, digits: Path, cache_type: str | None) -> tuple[Path, float]:
+    """A scratch clone set up as docs/datasets.md says: the pictures in data/images, the folder
+    parameters committed, `dvc add data/images` (with `cache_type` set first, when given) and its
+    .dvc file committed. Returns the clone and the seconds of `dvc add`."""
+    import subprocess
+
+    from pipeline.core.repo import clean_env
+
+    params = {"dataset": "folder", "folder": "data/images", "image_size": 28, "channels": 1}
+    root = clone(project, {"data": params}, data=False)
+    shutil.copytree(digits, root / "data/images")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=root, env=clean_env(), capture_output=True, check=True)
+
+    if cache_type:
+        subprocess.run(["dvc", "config", "cache.type", cache_type], cwd=root, check=True)
+    seconds = timed_process(["dvc", "add", "data/images"], root)["seconds"]
+    git("add", "params.yaml", ".dvc/config", "data/images.dvc", "data/.gitignore")
+    git("commit", "-q", "-m", "pictures tracked by DVC")
+    return root, seconds
+
+
+def against_imagefolder(
+    project: Path, digits: Path, cache_type: str | None = None
+) -> dict[str, Any]:
+    """The documented path (`dvc add data/images`, then `dvc exp run`) against the ImageFolder
+    script (benchmarks/imagefolder_script.py) on the same pictures, network and epochs: a first
+    run, then a second one with train.lr changed; with the test accuracies, how much .git grew over
+    both experiments, how many pictures their commits hold, and a no-op `dvc status` after."""
+    import subprocess
+
+    root, add_seconds = tracked_project(project, digits, cache_type)
+    script = [sys.executable, str(Path(__file__).with_name("imagefolder_script.py")), str(digits)]
+    out: dict[str, Any] = {
+        "pictures": sum(1 for _ in digits.rglob("*.png")),
+        "cache_type": cache_type or "reflink,copy",
+        "dvc_add_seconds": add_seconds,
+    }
+    before = git_kb(root)
+    for run, lr in (("first", "0.01"), ("second", "0.005")):
+        s = timed_process([*script, lr], root)
+        dvc = timed_process(["dvc", "exp", "run", "-S", f"train.lr={lr}"], root)
+        out[run] = {
+            "script_seconds": s["seconds"],
+            "script_test_accuracy": float(s["output"].split()[-1]),
+            "dvc_exp_run_seconds": dvc["seconds"],
+            "dvc_test_accuracy": json.loads((root / "metrics/eval.json").read_text())["accuracy"],
+            "speedup": round(s["seconds"] / dvc["seconds"], 2),
+        }
+    out["git_growth_kb"] = git_kb(root) - before
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    committed = [
+        subprocess.run(
+            ["git", "diff", "--name-only", "HEAD", ref], cwd=root, capture_output=True, text=True
+        ).stdout
+        for ref in refs
+        if "/exec/" not in ref
+    ]
+    out["pictures_in_experiment_commits"] = "\n".join(committed).count("data/images/")
+    out["noop_dvc_status_seconds"] = timed_process(["dvc", "status"], root)["seconds"]
+    remove(root)
+    return out
+
+
+if __name__ == "__main__":  # only the documented path against the ImageFolder script
+    import click
+
+    @click.command()
+    @click.option("--pictures", type=int, default=None, help="Write only this many [all 70,000].")
+    @click.option("--cache-type", default=None, help="DVC's cache.type [DVC's default].")
+    def _main(pictures: int | None, cache_type: str | None) -> None:
+        """Print the figures of `against_imagefolder` as JSON (results.json is left alone)."""
+        with tempfile.TemporaryDirectory(prefix="bench-folders-") as tmp:
+            digits = mnist_pngs(Path(tmp) / "mnist", pictures)
+            click.echo(json.dumps(against_imagefolder(Path.cwd(), digits, cache_type), indent=2))
+
+    _main()
