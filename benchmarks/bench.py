@@ -10,6 +10,9 @@ runs in temporary folders):
     rough) python benchmarks/bench.py --page     # only rewrite docs/speed.md from
     benchmarks/results.json
 
+    python benchmarks/bench.py --only transfer --out t.json  # transfer learning alone (about an
+    hour on 2 cores; docs/transfer.md), without --out merged into results.json
+
 Prints the figures beside their targets on stderr and the JSON on stdout; keeps one entry per CPU
 family (its flags) in benchmarks/results.json, and writes docs/speed.md from all of them. Where CUDA
 is present, the same figures are taken on the GPU (the defaults pick it).
@@ -33,6 +36,7 @@ sys.path.insert(
 import folders
 import measure
 import speed_page
+import transfer
 import tutorial
 from common import ROOT, machine, ratio, timed
 
@@ -109,6 +113,27 @@ def keep(results: dict[str, Any]) -> dict[str, Any]:
     return {"families": families}
 
 
+def only(section: str, project: Path, quick: bool) -> dict[str, Any]:
+    """One section alone (`transfer`: benchmarks/transfer.py), under the machine's description."""
+    out = {"mode": "quick" if quick else "full", "machine": machine()}
+    out["date"] = time.strftime("%Y-%m-%d %H:%M")
+    out[section] = timed(section, lambda: transfer.measure(project, quick))
+    return out
+
+
+def merge_section(results: dict[str, Any], section: str) -> dict[str, Any]:
+    """benchmarks/results.json with `results[section]` put into its CPU family's entry, every other
+    figure kept (a quick section never replaces a full one)."""
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    families = stored.setdefault("families", {})
+    family = results["machine"]["flags"] + (" + cuda" if results["machine"]["cuda"] else "")
+    entry = families.setdefault(family, {"mode": results["mode"], "machine": results["machine"]})
+    old = entry.get(section, {})
+    if results["mode"] == "full" or old.get("mode") != "full":
+        entry[section] = {"mode": results["mode"], "date": results["date"], **results[section]}
+    return stored
+
+
 def summary(r: dict[str, Any]) -> list[str]:
     """The figures beside their targets, one line each (the JSON has everything)."""
     return speed_page.rows(r)
@@ -146,6 +171,14 @@ def summary(r: dict[str, Any]) -> list[str]:
         "(after `dvc repro`)."
     ),
 )
+@click.option(
+    "--only",
+    "only_section",
+    type=click.Choice(["transfer"]),
+    default=None,
+    help="Measure one section alone (transfer: docs/transfer.md's figures), merged into "
+    "benchmarks/results.json without touching the other figures.",
+)
 @click.option("--stage-once", type=click.Choice(["train", "evaluate"]), hidden=True)
 @click.option("--tracker", type=click.Choice(["inprocess", "none"]), hidden=True)
 def main(
@@ -154,6 +187,7 @@ def main(
     page: bool,
     out: Path | None,
     project: Path,
+    only_section: str | None,
     stage_once: str | None,
     tracker: str | None,
 ) -> None:
@@ -165,6 +199,14 @@ def main(
         return
     project = project.resolve()
     os.chdir(project)
+    if only_section:
+        r = only(only_section, project, quick)
+        if out is not None:
+            out.write_text(json.dumps(r, indent=2) + "\n")
+        else:
+            RESULTS.write_text(json.dumps(merge_section(r, only_section), indent=2) + "\n")
+        click.echo(json.dumps(r, indent=2))
+        return
     for needed in (paths.RAW, paths.STATS):
         if not needed.exists():
             raise click.ClickException(

