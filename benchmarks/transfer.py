@@ -177,7 +177,7 @@ def zoo(project: Path, size: int = 64) -> dict[str, Any]:
         try:
             data = {"dataset": "folder", "folder": str(folder), "image_size": size, "channels": 3}
             rerun.write_params(root, {"data": {**data, "val_size": 12}})
-            timed_process(["dvc", "repro", "normalization_stats"], root)
+            timed_process(["dvc", "repro", "normalization-stats"], root)
             for model in ZOO:
                 train = {"model": model, "epochs": 1, "batch_size": 16, "lr": 0.002}
                 r = repro(root, {"train": train})
@@ -205,7 +205,9 @@ def jpeg_folder(root: Path, count: int, seed: int = 0) -> Path:
     return root
 
 
-def ours_rate(folder: Path, model: str, batch: int, warmup: int, steps: int) -> dict[str, Any]:
+def ours_rate(
+    folder: Path, model: str, batch: int, warmup: int, steps: int, precision: str = "auto"
+) -> dict[str, Any]:
     """The pipeline's training steps at 224 px: the download stage's decoding into uint8 rows read
     through a memory map (PagedImages), runtime's channels_last and bf16 autocast where native
     (precision auto), loop.train_one_epoch; images per second over `steps` after `warmup`."""
@@ -219,7 +221,7 @@ def ours_rate(folder: Path, model: str, batch: int, warmup: int, steps: int) -> 
     report = folders.decode(folders.scan(folder), 3, 224, out, 2, lambda *a: None)
     images, labels = folders.read_split(out, next(iter(report["splits"])))
     images, labels = datasets.PagedImages(images, as_tensors=True), torch.from_numpy(labels)
-    cfg = TrainParams(model=model, batch_size=batch, optimizer="adam", lr=1e-3, scheduler="none")
+    cfg = TrainParams(model=model, batch_size=batch, lr=1e-3, scheduler="none", precision=precision)
     rt = runtime.make_runtime(cfg)
     torch.manual_seed(0)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -274,16 +276,26 @@ def script_rate(folder: Path, model: str, batch: int, warmup: int, steps: int) -
     return {"img_per_s": round(seen / (time.perf_counter() - start), 2), "precision": "fp32"}
 
 
-def speed(batch: int = 16, warmup: int = 2, steps: int = 8, rounds: int = 1) -> dict[str, Any]:
+SIDES = ("ours", "ours_fp32", "script")
+
+
+def speed(
+    batch: int = 16,
+    warmup: int = 2,
+    steps: int = 8,
+    rounds: int = 1,
+    models: tuple[str, ...] = SPEED,
+    sides: tuple[str, ...] = SIDES,
+) -> dict[str, Any]:
     """Fine-tuning throughput at 224 px, ours against the script, interleaved per model and round,
     each side in a process of its own (its peak RSS); best round of each."""
     out: dict[str, Any] = {"batch_size": batch, "warmup_steps": warmup, "steps": steps}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         folder = jpeg_folder(Path(tmp) / "jpegs", 512)
-        for model in SPEED:
+        for model in models:
             row: dict[str, Any] = {}
             for _ in range(rounds):
-                for side in ("ours", "script"):
+                for side in sides:
                     cmd = [sys.executable, str(Path(__file__).resolve()), "rate", side, model]
                     cmd += [str(folder), str(batch), str(warmup), str(steps)]
                     r = timed_process(cmd, ROOT)
@@ -292,7 +304,10 @@ def speed(batch: int = 16, warmup: int = 2, steps: int = 8, rounds: int = 1) -> 
                     if got["img_per_s"] > best["img_per_s"]:
                         row[side] = {**got, "peak_rss_mb": r["peak_rss_mb"]}
                     shutil.rmtree(folder.parent / "decoded", ignore_errors=True)
-            row["ratio"] = round(row["ours"]["img_per_s"] / row["script"]["img_per_s"], 2)
+            for side in sides[:-1]:  # each of ours against the script, the last side
+                row[f"{side}_ratio"] = round(
+                    row[side]["img_per_s"] / row[sides[-1]]["img_per_s"], 2
+                )
             print(f"speed {model}: {row}", file=sys.stderr)
             out[model] = row
     return out
@@ -333,22 +348,30 @@ def zoo_command(out: Path) -> None:
 
 @main.command("speed")
 @click.option("--steps", type=int, default=8, show_default=True)
+@click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--rounds", type=int, default=1, show_default=True)
+@click.option("--models", default=",".join(SPEED), show_default=True)
+@click.option("--sides", default=",".join(SIDES), show_default=True, help="script last")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-def speed_command(steps: int, rounds: int, out: Path) -> None:
+def speed_command(steps: int, warmup: int, rounds: int, models: str, sides: str, out: Path) -> None:
     """Throughput at 224 px, ours against the script; the JSON into --out."""
-    out.write_text(json.dumps(speed(steps=steps, rounds=rounds), indent=2) + "\n")
+    r = speed(16, warmup, steps, rounds, tuple(models.split(",")), tuple(sides.split(",")))
+    out.write_text(json.dumps(r, indent=2) + "\n")
 
 
 @main.command("rate", hidden=True)
-@click.argument("side", type=click.Choice(["ours", "script"]))
+@click.argument("side", type=click.Choice(SIDES))
 @click.argument("model")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.argument("numbers", nargs=3, type=int)
 def rate_command(side: str, model: str, folder: Path, numbers: tuple[int, int, int]) -> None:
     """One side of the throughput measurement in this process; its JSON as the last line."""
-    fn = ours_rate if side == "ours" else script_rate
-    click.echo(json.dumps(fn(folder, model, *numbers)))
+    if side == "script":
+        click.echo(json.dumps(script_rate(folder, model, *numbers)))
+    else:  # ours (precision auto) or ours_fp32
+        click.echo(
+            json.dumps(ours_rate(folder, model, *numbers, "fp32" if "fp32" in side else "auto"))
+        )
 
 
 if __name__ == "__main__":
