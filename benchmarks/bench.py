@@ -9,6 +9,9 @@ writes runs in temporary folders):
     python benchmarks/bench.py --only predict   # one section (repeatable), merged into the entry
     python benchmarks/bench.py --page           # only rewrite docs/speed.md from results.json
 
+    python benchmarks/bench.py --only transfer --out t.json  # transfer learning alone (about an
+    hour on 2 cores; docs/transfer.md), without --out merged into results.json
+
 Prints the figures beside their targets on stderr and the JSON on stdout; keeps one entry per CPU
 family (its flags) in benchmarks/results.json, and writes docs/speed.md from all of them. Where CUDA
 is present, the same figures are taken on the GPU (the defaults pick it).
@@ -35,6 +38,7 @@ import folders
 import measure
 import predicting
 import speed_page
+import transfer
 import tutorial
 from common import ROOT, machine, ratio, timed
 
@@ -176,6 +180,27 @@ def keep(results: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
     return {"families": families}
 
 
+def transfer_alone(project: Path, quick: bool) -> dict[str, Any]:
+    """The transfer section alone (benchmarks/transfer.py), under the machine's description."""
+    out = {"mode": "quick" if quick else "full", "machine": machine()}
+    out["date"] = time.strftime("%Y-%m-%d %H:%M")
+    out["transfer"] = timed("transfer", lambda: transfer.measure(project, quick))
+    return out
+
+
+def merge_section(results: dict[str, Any], section: str) -> dict[str, Any]:
+    """benchmarks/results.json with `results[section]` put into its CPU family's entry, every other
+    figure kept (a quick section never replaces a full one)."""
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    families = stored.setdefault("families", {})
+    family = results["machine"]["flags"] + (" + cuda" if results["machine"]["cuda"] else "")
+    entry = families.setdefault(family, {"mode": results["mode"], "machine": results["machine"]})
+    old = entry.get(section, {})
+    if results["mode"] == "full" or old.get("mode") != "full":
+        entry[section] = {"mode": results["mode"], "date": results["date"], **results[section]}
+    return stored
+
+
 def summary(r: dict[str, Any]) -> list[str]:
     """The figures beside their targets, one line each (the JSON has everything)."""
     return speed_page.rows(r)
@@ -215,10 +240,10 @@ def summary(r: dict[str, Any]) -> list[str]:
 )
 @click.option(
     "--only",
-    type=click.Choice(SECTIONS),
+    type=click.Choice((*SECTIONS, "transfer")),
     multiple=True,
     help="Measure only this section (repeatable); its figures replace that section's in the "
-    "CPU family's entry, the others stay.",
+    "CPU family's entry, the others stay (transfer: docs/transfer.md's figures, alone).",
 )
 @click.option(
     "--trained",
@@ -248,6 +273,14 @@ def main(
         return
     project = project.resolve()
     os.chdir(project)
+    if "transfer" in only:
+        r = transfer_alone(project, quick)
+        if out is not None:
+            out.write_text(json.dumps(r, indent=2) + "\n")
+        else:
+            RESULTS.write_text(json.dumps(merge_section(r, "transfer"), indent=2) + "\n")
+        click.echo(json.dumps(r, indent=2))
+        return
     check_project(project, needs_data=set(only) != {"predict"})
     run = Run(project, quick, machine(), trained.resolve() if trained else None)
     r = run_all(run, not quick if with_folders is None else with_folders, only)
