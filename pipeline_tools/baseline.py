@@ -34,8 +34,10 @@ IN_GIT = (
     paths.ROC_PLOT,
     paths.PRECISION_RECALL_PLOT,
     paths.TEST_SAMPLES_PLOT,
+    paths.PREDICTIONS,
+    paths.EXPORT_METRICS,
 )
-IN_CACHE = (paths.RAW, paths.STATS, paths.MODEL)
+IN_CACHE = (paths.RAW, paths.STATS, paths.START, paths.MODEL, paths.ONNX_MODEL)
 
 
 def cached_outputs(lock_text: str) -> dict[str, str]:

@@ -220,7 +220,8 @@ def test_a_two_class_folder_runs_the_whole_chain_with_default_evaluation(tmp_pat
     # Every test picture by its path inside data.folder, as the download stage listed them.
     rows = list(csv.DictReader((root / "plots/predictions.csv").open()))
     listed = json.loads((root / "data/raw/folder/test/files.json").read_text())
-    assert [r["picture"] for r in rows] == listed and len(rows) == 8
+    # About data.test_size of each class, by the hash of its path (core.splits).
+    assert [r["picture"] for r in rows] == listed and 2 <= len(rows) <= 20
     assert all((root / "data/images" / r["picture"]).is_file() for r in rows)
     assert {r["true"] for r in rows} == {"dark", "light"}
 

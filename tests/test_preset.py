@@ -19,7 +19,7 @@ def test_the_committed_presets_are_valid_against_params_yaml() -> None:
     "text, needle",
     [
         ("train:\n  epochs: 4\n  bogus: 1\n", "train.bogus is not a parameter"),
-        ("train:\n  epochs: -4\n", "train.epochs must be an integer >= 1, got -4"),
+        ("train:\n  epochs: -4\n", "train.epochs must be an integer >= 1 or auto, got -4"),
         ("- just a list\n", "a preset is a mapping"),
     ],
 )

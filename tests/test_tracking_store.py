@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -285,7 +286,7 @@ def test_a_parameter_longer_than_mlflow_keeps_is_stored_whole_and_reproduced(
     proc = run(
         ["python", "-m", "pipeline", "reproduce", "--run-id", run_id], project, TMPDIR=str(scratch)
     )
-    assert f"reproduced: all 17 test metrics of run {run_id} match" in proc.stdout
+    assert re.search(rf"reproduced: all \d+ test metrics of run {run_id} match", proc.stdout)
     assert not list(scratch.glob("reproduce-*"))  # (torch keeps a cache there)
 
 
@@ -308,9 +309,9 @@ def test_mlflow_default_experiment_stays_with_the_project(make_project) -> None:
     # training.
     scratch = root / ".dvc/tmp/exps/run/abc/mlruns/7"
     store(root).create_experiment("scratch", artifact_location=scratch.as_uri())
-    run(
-        ["dvc", "repro", "normalization-stats"], root
-    )  # the workspace's own data (the first run was --temp)
+    # The workspace's own data and starting weights (the first run was --temp).
+    run(["dvc", "repro", "normalization-stats"], root)
+    run(["dvc", "repro", "weights"], root)
     before = snapshot(root)
     proc = run(["dvc", "exp", "run", "-S", "mlflow.experiment_name=scratch"], root, check=False)
     errors = [

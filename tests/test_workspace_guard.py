@@ -109,6 +109,7 @@ def test_params_rewritten_while_train_runs(tmp_path: Path) -> None:
     # Many epochs and no early stop: the rewrite lands during training, whatever the machine.
     root = create_project(tmp_path / "p", {"train": {"epochs": 200, "patience": None}})
     run(["dvc", "repro", "normalization-stats"], root)
+    run(["dvc", "repro", "weights"], root)  # every stage before train recorded
     lock = (root / "dvc.lock").read_bytes()
     checkpoint = root / "checkpoints" / "train.pt"
     proc = subprocess.Popen(

@@ -218,8 +218,7 @@ def export(params: Params, tracker: Tracker) -> tuple[Parity, str]:
     from pipeline.core import cpu, datasets, models
     from pipeline.core.tracking.provenance import read_run_file
 
-    if params.train.portable and not cpu.pinned():
-        cpu.pin()
+    cpu.pin_portable(params.train.portable)
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)

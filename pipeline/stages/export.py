@@ -24,10 +24,9 @@ def main(params_file: Path) -> None:
     threads as training).
     """
     params = load_params(params_file)
-    if params.train.portable:
-        from pipeline.core import cpu
+    from pipeline.core import cpu
 
-        cpu.pin()  # before torch loads
+    cpu.pin_portable(params.train.portable)  # before torch loads
     # As in evaluate: passive OpenMP waits leave the second core to the tracking process.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pipeline.core.tracking import background
