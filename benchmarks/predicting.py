@@ -1,6 +1,6 @@
 """`python -m pipeline predict` cold, ONNX against torch: one picture and 1,000, each call a fresh
 process (imports, model load, decoding, inference, printing), on a project after `dvc repro` on the
-defaults (the export stage wrote models/model.onnx)."""
+defaults (the evaluate stage exported models/model.onnx)."""
 
 from __future__ import annotations
 

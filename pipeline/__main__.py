@@ -25,10 +25,9 @@ STAGES = {
         "Stage: the starting weights (train.weights) into models/start.pt.",
     ),
     "train": ("pipeline.stages.train", "Stage: fit the model, track the run in MLflow."),
-    "evaluate": ("pipeline.stages.evaluate", "Stage: test metrics and plots, added to the run."),
-    "export": (
-        "pipeline.stages.export",
-        "Stage: models/model.onnx, checked against the torch model on the test split.",
+    "evaluate": (
+        "pipeline.stages.evaluate",
+        "Stage: test metrics, plots, models/model.onnx checked on the test split; into the run.",
     ),
 }
 TOOLS = {

@@ -74,7 +74,9 @@ def onnx_session(model_file: Path, engine: str) -> tuple[Path, Session] | None:
     onnx = model_file if model_file.suffix == ".onnx" else model_file.with_suffix(".onnx")
     if engine == "onnx" or onnx == model_file:
         if not onnx.is_file():
-            raise PipelineError(f"{onnx}: not found; run the export stage (dvc repro export)")
+            raise PipelineError(
+                f"{onnx}: not found; run the evaluate stage, which exports it (dvc repro)"
+            )
         return onnx, export.Session(onnx)
     if not onnx.is_file():
         return None
@@ -121,8 +123,8 @@ def classifier(
     type=click.Choice(["auto", "onnx", "torch"]),
     default="auto",
     show_default=True,
-    help="auto: the ONNX model beside model.pt through onnxruntime when the export stage wrote "
-    "it from this model.pt, else torch.",
+    help="auto: the ONNX model beside model.pt through onnxruntime when the evaluate stage "
+    "exported it from this model.pt, else torch.",
 )
 @click.option(
     "--top-k",

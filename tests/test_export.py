@@ -1,5 +1,5 @@
-"""The export stage: models/model.onnx from every architecture, its metadata, its parity check, and
-the stage in a real `dvc repro` with a real MLflow store."""
+"""The export: models/model.onnx from every architecture, its metadata, its parity check, and the
+evaluate stage exporting in a real `dvc repro` with a real MLflow store."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import assert_one_line_error, create_project, run, runs, store
 
 from pipeline.core import export, models
@@ -92,10 +93,11 @@ def test_a_file_that_is_not_an_onnx_model_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_stage_exports_checks_and_logs_into_the_run(tmp_path: Path) -> None:
+def test_evaluate_exports_checks_and_logs_into_the_run(tmp_path: Path) -> None:
     root = create_project(tmp_path / "project")
     out = run(["dvc", "repro"], root).stdout
-    assert "Running stage 'export'" in out and "the same top class as the fp32 torch model" in out
+    assert "Running stage 'export'" not in out  # no stage of its own: evaluate exports
+    assert "models/model.onnx: the same top class as the fp32 torch model on all 10000" in out
 
     metrics = json.loads((root / "metrics/export.json").read_text())
     assert metrics["top1_agreement"] == 1.0 and metrics["test_images"] == 10000
@@ -106,6 +108,8 @@ def test_stage_exports_checks_and_logs_into_the_run(tmp_path: Path) -> None:
         **{k: meta[k] for k in exported if k != "source_sha256"},
         "source_sha256": export.sha256(root / "models/model.pt"),
     }
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["evaluate"]
+    assert {"models/model.onnx", "metrics/export.json"} <= {o["path"] for o in lock["outs"]}
 
     (only,) = runs(root)
     assert only.data.metrics["export.top1_agreement"] == 1.0
@@ -115,15 +119,15 @@ def test_stage_exports_checks_and_logs_into_the_run(tmp_path: Path) -> None:
 
     # Right after a run nothing is out of date; run again, the stage warns about nothing (torch's
     # exporter deprecation notices included) and writes the same bytes.
-    assert "export" not in run(["dvc", "status"], root).stdout
+    assert json.loads(run(["dvc", "status", "--json"], root).stdout) == {}
     onnx_bytes = (root / "models/model.onnx").read_bytes()
-    again = run(["python", "-m", "pipeline.stages.export"], root)
+    again = run(["python", "-m", "pipeline.stages.evaluate"], root)
     assert again.stderr == "" and (root / "models/model.onnx").read_bytes() == onnx_bytes
-    # A damaged model stops the stage with one line and leaves the ONNX model and its metrics as
-    # they were.
-    before = (root / "models/model.onnx").read_bytes(), (root / "metrics/export.json").read_text()
+    # A damaged model stops the stage with one line and leaves the ONNX model, its metrics and the
+    # test metrics as they were.
+    outputs = ("models/model.onnx", "metrics/export.json", "metrics/eval.json")
+    before = [(root / p).read_bytes() for p in outputs]
     (root / "models/model.pt").write_bytes(b"damaged")
-    proc = run(["python", "-m", "pipeline.stages.export"], root, check=False)
+    proc = run(["python", "-m", "pipeline.stages.evaluate"], root, check=False)
     assert_one_line_error(proc, "models/model.pt: not a model written by the train stage")
-    after = (root / "models/model.onnx").read_bytes(), (root / "metrics/export.json").read_text()
-    assert after == before
+    assert [(root / p).read_bytes() for p in outputs] == before

@@ -218,4 +218,4 @@ def test_a_stale_or_missing_export_falls_back_to_torch(trained: Path, tmp_path: 
     (folder / "model.onnx").unlink()
     assert run(args, trained).stdout.splitlines()[0].endswith("(torch)")
     proc = run([*args, "--engine", "onnx"], trained, check=False)
-    assert_one_line_error(proc, f"{folder / 'model.onnx'}: not found; run the export stage")
+    assert_one_line_error(proc, f"{folder / 'model.onnx'}: not found; run the evaluate stage")

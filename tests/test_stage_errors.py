@@ -16,7 +16,9 @@ def stage(name: str, cwd: Path, *args: str):
     return run(["python", "-m", f"pipeline.stages.{name}", *args], cwd, check=False)
 
 
-@pytest.mark.parametrize("name", ["download", "normalization_stats", "train", "export"])
+@pytest.mark.parametrize(
+    "name", ["download", "normalization_stats", "weights", "train", "evaluate"]
+)
 def test_missing_and_unparsable_params_file(tmp_path: Path, name: str) -> None:
     assert_one_line_error(stage(name, tmp_path), "params.yaml: file not found")
     (tmp_path / "params.yaml").write_text("train: {lr: 0.1\n")
@@ -30,7 +32,6 @@ def test_missing_and_unparsable_params_file(tmp_path: Path, name: str) -> None:
         ("normalization_stats", "data/raw: no MNIST data there; run the download stage first"),
         ("train", "data/stats.json: not found; run the normalization-stats stage first"),
         ("evaluate", "models/model.pt: not found; run the train stage first"),
-        ("export", "models/model.pt: not found; run the train stage first"),
     ],
 )
 def test_stage_before_its_inputs_exist(tmp_path: Path, name: str, needle: str) -> None:

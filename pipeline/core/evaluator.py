@@ -1,5 +1,5 @@
 """The `evaluate` stage's work in-process: `evaluate(params, tracker)`, called by the stage and the
-tests.
+tests: the test metrics, and the ONNX export checked on the same pictures.
 
 Everything but evaluate.* comes with the model (models/model.pt); the results go to the files DVC
 tracks and into the train stage's run.
@@ -8,7 +8,8 @@ tracks and into the train stage's run.
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,12 +20,25 @@ from pipeline.core.params import Params, flatten
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.provenance import dvc_lock_tags, read_run_file
 
+if TYPE_CHECKING:
+    from pipeline.core.export import Parity
+    from pipeline.core.layers import NormalizedModel
 
-def logits_on_test_split(
-    params: Params,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], dict]:
-    """(uint8 test images N×C×H×W, int64 labels, float32 logits N×classes, class names, model
-    metadata) of models/model.pt; PipelineError when the model's outputs are not finite."""
+
+@dataclass(frozen=True)
+class TestSplit:
+    """models/model.pt and its answers on the test split."""
+
+    model: NormalizedModel
+    meta: dict[str, Any]  # the model file's metadata (class_names, image_size, dataset, ...)
+    images: torch.Tensor  # uint8 N×C×H×W (a folder's: paged from disk)
+    labels: torch.Tensor  # int64 N
+    logits: torch.Tensor  # float32 N×classes in fp32: what the exported MLflow model computes
+
+
+def logits_on_test_split(params: Params) -> TestSplit:
+    """models/model.pt's logits on the test split, without test-time augmentation; PipelineError
+    when the data do not fit the model or its outputs are not finite."""
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)
@@ -41,11 +55,7 @@ def logits_on_test_split(
             f"classes, {spec.image_size} px); rerun the pipeline (dvc repro)"
         )
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
-    logits = models.logits(model, images)  # what the exported MLflow model computes
-    if params.evaluate.tta:  # log of the mean softmax of each picture and its mirror image
-        from pipeline.core.augment import with_mirror
-
-        logits = with_mirror(model, images, logits)
+    logits = models.logits(model, images)
     finite = torch.isfinite(logits).all(1)
     if not bool(finite.all()):
         raise PipelineError(
@@ -54,7 +64,7 @@ def logits_on_test_split(
             "images (its weights are not finite); retrain it with a lower train.lr (dvc repro -f "
             "train)"
         )
-    return images, labels, logits, names, meta
+    return TestSplit(model, meta, images, labels, logits)
 
 
 def test_pictures(dataset: str, count: int) -> list[str]:
@@ -77,22 +87,38 @@ def test_pictures(dataset: str, count: int) -> list[str]:
     return [str(n) for n in names]
 
 
-def evaluate(params: Params, tracker: Tracker) -> tuple[Report, str]:
-    """Evaluate models/model.pt on the test split; returns the report and the tracker's run id.
+def evaluate(params: Params, tracker: Tracker) -> tuple[Report, Parity, str]:
+    """Evaluate models/model.pt on the test split and export it as models/model.onnx, checked on
+    the same pictures (core.export); returns the report, the export's parity and the tracker's run
+    id.
 
     With train.portable the kernels and thread count are those of training, so the metrics are as
-    portable as the model. Raises PipelineError for a missing or unusable model, data or run file.
+    portable as the model. Raises PipelineError, writing nothing, for a missing or unusable model,
+    data or run file, or an ONNX model that answers otherwise.
     """
-    images, labels, logits, names, meta = logits_on_test_split(params)
-    pictures = test_pictures(meta["dataset"], len(labels))
+    from pipeline.core import export
+
+    split = logits_on_test_split(params)
+    names = list(split.meta["class_names"])
+    pictures = test_pictures(split.meta["dataset"], len(split.labels))
     run_info = read_run_file(paths.RUN_FILE)
-    rep = report(logits, labels, names, params.evaluate.top_k)
-    roc, pr = curves(logits, labels, names)
-    table = predictions(logits, labels, names, pictures)
+    reference = split.logits.numpy()
+    parity, onnx_bytes = export.check(
+        split.model, split.meta, split.images, reference, params.train.threads
+    )
+    logits = split.logits
+    if params.evaluate.tta:  # log of the mean softmax of each picture and its mirror image
+        from pipeline.core.augment import with_mirror
+
+        logits = with_mirror(split.model, split.images, logits)
+    rep = report(logits, split.labels, names, params.evaluate.top_k)
+    roc, pr = curves(logits, split.labels, names)
+    table = predictions(logits, split.labels, names, pictures)
     # Computed before the run is reopened, so that a background tracker opens the store meanwhile.
     with tracker.evaluate_run(run_info, flatten(params.evaluate, "evaluate.")) as run_id:
-        publish(tracker, rep, images, table, roc, pr)
-    return rep, run_id
+        publish(tracker, rep, split.images, table, roc, pr)
+        export.record(parity, onnx_bytes, tracker)
+    return rep, parity, run_id
 
 
 def publish(

@@ -1,5 +1,7 @@
-"""The `export` stage's work: models/model.pt as models/model.onnx (fp32, its preprocessing in its
-metadata) and the proof that both give the same answers on every test picture.
+"""models/model.pt as models/model.onnx (fp32, its preprocessing in its metadata) and the proof
+that both give the same answers on every test picture: the evaluate stage does both, on the test
+split it has loaded and the torch logits it has computed (a stage of its own would pay seconds of
+imports and a second pass over the test split).
 
 The ONNX model takes what the pictures are on disk, uint8 N×C×H×W (0–255, any N), and returns
 float32 logits N×classes: the normalisation (÷255, then the training mean and std) is inside the
@@ -29,7 +31,6 @@ from pipeline.core.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
     from pipeline.core.layers import NormalizedModel
-    from pipeline.core.params import Params
     from pipeline.core.tracking import Tracker
 
 # Probabilities of the ONNX model and the torch model, both fp32 on the CPU, may differ by this
@@ -168,7 +169,7 @@ class Session:
             }
         except (KeyError, ValueError) as exc:
             raise PipelineError(
-                f"{self.source}: not a model written by the export stage (metadata "
+                f"{self.source}: not a model written by the evaluate stage (metadata "
                 f"{first_line(exc)})"
             ) from None
 
@@ -206,44 +207,32 @@ def parity(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> Parity:
     )
 
 
-def export(params: Params, tracker: Tracker) -> tuple[Parity, str]:
-    """models/model.pt → models/model.onnx, checked on every test picture against the torch model in
-    fp32; metrics/export.json and the run's metrics and artifact. Returns (parity, run id).
+def check(
+    model: NormalizedModel,
+    meta: Mapping[str, Any],
+    images: Any,
+    reference: np.ndarray,
+    threads: int = 0,
+) -> tuple[Parity, bytes]:
+    """models/model.pt's `model` as ONNX bytes, checked on every test picture: `images` (uint8
+    N×C×H×W) against `reference`, the torch model's float32 logits N×classes for them in fp32 (no
+    autocast, no test-time augmentation). Returns (parity, ONNX bytes); nothing is written.
 
-    Raises PipelineError (nothing written, nothing logged) for a missing or unusable model or data,
-    or when the ONNX model disagrees: a top class differs, or a probability by more than TOLERANCE.
+    Raises PipelineError naming models/model.onnx when the ONNX model disagrees: a top class
+    differs, or a probability by more than TOLERANCE.
     """
-    import torch
-
-    from pipeline.core import cpu, datasets, models
-    from pipeline.core.tracking.provenance import read_run_file
-
-    cpu.pin_portable(params.train.portable)
-    if params.train.threads:
-        torch.set_num_threads(params.train.threads)
-    model, meta = models.load(paths.MODEL)
-    spec = datasets.describe(meta["dataset"], paths.RAW)
-    if (list(spec.class_names), spec.channels, spec.image_size) != (
-        list(meta["class_names"]),
-        meta["in_channels"],
-        meta["image_size"],
-    ):
-        raise PipelineError(
-            f"{paths.RAW}: holds other pictures than {paths.MODEL} was trained on; rerun the "
-            "pipeline (dvc repro)"
-        )
-    run_info = read_run_file(paths.RUN_FILE)
-    images, _ = datasets.load_split(spec, paths.RAW, train=False)
-    # The reference: fp32, no autocast (what evaluate reports), in the layout inference uses.
-    reference = models.logits(model, images, autocast_dtype=None).numpy()
     onnx_bytes = to_onnx(model, meta, sha256(paths.MODEL))
-    result = parity(reference, Session(onnx_bytes, params.train.threads).logits(images))
+    result = parity(reference, Session(onnx_bytes, threads).logits(images))
     problem = result.problem()
     if problem:
         raise PipelineError(f"{paths.ONNX_MODEL}: {problem}; not exported")
-    with tracker.evaluate_run(run_info, {}) as run_id:
-        atomic.write_bytes(paths.ONNX_MODEL, onnx_bytes)
-        atomic.write_json(paths.EXPORT_METRICS, asdict(result))
-        tracker.log_metrics({f"export.{k}": v for k, v in asdict(result).items()})
-        tracker.log_file(paths.ONNX_MODEL)
-    return result, run_id
+    return result, onnx_bytes
+
+
+def record(result: Parity, onnx_bytes: bytes, tracker: Tracker) -> None:
+    """models/model.onnx and metrics/export.json written, the parity figures (export.*) and the
+    ONNX model logged into the open run of `tracker`."""
+    atomic.write_bytes(paths.ONNX_MODEL, onnx_bytes)
+    atomic.write_json(paths.EXPORT_METRICS, asdict(result))
+    tracker.log_metrics({f"export.{k}": v for k, v in asdict(result).items()})
+    tracker.log_file(paths.ONNX_MODEL)

@@ -95,6 +95,8 @@ def mixer(cfg: TrainParams, num_classes: int) -> Mixer | None:
     """torchvision's MixUp, CutMix, or a random choice of the two per batch, as train.mixup_alpha
     and train.cutmix_alpha ask; None when both are 0. It draws from torch's global generator:
     call it under `seeded`."""
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return None  # before torchvision, a fifth of a second of every run, is imported
     from torchvision.transforms import v2
 
     chosen = [
@@ -102,8 +104,6 @@ def mixer(cfg: TrainParams, num_classes: int) -> Mixer | None:
         for kind, alpha in ((v2.MixUp, cfg.mixup_alpha), (v2.CutMix, cfg.cutmix_alpha))
         if alpha > 0
     ]
-    if not chosen:
-        return None
     transform = chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
 
     def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

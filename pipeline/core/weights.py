@@ -5,7 +5,8 @@ The file (torch.save of a plain dict, read with weights_only) holds: `source` (t
 `architecture` (train.model), `state_dict` (the network's tensors by their torchvision/own names,
 empty for none), `mean`/`std` (the normalisation the weights were trained with, or None),
 `class_names` (an earlier run's, or None), `source_run_id` (the MLflow run they come from, or None)
-and `statistics` (what `mean`/`std` are: a torchvision weights entry, or "run <id>").
+and `statistics` (what `mean`/`std` are: a torchvision weights entry, or "run <id>"). With none, the
+file is a line of JSON naming `source` and `architecture` only.
 The head is new unless the classes are an earlier run's very own; every other tensor must fit.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,7 +188,12 @@ def matched(
 
 def write(path: Path, start: Start) -> None:
     """Write models/start.pt atomically; serialised in memory (torch.save names its archive after
-    the file), so equal starts give equal bytes."""
+    the file), so equal starts give equal bytes. With none, a line of JSON that says so: the stage
+    then need not load torch (seconds of every default `dvc repro`), and train does not read it."""
+    if start.source == "none":
+        record = {"source": start.source, "architecture": start.architecture}
+        atomic.write_bytes(path, (json.dumps(record) + "\n").encode())
+        return
     import torch
 
     record = {k: v for k, v in start.__dict__.items() if k != "sha256"}

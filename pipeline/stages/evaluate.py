@@ -1,5 +1,5 @@
-"""Stage `evaluate`: test-set metrics, DVC plots, and the test results in the train stage's MLflow
-run."""
+"""Stage `evaluate`: test-set metrics, DVC plots, the ONNX export checked on the test split, and
+all of it in the train stage's MLflow run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli import params_option, reports_errors
-from pipeline.core import cpu
+from pipeline.core import cpu, paths
 from pipeline.core.params import load_params
 
 
@@ -17,7 +17,11 @@ from pipeline.core.params import load_params
 @params_option
 @reports_errors
 def main(params_file: Path) -> None:
-    """Evaluate models/model.pt on the test split; everything but evaluate.* comes with the model.
+    """Evaluate models/model.pt on the test split and export it as models/model.onnx, checked on
+    every test picture; everything but evaluate.* comes with the model.
+
+    Fails with one line, writing nothing, when the ONNX model's top class differs from the torch
+    model's or a probability by more than core.export.TOLERANCE.
 
     Reads evaluate.*, and train.portable and train.threads (the same kernels and threads as
     training).
@@ -36,7 +40,7 @@ def main(params_file: Path) -> None:
         from pipeline.core import evaluator
         from pipeline.core.metrics import per_class_table
 
-        rep, run_id = evaluator.evaluate(params, tracker)
+        rep, parity, run_id = evaluator.evaluate(params, tracker)
     finally:
         tracker.close()
     click.echo(per_class_table(rep))
@@ -50,6 +54,11 @@ def main(params_file: Path) -> None:
     pairs = ", ".join(f"{a} as {p} ({n})" for a, p, n in rep.confused_pairs(3))
     if pairs:
         click.echo(f"most confused: {pairs} (all mistakes: plots/predictions.csv)")
+    click.echo(
+        f"{paths.ONNX_MODEL}: the same top class as the fp32 torch model on all "
+        f"{parity.test_images} test pictures, probabilities within {parity.max_abs_prob_diff:.1e} "
+        f"(tolerance {parity.tolerance:.0e})"
+    )
     click.echo(
         f"test accuracy {rep.accuracy:.4f} (balanced {rep.balanced_accuracy:.4f}), loss "
         f"{rep.loss:.4f}, macro F1 {rep.macro_f1:.4f}; MLflow run {run_id}"
