@@ -40,13 +40,19 @@ IN_GIT = (
 IN_CACHE = (paths.RAW, paths.STATS, paths.START, paths.MODEL, paths.ONNX_MODEL)
 
 
-def cached_outputs(lock_text: str) -> dict[str, str]:
-    """{output path: md5} of the DVC-cached outputs in a dvc.lock text."""
+def cached_outputs(lock_text: str, source: str = "dvc.lock") -> dict[str, str]:
+    """{output path: md5} of the DVC-cached outputs in a dvc.lock text. Raises PipelineError naming
+    `source` when it is not valid YAML or not shaped as DVC writes it."""
     wanted = {p.as_posix() for p in IN_CACHE}
+    lock = read_yaml(lock_text, source) or {}
+    stages = lock.get("stages", {}) if isinstance(lock, dict) else None
+    if not isinstance(stages, dict) or not all(isinstance(s, dict) for s in stages.values()):
+        raise PipelineError(f"{source}: not a DVC lock file (`stages:` mapping names to entries)")
     out = {}
-    for stage in (read_yaml(lock_text, "dvc.lock") or {}).get("stages", {}).values():
-        for entry in stage.get("outs", []):
-            if entry.get("path") in wanted and entry.get("md5"):
+    for stage in stages.values():
+        outs = stage.get("outs", [])
+        for entry in outs if isinstance(outs, list) else []:
+            if isinstance(entry, dict) and entry.get("path") in wanted and entry.get("md5"):
                 out[entry["path"]] = entry["md5"]
     return out
 
@@ -73,6 +79,8 @@ def main(rev: str) -> None:
     ]
     if not committed:
         raise PipelineError(f"--rev {rev}: no committed results there")
+    # Read before anything is restored: a damaged lock stops the tool with the work tree as it was.
+    outputs = cached_outputs(git("show", f"{rev}:{LOCK.as_posix()}", cwd=root), f"{LOCK} at {rev}")
     git("checkout", rev, "--", *committed, cwd=root)
     click.echo(f"restored from {rev}: {', '.join(committed)}")
     cache = Path(
@@ -87,7 +95,7 @@ def main(rev: str) -> None:
         or root / ".dvc" / "cache"
     )
     restorable, missing = [], []
-    for path, md5 in cached_outputs(git("show", f"{rev}:{LOCK.as_posix()}", cwd=root)).items():
+    for path, md5 in outputs.items():
         (restorable if in_cache(cache, md5) else missing).append(path)
     if restorable:
         proc = subprocess.run(

@@ -11,12 +11,16 @@ comments and order (ruamel.yaml's round trip, the library DVC writes dvc.yaml wi
 from __future__ import annotations
 
 import ast
+import io
 from pathlib import Path
+from typing import Any
 
 import click
 
 from pipeline.cli import reports_errors
+from pipeline.core import atomic
 from pipeline.core.errors import PipelineError
+from pipeline.core.yamlio import load_round_trip
 
 PACKAGE = "pipeline"
 DVC_YAML = Path("dvc.yaml")
@@ -87,12 +91,23 @@ def stage_module(cmd: str) -> str:
     return words[2]
 
 
-def _load(root: Path):  # -> (ruamel YAML, document)
-    from ruamel.yaml import YAML
-
-    yaml = YAML()  # round trip: comments, order and quoting survive
+def _load(root: Path) -> tuple[Any, Any]:
+    """(ruamel's round-trip YAML, dvc.yaml's document). Raises PipelineError naming dvc.yaml (and
+    where the parser stopped) when it cannot be read or parsed or has no mapping of stages."""
+    yaml, doc = load_round_trip(root / DVC_YAML, str(DVC_YAML))
     yaml.indent(mapping=2, sequence=4, offset=2)
-    return yaml, yaml.load((root / DVC_YAML).read_text())
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    if not isinstance(stages, dict) or not all(
+        isinstance(stage, dict)
+        and isinstance(stage.get("cmd"), str)
+        and isinstance(stage.get("deps", []), list)
+        for stage in stages.values()
+    ):
+        raise PipelineError(
+            f"{DVC_YAML}: not a pipeline of stages (`stages:` mapping names to a `cmd` and a list "
+            "of `deps`)"
+        )
+    return yaml, doc
 
 
 def expected_deps(root: Path, deps: list[str], cmd: str) -> list[str]:
@@ -128,8 +143,9 @@ def write(root: Path) -> list[str]:
             stage["deps"] = want
             changed.append(name)
     if changed:
-        with open(root / DVC_YAML, "w") as fh:
-            yaml.dump(doc, fh)
+        out = io.StringIO()
+        yaml.dump(doc, out)
+        atomic.write_text(root / DVC_YAML, out.getvalue())  # whole or not at all
     return changed
 
 

@@ -19,7 +19,7 @@ from pipeline.cli import params_option, reports_errors
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import cli_value, flatten, merge, parse_params
 from pipeline.core.repo import clean_env, executable
-from pipeline.core.yamlio import read_yaml
+from pipeline.core.yamlio import read_mapping, read_yaml
 
 
 def overrides(preset: Path) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def overrides(preset: Path) -> dict[str, Any]:
 def check(params_file: Path, raw: dict[str, Any], source: str) -> dict[str, Any]:
     """The preset's values as {dotted.key: value}; PipelineError, naming the preset and the key,
     unless params.yaml with them merged in is valid."""
-    base = read_yaml(params_file.read_text(), str(params_file))
+    base = read_mapping(params_file)
     values = flatten(raw)
     unknown = [k for k in values if k not in flatten(parse_params(base, str(params_file)))]
     if unknown:

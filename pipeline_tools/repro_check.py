@@ -28,7 +28,7 @@ from pipeline.core import cpu, paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import merge, parse_params
 from pipeline.core.repo import git
-from pipeline.core.yamlio import read_yaml
+from pipeline.core.yamlio import read_mapping
 from pipeline_tools import rerun
 
 OTHER_BYTES = "other bytes (equal only within a family; metrics are compared)"
@@ -177,10 +177,8 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
 
 def two_runs(root: Path, commit: str, here: str, keep: bool) -> tuple[rerun.Outcome, rerun.Outcome]:
     """The CI configuration run twice, each in a clean clone of `commit` (removed unless `keep`)."""
-    override = (
-        read_yaml((root / CONFIG).read_text(), str(CONFIG)) if (root / CONFIG).is_file() else {}
-    )
-    base = read_yaml((root / paths.PARAMS).read_text(), str(paths.PARAMS))
+    override = read_mapping(root / CONFIG, str(CONFIG)) if (root / CONFIG).is_file() else {}
+    base = read_mapping(root / paths.PARAMS, str(paths.PARAMS))
     portable = parse_params(merge(base, override), source=str(CONFIG)).train.portable
     click.echo(
         f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}"

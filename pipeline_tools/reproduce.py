@@ -22,7 +22,7 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import flatten, merge, nest
 from pipeline.core.repo import git
-from pipeline.core.yamlio import read_yaml, update_yaml
+from pipeline.core.yamlio import file_text, read_yaml, update_yaml
 from pipeline_tools import rerun
 
 # MLflow's error codes for a run id that names no run (SQL store; server).
@@ -38,7 +38,8 @@ def params_from_run(client: Any, run: Any, folder: Path) -> dict[str, Any]:
 
     try:
         path = Path(client.download_artifacts(run.info.run_id, PARAMS_ARTIFACT, str(folder)))
-        nested = read_yaml(path.read_text(), f"run {run.info.run_id}: {PARAMS_ARTIFACT}")
+        source = f"run {run.info.run_id}: {PARAMS_ARTIFACT}"
+        nested = read_yaml(file_text(path, source), source)
     except (MlflowException, OSError):  # a run logged before the artifact existed
         cut = sorted(
             key

@@ -95,10 +95,13 @@ def run_pipeline(
 
 
 def collect(root: Path) -> Outcome:
-    """Hashes of model and statistics, and every numeric metric (the MLflow run id excluded)."""
+    """Hashes of model, statistics and starting weights (train.weights, as the weights stage
+    fetched them; absent at commits older than that stage), and every numeric metric (the MLflow
+    run id excluded)."""
     hashes = {
         p.as_posix(): hashlib.sha256((root / p).read_bytes()).hexdigest()
-        for p in (paths.MODEL, paths.STATS)
+        for p in (paths.MODEL, paths.STATS, paths.START)
+        if p != paths.START or (root / p).is_file()
     }
     metrics: dict[str, float] = {}
     for name in (paths.TRAIN_METRICS, paths.EVAL_METRICS):

@@ -170,6 +170,52 @@ def test_the_tracking_process_ends_with_a_killed_stage(
     assert client.get_run(run_id).info.status == "RUNNING"
 
 
+# A stage whose tracking process is killed with it in the middle of a call that, as MLflow's
+# log_model, works in a temporary folder it removes only when it finishes.
+KILLED_IN_A_CALL = """
+import sys, tempfile, time
+from pipeline.core.tracking.background import BackgroundTracker
+def draw():
+    folder = tempfile.mkdtemp()
+    open(folder + "/MLmodel", "w").close()
+    time.sleep(600)
+tracker = BackgroundTracker(sys.argv[1])
+with tracker.train_run("exp", "run-f", {}) as run_id:
+    tracker.log_figure("figure.png", draw)
+    print(tracker.process.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_stage_leaves_tmpdir_as_it_found_it(
+    store: tuple[str, MlflowClient], tmp_path: Path
+) -> None:
+    uri, _ = store
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        "TMPDIR": str(tmp),
+    }
+    stage = subprocess.Popen(
+        [sys.executable, "-c", KILLED_IN_A_CALL, uri], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert stage.stdout is not None
+    worker = psutil.Process(int(stage.stdout.readline()))
+    deadline = time.monotonic() + 300  # bounds on a hang, not speed checks
+    while not any(tmp.rglob("MLmodel")):
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.2)
+    stage.kill()
+    stage.wait()
+    while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the tracking process outlived its stage"
+        time.sleep(0.2)
+    assert list(tmp.iterdir()) == []
+
+
 def test_a_stage_stopped_by_bad_input_creates_no_store(make_project) -> None:
     from helpers import assert_one_line_error, run
 

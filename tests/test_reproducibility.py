@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run
+from helpers import read_params, run
+
+from pipeline.core.params import merge
 
 pytestmark = pytest.mark.e2e
 
@@ -64,3 +66,44 @@ def test_unseeded_shuffling_is_caught_with_a_diff(make_project) -> None:
     assert "NOT REPRODUCIBLE" in proc.stderr
     assert "models/model.pt: sha256" in proc.stderr and "DIFFERENT" in proc.stdout
     assert any(line.strip().startswith("eval.") for line in proc.stderr.splitlines())
+
+
+def test_a_fine_tuned_run_with_policy_and_ema_reproduces(make_project, tmp_path: Path) -> None:
+    """Issue 29: starting weights from a file under weights/, TrivialAugment and EMA together
+    reproduce byte for byte, the fetched starting weights (models/start.pt) included."""
+    import torch
+
+    from pipeline.core import models
+    from pipeline.core.params import Params
+
+    root = make_project(name="finetuned")
+    torch.manual_seed(0)
+    net = models.builder("cnn")(1, 28, 10, models.options_from(Params().train))
+    torch.save(net.state_dict(), root / "weights" / "start.pt")
+    config = merge(
+        SMALL,
+        {
+            "data": {"augment_policy": "trivialaugment"},
+            "train": {"weights": "weights/start.pt", "ema_decay": 0.999},
+        },
+    )
+    (root / "repro" / "params-ci.yaml").write_text(yaml.safe_dump(config))
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "fine-tuning CI configuration"], root)
+    clones = tmp_path / "clones"
+    clones.mkdir()
+    # --keep, with the clones under this test's folder: they show the configuration really ran.
+    proc = run(
+        ["python", "-m", "pipeline", "repro-check", "--update-reference", "--keep"],
+        root,
+        TMPDIR=str(clones),
+    )
+    assert "reproducible: both runs" in proc.stdout and "DIFFERENT" not in proc.stdout
+    rows = {line.split()[0]: line.split()[-1] for line in proc.stdout.splitlines() if line}
+    assert rows["models/model.pt"] == rows["models/start.pt"] == "same"
+    (kept,) = clones.glob("repro-check-*")
+    log = (kept / "run1.log").read_text()
+    assert "starting from weights/start.pt" in log
+    clone_params = read_params(kept / "run1" / "params.yaml")
+    assert clone_params["data"]["augment_policy"] == "trivialaugment"
+    assert clone_params["train"]["ema_decay"] == 0.999

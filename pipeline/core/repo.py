@@ -58,7 +58,17 @@ def git(*args: str, cwd: Path | None = None, check: bool = True) -> str:
             raise
         return ""
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60)
+        # A committed file that is not UTF-8 (`git show REV:params.yaml`) comes back with its bad
+        # bytes as lone surrogates, which the YAML reader refuses in one line, naming the file.
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="surrogateescape",
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         if check:
             raise PipelineError(f"git {' '.join(args)}: {exc}") from None

@@ -99,8 +99,8 @@ def from_mlflow(model: str, uri: str) -> Start:
     """The network of an MLflow model this pipeline logged (its model.pt), with its run's id."""
     from pipeline.core.tracking.model import download_logged
 
-    run_id, model_file = download_logged(uri, "train.weights")
-    ckpt = load_file(model_file, uri)
+    with download_logged(uri, "train.weights") as (run_id, model_file):
+        ckpt = load_file(model_file, uri)
     if ckpt.get("architecture") != model:
         raise PipelineError(
             f"train.weights: {uri} is a {ckpt.get('architecture')}, but train.model is {model}"

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeline.core import paths
+from pipeline.core import paths, scratch
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import Tracker
 from pipeline.core.tracking.client import MlflowTracker
@@ -157,10 +157,12 @@ class BackgroundTracker(Tracker):
 # stage last waited.
 _tracker: MlflowTracker | None = None
 _failed: BaseException | None = None
+_tmp: Path | None = None  # its temporary folder: MLflow's model folders, removed at its end
 
 
 def _settle(root: str) -> None:
     """Make the new tracking process independent of the stage's terminal and folder."""
+    global _tmp
     # A session of its own: a Ctrl-C meant for the stage reaches the stage, which ends the run
     # KILLED through this process.
     os.setsid()
@@ -173,6 +175,9 @@ def _settle(root: str) -> None:
     # sender thread would delay the end of every stage; a user can still set the variable to false.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are drawn to files
+    # log_model saves the model into a temporary folder before storing it; should the process end
+    # in the middle (os._exit below), that folder would stay in /tmp.
+    _tmp = scratch.process_tmpdir("mlflow-tracking-")
     threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
 
 
@@ -183,6 +188,8 @@ def _exit_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None:
         parent.join()
+        if _tmp is not None:
+            scratch.remove(_tmp)  # os._exit skips multiprocessing's finalizers
         os._exit(0)
 
 

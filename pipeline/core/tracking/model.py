@@ -59,9 +59,11 @@ def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
     return info.model_uri
 
 
-def download_logged(uri: str, blame: str) -> tuple[str, Path]:
+@contextmanager
+def download_logged(uri: str, blame: str) -> Iterator[tuple[str, Path]]:
     """(the id of the run that logged it, its model.pt downloaded) for a model this pipeline logged
-    (`runs:/ID/NAME`, `models:/NAME@ALIAS`, `models:/ID`) in the project's store. Raises
+    (`runs:/ID/NAME`, `models:/NAME@ALIAS`, `models:/ID`) in the project's store, while inside:
+    the download (and what MLflow fetches to find it) is removed on the way out. Raises
     PipelineError naming `blame` (a missing store is not created)."""
     from pipeline.core.errors import PipelineError, first_line
     from pipeline.core.tracking.store import check_reachable, tracking_uri
@@ -78,16 +80,20 @@ def download_logged(uri: str, blame: str) -> tuple[str, Path]:
     from mlflow.artifacts import download_artifacts
     from mlflow.models import get_model_info
 
+    from pipeline.core.scratch import private_tmpdir
+
     mlflow.set_tracking_uri(store)
-    try:
-        run_id = get_model_info(uri).run_id
-        folder = Path(download_artifacts(artifact_uri=uri))
-    except (MlflowException, OSError) as exc:
-        raise PipelineError(f"{blame}: {uri}: {first_line(exc)}") from None
-    found = sorted(folder.rglob("model.pt"))
-    if not found:
-        raise PipelineError(f"{blame}: {uri} is not a model this pipeline logged")
-    return run_id, found[0]
+    # Both calls fetch into temporary folders of their own that MLflow leaves behind.
+    with private_tmpdir("mlflow-download-"):
+        try:
+            run_id = get_model_info(uri).run_id
+            folder = Path(download_artifacts(artifact_uri=uri))
+        except (MlflowException, OSError) as exc:
+            raise PipelineError(f"{blame}: {uri}: {first_line(exc)}") from None
+        found = sorted(folder.rglob("model.pt"))
+        if not found:
+            raise PipelineError(f"{blame}: {uri} is not a model this pipeline logged")
+        yield run_id, found[0]
 
 
 @contextmanager

@@ -146,11 +146,13 @@ def package_versions() -> str:
 
 def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
     """The content hashes DVC recorded for the data, the statistics and the model, as run tags."""
-    from pipeline.core.yamlio import read_yaml
+    from pipeline.core.yamlio import read_mapping
 
     try:
-        stages = (read_yaml(lock_file.read_text(), str(lock_file)) or {}).get("stages", {})
-    except (OSError, PipelineError):
+        stages = read_mapping(lock_file).get("stages")
+    except PipelineError:  # missing or damaged: DVC rewrites it after the run; no tags
+        return {}
+    if not isinstance(stages, dict):
         return {}
     tags = {}
     for stage, out in (
@@ -158,7 +160,9 @@ def dvc_lock_tags(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
         ("normalization-stats", paths.STATS),
         ("train", paths.MODEL),
     ):
-        for entry in stages.get(stage, {}).get("outs", []):
-            if entry.get("path") == out.as_posix() and entry.get("md5"):
+        recorded = stages.get(stage)
+        outs = recorded.get("outs") if isinstance(recorded, dict) else None
+        for entry in outs if isinstance(outs, list) else []:
+            if isinstance(entry, dict) and entry.get("path") == out.as_posix() and entry.get("md5"):
                 tags[f"dvc.lock.{out.as_posix()}"] = entry["md5"]
     return tags
