@@ -60,6 +60,10 @@ def test_photographs_train_end_to_end_and_predict_names_held_out_pictures(tmp_pa
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert list(evaluation["per_class_accuracy"]) == report["classes"]
     assert evaluation["accuracy"] > 0.6, evaluation
+    # The export of this resnet18 at 64 px, checked on every test picture.
+    parity = json.loads((root / "metrics/export.json").read_text())
+    assert parity["top1_agreement"] == 1.0, parity
+    assert parity["test_images"] == report["splits"]["test"]["count"], parity
 
     (only,) = runs(root)
     assert (
@@ -76,6 +80,12 @@ def test_photographs_train_end_to_end_and_predict_names_held_out_pictures(tmp_pa
         ).stdout
     )
     named = [item["predictions"][0]["class"] for item in out]
+    # The default reads models/model.onnx through onnxruntime; torch's answers are the same.
+    files = [str(p) for p, _ in pictures]
+    by_torch = run(
+        ["python", "-m", "pipeline", "predict", "--json", "--engine", "torch", *files], root
+    )
+    assert [item["predictions"][0]["class"] for item in json.loads(by_torch.stdout)] == named
     truth = [RENAMED.get(name, name) for _, name in pictures]
     pairs = list(zip(named, truth, strict=True))
     assert sum(a == b for a, b in pairs) >= 6, pairs
