@@ -1,5 +1,6 @@
 """Experiments as a user runs and compares them: `dvc exp run`, the queue, plots and diffs,
-`python -m pipeline compare`, and the MLflow compare view in a real headless Chromium."""
+`python -m pipeline compare`, and the MLflow compare view and predictions table in a real headless
+Chromium."""
 
 from __future__ import annotations
 
