@@ -1,8 +1,11 @@
 """Experiments as a user runs and compares them: `dvc exp run`, the queue, plots and diffs,
-`python -m pipeline compare`, and the MLflow compare view in a real headless Chromium."""
+`python -m pipeline compare`, and the MLflow compare view and predictions table in a real headless
+Chromium."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import time
@@ -19,6 +22,8 @@ from helpers import (
     run,
     runs,
 )
+
+from pipeline_tools.compare import TRAINING_VIEW
 
 pytestmark = pytest.mark.e2e
 
@@ -137,9 +142,9 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1600, "height": 2400})
         page.goto(compare_url)
-        # The metrics box draws only its first rows: per-class metrics sit below test_accuracy.
         page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=90_000)
         body = page.inner_text("body")
+        per_class = scroll_metrics_to(page, "test_class_accuracy/0")
         page.screenshot(path=str(ARTIFACTS / "compare-view.png"), full_page=True)
         # docs/tracking.md's path (Comparing runs in the MLflow UI) by hand: the experiment opens on
         # its table of training runs (not on MLflow's GenAI overview); tick both runs, Compare, then
@@ -169,6 +174,7 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         "test_balanced_accuracy",
     ]:
         assert needle in body, needle
+    assert "test_class_accuracy/0" in per_class
     assert (ARTIFACTS / "compare-view.png").stat().st_size > 10_000
     assert all(name in overview for name in names) and "Token Usage" not in overview
     assert "data.dataset" in all_params and "train.batch_size" in all_params
@@ -177,6 +183,122 @@ def test_compare_view_in_a_real_browser(project: Path, mlflow_server) -> None:
         and "data.dataset" not in diff_only
         and "train.batch_size" not in diff_only
     )
+
+
+def scroll_metrics_to(page, name: str) -> list[str]:  # page: playwright Page
+    """Scroll the compare view's metrics box with the mouse wheel, a row at a time, until the row
+    of metric `name` is drawn; returns the metric names the box draws then.
+
+    The box (300 px) draws only the rows in view. Its names column follows the values column's
+    scroll one scroll event late (MLflow 3.17 reads the values' position before it updates), so
+    the wheel turns on until the name is there. Fails when the box ends first."""
+    # Two grids side by side: the metric names, and the values, the one that scrolls.
+    names, values = page.get_by_role("grid").nth(0), page.get_by_role("grid").nth(1)
+    values.hover()
+    while not names.get_by_role("link", name=name, exact=True).count():
+        top, end = values.evaluate("g => [g.scrollTop, g.scrollHeight - g.clientHeight]")
+        assert top < end, f"the metrics box ends before {name}"
+        page.mouse.wheel(0, 45)  # one row
+        page.wait_for_function(
+            "([g, top]) => g.scrollTop > top", arg=[values.element_handle(), top], timeout=30_000
+        )
+    return names.get_by_role("link").all_inner_texts()
+
+
+def predictions_columns() -> list[str]:
+    """The columns of the evaluate stage's predictions table, as metrics.predictions names them."""
+    import torch
+
+    from pipeline.core.metrics import predictions
+
+    return list(predictions(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), "ab", ["p"]))
+
+
+def read_predictions(text: str) -> list[dict[str, str]]:
+    """The rows of a plots/predictions.csv, as {column: text}."""
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_predictions_table_in_a_real_browser(project: Path, mlflow_server) -> None:
+    """The evaluate stage's predictions.json (mlflow.log_table) as MLflow's UI draws it: a table
+    on the run's Artifacts tab, and side by side per run in the runs' "Artifact evaluation" view,
+    each value the one plots/predictions.csv of that run holds."""
+    url = mlflow_server(backend=f"sqlite:///{project / 'mlflow.db'}")
+    every = runs(project)
+    baseline, low = every[0], next(r for r in every if r.data.tags.get("dvc.exp_name") == "lr-low")
+    # The workspace holds experiment lr-low's outputs; HEAD holds the baseline's.
+    low_rows = read_predictions((project / "plots/predictions.csv").read_text())
+    base_rows = read_predictions(run(["git", "show", "HEAD:plots/predictions.csv"], project).stdout)
+    # The last picture the two models classify differently: far from the first rows shown.
+    low_row, base_row = [
+        (a, b) for a, b in zip(low_rows, base_rows, strict=True) if a["predicted"] != b["predicted"]
+    ][-1]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        # Generous: the UI parses and lays out 10,000 rows a table, slowly on a busy machine.
+        page.set_default_timeout(300_000)
+        page.goto(f"{url}/#/experiments/{low.info.experiment_id}/runs/{low.info.run_id}")
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_label("predictions.json", exact=True).click()  # the artifact tree's entry
+        table = page.get_by_role("table").filter(has_text="true_probability")
+        # A header holds its sort button (named as the column) and a "Resize Column" button. The
+        # last column is drawn scrolled out of view on the right: attached, not visible.
+        header = table.get_by_role("columnheader").get_by_role("button", name="loss", exact=True)
+        header.wait_for(state="attached")
+        headers = table.get_by_role("columnheader").all_inner_texts()
+        first = table.get_by_role("row").nth(1).get_by_role("cell").all_inner_texts()
+        as_table = page.get_by_role("checkbox", name="View as table").is_checked()
+        page.screenshot(path=str(ARTIFACTS / "predictions-table.png"))
+        runs_url = f"{url}/#/experiments/{low.info.experiment_id}?{TRAINING_VIEW}"
+        by_run = artifact_evaluation(page, runs_url, low_row)
+        page.screenshot(path=str(ARTIFACTS / "predictions-by-run.png"))
+    assert headers == predictions_columns() == list(low_rows[0]), headers
+    assert as_table and first[:3] == [low_rows[0][k] for k in ("picture", "true", "predicted")]
+    assert [float(v) for v in first[3:]] == [float(low_rows[0][k]) for k in headers[3:]], first
+    assert by_run == {
+        low.info.run_id: low_row["predicted"],
+        baseline.info.run_id: base_row["predicted"],
+    }
+
+
+def choose_only(page, label: str, wanted: str) -> None:  # page: playwright Page
+    """In the multiple-choice drop-down whose button reads `label`, select option `wanted` and
+    clear every other, then close it; fails when the drop-down shows another selection."""
+    box = page.get_by_role("combobox").filter(has_text=label)
+    box.click()
+    option = page.get_by_role("option", name=wanted, exact=True)  # once the tables' columns load
+    if option.get_attribute("aria-selected") != "true":
+        option.click()  # first: MLflow keeps the last selected option of some drop-downs
+    for other in page.get_by_role("option").all():
+        if other.get_attribute("aria-selected") == "true" and other.inner_text() != wanted:
+            other.click()
+    page.keyboard.press("Escape")
+    assert box.inner_text().replace("\n", "") == f"{label}{wanted}", box.inner_text()
+
+
+def artifact_evaluation(page, runs_url: str, row: dict[str, str]) -> dict[str, str]:
+    """In the runs page's "Artifact evaluation" view (MLflow compares tables logged with
+    log_table there): table predictions.json, grouped by picture, comparing the predicted class,
+    filtered to `row`'s picture; returns each run's predicted class shown, by run id."""
+    page.goto(runs_url)
+    page.get_by_text("Run Name").first.wait_for()
+    # The third of the view buttons (table, charts, artifact evaluation); its radio has no name.
+    page.locator("label", has=page.locator("input[value='ARTIFACT']")).click()
+    choose_only(page, "Table:", "predictions.json")  # per_class_accuracy.json is preselected
+    choose_only(page, "Group by:", "picture")
+    page.get_by_role("combobox").filter(has_text="Compare:").click()
+    page.get_by_role("option", name="predicted", exact=True).click()
+    page.get_by_placeholder("Filter by picture").fill(row["picture"])
+    # ag-grid keys a row by its group (the picture) and a run's column by its run id.
+    cells = page.locator(f"[role=row][row-id='{row['picture']}'] [role=gridcell][col-id]")
+    cells.last.wait_for()
+    page.get_by_role("row").filter(has_text="test/0").first.wait_for(state="detached")
+    return {
+        cell.get_attribute("col-id"): cell.inner_text()
+        for cell in cells.all()
+        if cell.get_attribute("col-id") != "picture"
+    }
 
 
 def test_plots_draw_offline_in_a_real_browser(project: Path) -> None:
