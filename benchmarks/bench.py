@@ -52,6 +52,7 @@ PRESET = ROOT / "presets/accurate.yaml"
 # Every section, in the order a run takes them; --only picks some (a partial run).
 SECTIONS = (
     "repro",
+    "growth",
     "stages",
     "precision",
     "throughput",
@@ -61,7 +62,7 @@ SECTIONS = (
     "folders",
     "predict",
 )
-FULL_ONLY = ("repro", "preset")  # a quick run skips them unless --only names them
+FULL_ONLY = ("repro", "growth", "preset")  # a quick run skips them unless --only names them
 ENTRY_KEYS = ("mode", "machine", "date", "sections", "later")  # the rest are sections' figures
 
 
@@ -106,6 +107,10 @@ def _measurements(run: Run) -> dict[str, tuple[str, Callable[[], dict[str, Any]]
     """Each section but `repro`: (what it says on stderr, its measurement)."""
     n = run.rounds
     return {
+        "growth": (
+            f"default dvc repro -f at {measure.GROWTH_BASE} (before issues 29-31) and now",
+            lambda: measure.repro_growth(run.project, n(1, 3)),
+        ),
         "stages": (
             "each stage, as DVC runs it",
             lambda: measure.stage_costs(run.project, n(1, 2), run.small),

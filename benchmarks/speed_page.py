@@ -32,6 +32,7 @@ def rows(r: dict[str, Any]) -> list[str]:
     return [
         *_heading(r),
         *_repro_rows(d),
+        *_growth_rows(r.get("growth")),
         *_loop_rows(r),
         *_stage_rows(r),
         *_tracking_rows(r),
@@ -109,6 +110,27 @@ def _loop_rows(r: dict[str, Any]) -> list[str]:
             )
         )
     return out
+
+
+def _growth_rows(g: dict[str, Any] | None) -> list[str]:
+    """The default `dvc repro -f` before issues 29-31 and now, side by side (issue 31's budget)."""
+    if not g:
+        return []
+    base, head = g["base"], g["head"]
+    stages = ", ".join(
+        f"{k} {base.get(k, '–')} → {head.get(k, '–')}"
+        for k in dict.fromkeys([*base, *head])
+        if k != "dvc_repro_f"
+    )
+    return [
+        _row(
+            f"default `dvc repro -f` at {g['commits']['base']} → now ({g['commits']['head']})",
+            f"{base['dvc_repro_f']} → {head['dvc_repro_f']} s (+{g['growth_seconds']} s; each "
+            f"stage alone, s: {stages})",
+            "≤ +2 s",
+            g["growth_seconds"] <= 2,
+        )
+    ]
 
 
 def _stage_rows(r: dict[str, Any]) -> list[str]:
