@@ -132,9 +132,12 @@ def arms(model_uri: str, size: int, plain_sizes: tuple[int, ...]) -> dict[str, d
     """Each arm's train parameters over the shared budget: from scratch; fine-tuned from the
     earlier run's model with SCHEDULE; at `plain_sizes` also fine-tuned without it (every layer
     at train.lr from the first epoch, as the figures before SCHEDULE)."""
-    out = {"scratch": {"weights": "none"}, "finetuned": {"weights": model_uri, **SCHEDULE}}
+    # Every key each time: rerun.write_params merges into the clone's params.yaml, so a key left
+    # out would keep the previous arm's value.
+    none = {"freeze_epochs": 0, "backbone_lr_scale": 1.0}
+    out = {"scratch": {"weights": "none", **none}, "finetuned": {"weights": model_uri, **SCHEDULE}}
     if size in plain_sizes:
-        out["finetuned_plain"] = {"weights": model_uri}
+        out["finetuned_plain"] = {"weights": model_uri, **none}
     return out
 
 
@@ -163,6 +166,7 @@ def accuracy(
         try:
             pre = repro(root, folder_params(first, 42, {"epochs": 3, "patience": 3}))
             out["first"] = {k: pre[k] for k in ("seconds", "test_accuracy", "run_id")}
+            seen = {pre["run_id"]}
             print(f"0-4: {out['first']}", file=sys.stderr)
             for seed in seeds:
                 for size in sizes:
@@ -172,6 +176,9 @@ def accuracy(
                     row: dict[str, Any] = {"seed": seed, "per_class": size}
                     for arm, train in arms(pre["model_uri"], size, plain_sizes).items():
                         r = repro(root, folder_params(folder, seed, train))
+                        if r["run_id"] in seen:  # dvc found nothing changed: no arm of its own
+                            raise SystemExit(f"{arm}: dvc repro trained nothing ({train})")
+                        seen.add(r["run_id"])
                         row[arm] = r["test_accuracy"]
                         row[f"{arm}_seconds"] = r["seconds"]
                     for arm in ("finetuned", "finetuned_plain"):
@@ -352,7 +359,7 @@ def measure(project: Path, quick: bool = False) -> dict[str, Any]:
     return {
         "speed": speed(steps=3 if quick else 8),
         "zoo": zoo(project),
-        "accuracy": accuracy(project, seeds, 500 if quick else None, (10, 100), (10,)),
+        "accuracy": accuracy(project, seeds, 500 if quick else None, (10, 100), (10, 100)),
     }
 
 
@@ -364,7 +371,7 @@ def main() -> None:
 @main.command("accuracy")
 @click.option("--seeds", default="42,1,2", show_default=True)
 @click.option("--first-per-class", type=int, default=None, help="0–4 pictures; default all")
-@click.option("--plain-sizes", default="10", show_default=True, help="'' = none")
+@click.option("--plain-sizes", default="10,100", show_default=True, help="'' = none")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def accuracy_command(seeds: str, first_per_class: int | None, plain_sizes: str, out: Path) -> None:
     """Fine-tuned against from scratch; the JSON into --out."""
