@@ -32,7 +32,7 @@ from pipeline.core import datasets, originals
 from pipeline_tools import rerun
 
 FIRST, SECOND = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
-# The network and budget every arm shares: our MNIST CNN (the one network whose 13 runs fit an hour
+# The network and budget every arm shares: our MNIST CNN (the one network whose 19 runs fit an hour
 # on 2 shared cores: docs/transfer.md), a fixed number of epochs (no early stop).
 FINETUNE = {
     "model": "cnn",
