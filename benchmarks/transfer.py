@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -31,7 +32,8 @@ from pipeline.core import datasets, originals
 from pipeline_tools import rerun
 
 FIRST, SECOND = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
-# The network and budget both arms share: our MNIST CNN, a fixed number of epochs (no early stop).
+# The network and budget every arm shares: our MNIST CNN (the one network whose 19 runs fit an hour
+# on 2 shared cores: docs/transfer.md), a fixed number of epochs (no early stop).
 FINETUNE = {
     "model": "cnn",
     "epochs": 30,
@@ -40,6 +42,11 @@ FINETUNE = {
     "lr": 0.003,
     "precision": "fp32",
 }
+# The fine-tuning schedule of the fine-tuned arm, chosen before measuring: the new head trains
+# alone on the frozen backbone for the first third of the budget (it covers one-cycle's warm-up),
+# so its random start's large gradients do not overwrite the earlier run's features; then every
+# layer trains, the backbone at a tenth of the head's rate, the usual discriminative factor.
+SCHEDULE = {"freeze_epochs": 10, "backbone_lr_scale": 0.1}
 
 
 def mnist_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -121,20 +128,45 @@ def folder_params(folder: Path, seed: int, train: dict[str, Any]) -> dict[str, A
     }
 
 
+def arms(model_uri: str, size: int, plain_sizes: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Each arm's train parameters over the shared budget: from scratch; fine-tuned from the
+    earlier run's model with SCHEDULE; at `plain_sizes` also fine-tuned without it (every layer
+    at train.lr from the first epoch, as the figures before SCHEDULE)."""
+    # Every key each time: rerun.write_params merges into the clone's params.yaml, so a key left
+    # out would keep the previous arm's value.
+    none = {"freeze_epochs": 0, "backbone_lr_scale": 1.0}
+    out = {"scratch": {"weights": "none", **none}, "finetuned": {"weights": model_uri, **SCHEDULE}}
+    if size in plain_sizes:
+        out["finetuned_plain"] = {"weights": model_uri, **none}
+    return out
+
+
 def accuracy(
-    project: Path, seeds: tuple[int, ...], first_per_class: int | None, sizes: tuple[int, ...]
+    project: Path,
+    seeds: tuple[int, ...],
+    first_per_class: int | None,
+    sizes: tuple[int, ...],
+    plain_sizes: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Train on digits 0–4 (`first_per_class` pictures each), then per seed and size (pictures per
-    class of 5–9): fine-tune that run's model (`train.weights: runs:/…`) and the same network from
-    scratch, same epochs; test accuracy on every 5–9 test picture."""
+    """Train on digits 0–4 (`first_per_class` pictures each, all when None), then per seed and size
+    (pictures per class of 5–9) each arm of `arms`: the earlier run's model fine-tuned
+    (`train.weights: runs:/…`) and the same network from scratch, same budget; test accuracy on
+    every 5–9 test picture, the load average (1 minute) before and after."""
     arrays = mnist_arrays()
-    out: dict[str, Any] = {"first_per_class": first_per_class, "budget": FINETUNE, "runs": []}
+    out: dict[str, Any] = {
+        "first_per_class": first_per_class,
+        "budget": FINETUNE,
+        "schedule": SCHEDULE,
+        "load_average": [os.getloadavg()[0]],
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
         first = digit_folder(Path(tmp) / "first", arrays, FIRST, first_per_class, 100, 42)
         root = clone(project, data=False)
         try:
             pre = repro(root, folder_params(first, 42, {"epochs": 3, "patience": 3}))
             out["first"] = {k: pre[k] for k in ("seconds", "test_accuracy", "run_id")}
+            seen = {pre["run_id"]}
             print(f"0-4: {out['first']}", file=sys.stderr)
             for seed in seeds:
                 for size in sizes:
@@ -142,15 +174,22 @@ def accuracy(
                         Path(tmp) / f"s{seed}-{size}", arrays, SECOND, size, 10, seed
                     )
                     row: dict[str, Any] = {"seed": seed, "per_class": size}
-                    for arm, weights in (("scratch", "none"), ("finetuned", pre["model_uri"])):
-                        r = repro(root, folder_params(folder, seed, {"weights": weights}))
+                    for arm, train in arms(pre["model_uri"], size, plain_sizes).items():
+                        r = repro(root, folder_params(folder, seed, train))
+                        if r["run_id"] in seen:  # dvc found nothing changed: no arm of its own
+                            raise SystemExit(f"{arm}: dvc repro trained nothing ({train})")
+                        seen.add(r["run_id"])
                         row[arm] = r["test_accuracy"]
                         row[f"{arm}_seconds"] = r["seconds"]
-                    row["gain_points"] = round(100 * (row["finetuned"] - row["scratch"]), 1)
+                    for arm in ("finetuned", "finetuned_plain"):
+                        if arm in row:
+                            gain = round(100 * (row[arm] - row["scratch"]), 1)
+                            row[arm.replace("finetuned", "gain_points")] = gain
                     print(f"5-9: {row}", file=sys.stderr)
                     out["runs"].append(row)
         finally:
             remove(root)
+    out["load_average"].append(os.getloadavg()[0])
     return out
 
 
@@ -320,7 +359,7 @@ def measure(project: Path, quick: bool = False) -> dict[str, Any]:
     return {
         "speed": speed(steps=3 if quick else 8),
         "zoo": zoo(project),
-        "accuracy": accuracy(project, seeds, 500 if quick else 2000, (10, 100)),
+        "accuracy": accuracy(project, seeds, 500 if quick else None, (10, 100), (10, 100)),
     }
 
 
@@ -331,12 +370,15 @@ def main() -> None:
 
 @main.command("accuracy")
 @click.option("--seeds", default="42,1,2", show_default=True)
-@click.option("--first-per-class", type=int, default=2000, show_default=True)
+@click.option("--first-per-class", type=int, default=None, help="0–4 pictures; default all")
+@click.option("--plain-sizes", default="10,100", show_default=True, help="'' = none")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-def accuracy_command(seeds: str, first_per_class: int, out: Path) -> None:
+def accuracy_command(seeds: str, first_per_class: int | None, plain_sizes: str, out: Path) -> None:
     """Fine-tuned against from scratch; the JSON into --out."""
     picked = tuple(int(s) for s in seeds.split(","))
-    out.write_text(json.dumps(accuracy(ROOT, picked, first_per_class, (10, 100)), indent=2) + "\n")
+    plain = tuple(int(s) for s in plain_sizes.split(",") if s)
+    r = accuracy(ROOT, picked, first_per_class, (10, 100), plain)
+    out.write_text(json.dumps(r, indent=2) + "\n")
 
 
 @main.command("zoo")
