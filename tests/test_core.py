@@ -336,3 +336,26 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(family: 
     assert (
         runtime.uses_bf16(TrainParams(precision="auto", portable=True, threads=1), native) is False
     )
+
+
+@pytest.mark.parametrize(
+    ("architecture", "channels", "size"),
+    [("cnn", 1, 28), ("mlp", 1, 28), ("resnet18", 3, 32), ("mobilenet_v3_small", 3, 40)],
+)
+def test_training_bytes_counts_what_a_real_forward_pass_makes(
+    architecture: str, channels: int, size: int
+) -> None:
+    options = models.options_from(TrainParams())
+    torch.manual_seed(0)
+    net = models.build(
+        architecture, channels, size, 10, [0.5] * channels, [0.5] * channels, options
+    )
+    net = net.net  # the network inside the input normalisation, as training_bytes counts it
+    outputs: list[int] = []
+    for module in net.modules():
+        if not list(module.children()):
+            module.register_forward_hook(lambda m, args, out: outputs.append(out.numel()))
+    net(torch.zeros(2, channels, size, size))
+    weights = sum(p.numel() for p in net.parameters())
+    expected = 4 * (4 * weights + 2 * 8 * (sum(outputs) // 2))
+    assert models.training_bytes(architecture, channels, size, 10, options, 8) == expected
