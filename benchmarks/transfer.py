@@ -248,8 +248,9 @@ def ours_rate(
     folder: Path, model: str, batch: int, warmup: int, steps: int, precision: str = "auto"
 ) -> dict[str, Any]:
     """The pipeline's training steps at 224 px: the download stage's decoding into uint8 rows read
-    through a memory map (PagedImages), runtime's channels_last and bf16 autocast where native
-    (precision auto), loop.train_one_epoch; images per second over `steps` after `warmup`."""
+    through a memory map (PagedImages), runtime's channels_last and precision (auto: bf16 autocast
+    where native, fp32 for networks with depthwise convolutions on a CPU), loop.train_one_epoch;
+    images per second over `steps` after `warmup`."""
     import torch
 
     from pipeline.core import datasets, folders, loop, models, runtime

@@ -336,6 +336,23 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(family: 
     assert (
         runtime.uses_bf16(TrainParams(precision="auto", portable=True, threads=1), native) is False
     )
+    # a network with depthwise convolutions stays fp32 under auto on a CPU, not when asked for bf16
+    auto, bf16 = TrainParams(precision="auto"), TrainParams(precision="bf16")
+    assert runtime.uses_bf16(auto, native, depthwise_on_cpu=True) is False
+    assert runtime.uses_bf16(bf16, native, depthwise_on_cpu=True) is True
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("cnn", False), ("resnet18", False), ("mobilenet_v3_small", True), ("efficientnet_b0", True)],
+)
+def test_auto_precision_on_a_cpu_keeps_depthwise_networks_fp32(model: str, expected: bool) -> None:
+    from pipeline.core import cpu, models
+
+    assert models.depthwise(model) is expected
+    rt = runtime.make_runtime(TrainParams(model=model, device="cpu"))
+    bf16 = cpu.native_bf16() and not expected
+    assert rt.autocast_dtype == (torch.bfloat16 if bf16 else None)
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,14 @@ def builder(architecture: str) -> Callable[[int, int, int, ModelOptions], nn.Mod
     )
 
 
+def depthwise(architecture: str) -> bool:
+    """Whether train.model `architecture` has depthwise convolutions: some of torchvision's
+    (MobileNet, EfficientNet, ...); none of this pipeline's own."""
+    from pipeline.core import zoo, zoo_table
+
+    return architecture in zoo_table.ARCHITECTURES and zoo.depthwise(architecture)
+
+
 def repeats_grey(architecture: str, in_channels: int) -> bool:
     """Whether the model repeats grey pictures ×3: torchvision's backbones take 3 channels."""
     return in_channels == 1 and architecture not in ARCHITECTURES

@@ -283,7 +283,8 @@ class TrainParams:
     gamma: float = spec(0.7, "step: factor applied at each decay.", gt=0, lt=1)
     precision: str = spec(
         "auto",
-        "Autocast dtype; auto = bf16 where the CPU or GPU supports it, else fp32.",
+        "Autocast dtype; auto = bf16 where the CPU or GPU supports it (on a CPU, not for networks "
+        "with depthwise convolutions: MobileNet, EfficientNet, ...), else fp32.",
         choices=PRECISIONS,
     )
     channels_last: bool = spec(True, "Use the channels_last memory format (faster convolutions).")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.core import cpu
+from pipeline.core import cpu, models
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import TrainParams
 
@@ -78,15 +78,22 @@ def make_runtime(cfg: TrainParams, world: World | None = None) -> Runtime:
     threads = cfg.threads or (world.threads() if world is not None else 0)
     if threads:
         torch.set_num_threads(threads)
-    dtype = torch.bfloat16 if uses_bf16(cfg, bf16_native(device)) else None
+    native = bf16_native(device)
+    slow = device.type == "cpu" and cfg.precision == "auto" and models.depthwise(cfg.model)
+    dtype = torch.bfloat16 if uses_bf16(cfg, native, depthwise_on_cpu=slow) else None
     return Runtime(device=device, autocast_dtype=dtype, channels_last=cfg.channels_last)
 
 
-def uses_bf16(cfg: TrainParams, native: bool) -> bool:
+def uses_bf16(cfg: TrainParams, native: bool, depthwise_on_cpu: bool = False) -> bool:
     """Whether training autocasts to bf16: asked for, or `auto` where the device computes bf16
     natively (`native`). Emulated bf16 (an AVX-512 CPU without AVX512-BF16/AMX) is slower than fp32,
-    and a portable run is fp32 by definition."""
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and native and not cfg.portable)
+    and a portable run is fp32 by definition. `auto` also stays fp32 for a network with depthwise
+    convolutions trained on a CPU (`depthwise_on_cpu`): oneDNN computes their bf16 weight gradients
+    with AVX-512 kernels, not AMX, so the casts cost more than bf16 saves (docs/transfer.md,
+    section 3)."""
+    return cfg.precision == "bf16" or (
+        cfg.precision == "auto" and native and not cfg.portable and not depthwise_on_cpu
+    )
 
 
 def seed_everything(seed: int) -> None:

@@ -85,6 +85,17 @@ def imagenet_network(name: str) -> nn.Module:
     return tvm.get_model(name, weights=None, **BUILDER_KWARGS.get(name, {}))
 
 
+def depthwise(name: str) -> bool:
+    """Whether torchvision's `name` has depthwise convolutions (groups equal to the input channels,
+    more than one), from the network built on the meta device."""
+    from torch import nn
+
+    return any(
+        isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels
+        for m in on_meta(imagenet_network, name).modules()
+    )
+
+
 def head(net: nn.Module) -> tuple[str, nn.Module]:
     """(dotted name, module) of the classifier layer: the last nn.Linear in module order, or the
     last nn.Conv2d in a network without one. Raises ValueError for a network with neither."""
