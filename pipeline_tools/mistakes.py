@@ -111,16 +111,7 @@ def score(model_file: Path, split: str) -> tuple[list[str], Any, Any, list[str]]
     model, meta = models.load(model_file)
     names = list(meta["class_names"])
     spec = datasets.describe(meta["dataset"], paths.RAW)
-    if (list(spec.class_names), spec.channels, spec.image_size) != (
-        names,
-        meta["in_channels"],
-        meta["image_size"],
-    ):
-        raise PipelineError(
-            f"{paths.RAW}: holds other pictures than {model_file} was trained on "
-            f"({len(spec.class_names)} classes, {spec.image_size} px); rerun the pipeline "
-            "(dvc repro)"
-        )
+    datasets.check_model_fits(spec, paths.RAW, meta, model_file)
     images, labels = datasets.load_split(spec, paths.RAW, train=split == "train")
     logits = models.logits(model, images)
     return picture_names(spec, split, len(labels)), labels, logits, names

@@ -235,3 +235,14 @@ def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
     assert stat.S_IMODE((root / "data/stats.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((root / "data/raw").stat().st_mode) == 0o755
     assert "data/stats.json" in snapshot(root)
+
+
+def test_data_for_another_model_is_refused_in_one_line_naming_both() -> None:
+    spec = datasets.get("mnist")
+    meta = {"class_names": list(spec.class_names), "in_channels": 1, "image_size": 28}
+    datasets.check_model_fits(spec, Path("data/raw"), meta, Path("models/model.pt"))  # fits
+    for change in ({"in_channels": 3}, {"image_size": 32}, {"class_names": ["a", "b"]}):
+        with pytest.raises(PipelineError, match=r"data/raw: holds other pictures than models/"):
+            datasets.check_model_fits(
+                spec, Path("data/raw"), {**meta, **change}, Path("models/model.pt")
+            )

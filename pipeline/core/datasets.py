@@ -146,6 +146,21 @@ def get(name: str) -> DatasetSpec:
         ) from None
 
 
+def check_model_fits(spec: DatasetSpec, raw: Path, meta: dict[str, Any], model_file: Path) -> None:
+    """Raise PipelineError when the data in `raw` (described by `spec`) hold other classes, channels
+    or another picture size than the model file's metadata `meta` says it was trained on."""
+    if (list(spec.class_names), spec.channels, spec.image_size) != (
+        list(meta["class_names"]),
+        meta["in_channels"],
+        meta["image_size"],
+    ):
+        raise PipelineError(
+            f"{raw}: holds other pictures than {model_file} was trained on "
+            f"({len(spec.class_names)} classes, {spec.image_size} px); rerun the pipeline "
+            "(dvc repro)"
+        )
+
+
 def describe(name: str, root: Path) -> DatasetSpec:
     """The spec of dataset `name` as the download stage left it in `root`: for `folder`, the
     channels, size and classes of the decoded pictures (their report). Raises PipelineError when

@@ -42,18 +42,8 @@ def logits_on_test_split(params: Params) -> TestSplit:
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     model, meta = models.load(paths.MODEL)
-    names = list(meta["class_names"])
     spec = datasets.describe(meta["dataset"], paths.RAW)
-    if (list(spec.class_names), spec.channels, spec.image_size) != (
-        names,
-        meta["in_channels"],
-        meta["image_size"],
-    ):
-        raise PipelineError(
-            f"{paths.RAW}: holds other pictures than {paths.MODEL} was trained on "
-            f"({len(spec.class_names)} "
-            f"classes, {spec.image_size} px); rerun the pipeline (dvc repro)"
-        )
+    datasets.check_model_fits(spec, paths.RAW, meta, paths.MODEL)
     images, labels = datasets.load_split(spec, paths.RAW, train=False)
     logits = models.logits(model, images)
     finite = torch.isfinite(logits).all(1)
