@@ -253,3 +253,12 @@ def test_a_folder_gets_enough_optimizer_steps(fit_count: int) -> None:
     assert steps * (epochs - 1) < AUTO_MIN_STEPS or epochs == AUTO_EPOCHS  # no more than needed
     kept = folder_auto(TrainParams(batch_size=32, epochs=5), fit_count)
     assert (kept.batch_size, kept.epochs) == (32, 5)
+
+
+def test_freezing_batch_norm_stops_every_kind_and_nothing_else() -> None:
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.BatchNorm1d(8))
+    net.append(nn.Linear(8, 2)).train()
+    finetune.freeze_batch_norm(net)
+    assert [m.training for m in net] == [True, False, True, False, True]

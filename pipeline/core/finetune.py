@@ -69,12 +69,11 @@ def freeze_batch_norm(net: nn.Module) -> None:
     """Put every batch-norm layer of `net` (all in the backbone: the head is linear) in eval mode:
     its running statistics stay as they are while the backbone is frozen. Call after
     `net.train()`."""
-    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch import nn
 
-    # _BatchNorm is the public base of BatchNorm1d/2d/3d and SyncBatchNorm: the one isinstance
-    # test covering them all (tests/test_finetune.py guards it).
+    batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     for m in net.modules():
-        if isinstance(m, _BatchNorm):
+        if isinstance(m, batch_norms):
             m.eval()
 
 
