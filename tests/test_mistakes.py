@@ -83,9 +83,13 @@ def test_confident_lists_only_other_classes_and_run_id_scores_the_runs_model(pro
     test_rows = listing(project, "--split", "test", "--top", "5")
     assert len(test_rows) == 5 and all(r["picture"].startswith("test/") for r in test_rows)
     (only,) = runs(project)
-    assert (
-        listing(project, "--split", "test", "--top", "5", "--run-id", only.info.run_id) == test_rows
+    scored = run(
+        ["python", "-m", "pipeline", "mistakes", "--json", "--split", "test", "--top", "5"]
+        + ["--run-id", only.info.run_id],
+        project,
     )
+    assert json.loads(scored.stdout) == test_rows
+    assert scored.stderr == ""  # no MLflow download progress bar
     table = run(["python", "-m", "pipeline", "mistakes", "--top", "3"], project).stdout.splitlines()
     assert table[1].split() == ["picture", "true", "predicted", "probability", "loss"]
     assert len(table) == 5

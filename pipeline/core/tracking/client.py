@@ -71,9 +71,7 @@ class MlflowTracker(Tracker):
     @functools.cache  # noqa: B019 (one tracker per process)
     def _connect(self) -> Any:
         """mlflow, imported on first use and pointed at this store."""
-        # Its progress bars for copying a 100 KB model are noise in a stage's log (and in CI's).
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        for name, value in CLIENT_DEFAULTS.items():
+        for name, value in CLIENT_DEFAULTS.items():  # also when no check_reachable came first
             os.environ.setdefault(name, value)
         import mlflow
 

@@ -3,7 +3,6 @@ it."""
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -72,9 +71,7 @@ def download_logged(uri: str, blame: str) -> Iterator[tuple[str, Path]]:
     database = Path(store.removeprefix("sqlite:///"))
     if store.startswith("sqlite:///") and not database.is_file():  # opening would create it
         raise PipelineError(f"{blame}: {uri}: no MLflow store at {database}")
-    check_reachable(store)
-    # Its progress bars for copying one model are noise in a stage's log (as in client._connect).
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    check_reachable(store)  # also quiets MLflow's progress bars (store.CLIENT_DEFAULTS)
     import mlflow
     from mlflow import MlflowException
     from mlflow.artifacts import download_artifacts

@@ -36,10 +36,12 @@ FOREIGN_TARGETS = {
 # A dead part behind a tracking server (its S3 store, say) must surface in seconds: MLflow's client
 # retries a failed request 7 times with backoff (about 5 minutes) and waits 120 s for each answer.
 # Set for the pipeline's tracking only; a user's own setting wins.
+# Its progress bars for copying a 100 KB model are noise in a stage's or a tool's output.
 CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -66,8 +68,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     MLflow server that answers its API (a silent port, another web server, missing credentials).
 
     MLflow's own client retries with backoff for minutes; a pipeline should not train for an hour
-    and then find out it cannot log.
+    and then find out it cannot log. Every command that opens the store passes here first, so this
+    also sets CLIENT_DEFAULTS (a variable the user set wins) for the MLflow client used next.
     """
+    for name, value in CLIENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
     if scheme not in SCHEMES:
         raise PipelineError(
