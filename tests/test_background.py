@@ -216,6 +216,47 @@ def test_a_killed_stage_leaves_tmpdir_as_it_found_it(
     assert list(tmp.iterdir()) == []
 
 
+# A stage that opens a run and finishes.
+FINISHING = """
+import sys
+from pipeline.core.tracking.background import BackgroundTracker
+tracker = BackgroundTracker(sys.argv[1])
+with tracker.train_run("exp", "run-g", {}) as run_id:
+    pass
+"""
+
+
+def test_the_next_stage_removes_what_a_stage_killed_with_its_tracking_process_left(
+    store: tuple[str, MlflowClient], tmp_path: Path
+) -> None:
+    uri, _ = store
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        "TMPDIR": str(tmp),
+    }
+    stage = subprocess.Popen(
+        [sys.executable, "-c", KILLED_IN_A_CALL, uri], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert stage.stdout is not None
+    worker = psutil.Process(int(stage.stdout.readline()))
+    deadline = time.monotonic() + 300  # bounds on a hang, not speed checks
+    while not any(tmp.rglob("MLmodel")):
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.2)
+    worker.kill()  # both at once, as a SIGKILL to the process group: nothing of theirs runs
+    stage.kill()
+    stage.wait()
+    psutil.wait_procs([worker], timeout=60)
+    (left,) = tmp.iterdir()
+    assert left.name.startswith(f"mlflow-tracking-{worker.pid}-")
+    subprocess.run([sys.executable, "-c", FINISHING, uri], env=env, check=True, timeout=300)
+    assert list(tmp.iterdir()) == []
+
+
 def test_a_stage_stopped_by_bad_input_creates_no_store(make_project) -> None:
     from helpers import assert_one_line_error, run
 
