@@ -115,19 +115,35 @@ def hash_check(model_sha256: str, recorded: dict[str, str], here: str) -> tuple[
     "--record-hash", is_flag=True, help="Add this CPU family's model hash to the recorded ones."
 )
 @click.option("--keep", is_flag=True, help="Keep the temporary clones (their paths are printed).")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Parameters to merge into params.yaml instead of {CONFIG} (e.g. a fine-tuning run's); "
+    "the two runs are compared with each other only.",
+)
 @reports_errors
-def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool) -> None:
+def main(
+    tolerance: float, update_reference: bool, record_hash: bool, keep: bool, config: Path | None
+) -> None:
     """Run the pipeline twice from clean clones of HEAD; compare hashes, metrics and the
     reference."""
     here = cpu.flags()
     root = Path(git("rev-parse", "--show-toplevel", cwd=Path.cwd()))
+    if config is not None and (update_reference or record_hash):
+        raise PipelineError(
+            f"--config: the reference and the recorded hashes are those of {CONFIG}; drop "
+            "--update-reference/--record-hash"
+        )
+    if config is not None and not config.is_file():
+        raise PipelineError(f"--config: {config}: no such file")
     if git("status", "--porcelain", "--untracked-files=no", cwd=root):
         raise PipelineError(
             "the work tree has uncommitted changes; commit or stash them: only a commit can be "
             "checked"
         )
     commit = git("rev-parse", "HEAD", cwd=root)
-    first, second = two_runs(root, commit, here, keep)
+    first, second = two_runs(root, commit, here, keep, (config or root / CONFIG).absolute())
     reference = json.loads((root / REFERENCE).read_text()) if (root / REFERENCE).is_file() else {}
     rows, off_reference = report(first, second, reference, tolerance)
     click.echo(
@@ -142,6 +158,8 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
             click.echo(f"  {line}", err=True)
         sys.exit(1)
     click.echo(f"reproducible: both runs of {commit[:12]} gave identical models and metrics")
+    if config is not None:
+        return
     model = first.hashes[paths.MODEL.as_posix()]
     recorded = json.loads((root / HASHES).read_text()) if (root / HASHES).is_file() else {}
     if update_reference or record_hash:
@@ -175,13 +193,17 @@ def main(tolerance: float, update_reference: bool, record_hash: bool, keep: bool
     )
 
 
-def two_runs(root: Path, commit: str, here: str, keep: bool) -> tuple[rerun.Outcome, rerun.Outcome]:
-    """The CI configuration run twice, each in a clean clone of `commit` (removed unless `keep`)."""
-    override = read_mapping(root / CONFIG, str(CONFIG)) if (root / CONFIG).is_file() else {}
+def two_runs(
+    root: Path, commit: str, here: str, keep: bool, config: Path
+) -> tuple[rerun.Outcome, rerun.Outcome]:
+    """The configuration `config` (params.yaml keys; none when the file is missing) run twice, each
+    in a clean clone of `commit` (removed unless `keep`)."""
+    shown = config.relative_to(root) if config.is_relative_to(root) else config
+    override = read_mapping(config, str(shown)) if config.is_file() else {}
     base = read_mapping(root / paths.PARAMS, str(paths.PARAMS))
-    portable = parse_params(merge(base, override), source=str(CONFIG)).train.portable
+    portable = parse_params(merge(base, override), source=str(shown)).train.portable
     click.echo(
-        f"CPU flags: {here}; configuration {CONFIG}: {'portable' if portable else 'not portable'}"
+        f"CPU flags: {here}; configuration {shown}: {'portable' if portable else 'not portable'}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="repro-check-"))
     outcomes = []

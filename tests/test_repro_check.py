@@ -3,6 +3,10 @@ against the reference within its tolerance. (Reruns for real: test_reproducibili
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 
 def test_recorded_hashes_are_compared_per_family() -> None:
     from pipeline_tools.repro_check import hash_check
@@ -32,3 +36,36 @@ def test_reference_comparison_uses_the_tolerance() -> None:
     rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)
     assert off == ["eval.loss"]
     assert [r[-1] for r in rows] == ["ok", "OFF", "same"]
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "needles"),
+    [
+        (None, [], ("--config", "nope.yaml", "no such file")),
+        ("train:\n  lr: -1\n", [], ("train.lr",)),
+        ("train: {epochs: 1\n", [], ("mine.yaml", "line")),
+        ("train:\n  epochs: 1\n", ["--update-reference"], ("--config", "--update-reference")),
+        ("train:\n  epochs: 1\n", ["--record-hash"], ("--config", "--record-hash")),
+    ],
+    ids=["missing", "bad-value", "damaged", "with-update-reference", "with-record-hash"],
+)
+def test_a_bad_config_is_one_line_and_clones_nothing(
+    make_project, tmp_path: Path, config: str | None, extra: list[str], needles: tuple[str, ...]
+) -> None:
+    from helpers import assert_one_line_error, run
+
+    root = make_project()
+    name = "nope.yaml"
+    if config is not None:
+        name = "mine.yaml"
+        (root / name).write_text(config)
+    clones = tmp_path / "clones"
+    clones.mkdir()
+    proc = run(
+        ["python", "-m", "pipeline", "repro-check", "--config", name, *extra],
+        root,
+        check=False,
+        TMPDIR=str(clones),
+    )
+    assert_one_line_error(proc, *needles)
+    assert list(clones.iterdir()) == []
