@@ -87,18 +87,18 @@ def test_a_fine_tuned_run_with_policy_and_ema_reproduces(make_project, tmp_path:
             "train": {"weights": "weights/start.pt", "ema_decay": 0.999},
         },
     )
-    (root / "repro" / "finetuned.yaml").write_text(yaml.safe_dump(config))
+    (root / "finetuned.yaml").write_text(yaml.safe_dump(config))
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "fine-tuning configuration"], root)
     clones = tmp_path / "clones"
     clones.mkdir()
     # --keep, with the clones under this test's folder: they show the configuration really ran.
     proc = run(
-        ["python", "-m", "pipeline", "repro-check", "--config", "repro/finetuned.yaml", "--keep"],
+        ["python", "-m", "pipeline", "repro-check", "--config", "finetuned.yaml", "--keep"],
         root,
         TMPDIR=str(clones),
     )
-    assert "configuration repro/finetuned.yaml" in proc.stdout
+    assert "configuration finetuned.yaml" in proc.stdout
     assert "reproducible: both runs" in proc.stdout and "DIFFERENT" not in proc.stdout
     rows = {line.split()[0]: line.split()[-1] for line in proc.stdout.splitlines() if line}
     assert rows["models/model.pt"] == rows["models/start.pt"] == "same"
