@@ -187,12 +187,11 @@ with tracker.train_run("exp", "run-f", {}) as run_id:
 """
 
 
-def test_a_killed_stage_leaves_tmpdir_as_it_found_it(
-    store: tuple[str, MlflowClient], tmp_path: Path
-) -> None:
-    uri, _ = store
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+def killed_in_a_call(
+    uri: str, tmp: Path
+) -> tuple[subprocess.Popen[str], psutil.Process, dict[str, str]]:
+    """KILLED_IN_A_CALL started with TMPDIR `tmp` and waited for until its call is under way: the
+    stage, its tracking process and the environment it was given."""
     root = str(Path(__file__).resolve().parents[1])
     env = {
         **os.environ,
@@ -208,8 +207,19 @@ def test_a_killed_stage_leaves_tmpdir_as_it_found_it(
     while not any(tmp.rglob("MLmodel")):
         assert time.monotonic() < deadline, "the call never started"
         time.sleep(0.2)
+    return stage, worker, env
+
+
+def test_a_killed_stage_leaves_tmpdir_as_it_found_it(
+    store: tuple[str, MlflowClient], tmp_path: Path
+) -> None:
+    uri, _ = store
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stage, worker, _ = killed_in_a_call(uri, tmp)
     stage.kill()
     stage.wait()
+    deadline = time.monotonic() + 300  # bounds on a hang, not speed checks
     while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the tracking process outlived its stage"
         time.sleep(0.2)
@@ -232,21 +242,7 @@ def test_the_next_stage_removes_what_a_stage_killed_with_its_tracking_process_le
     uri, _ = store
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    root = str(Path(__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-        "TMPDIR": str(tmp),
-    }
-    stage = subprocess.Popen(
-        [sys.executable, "-c", KILLED_IN_A_CALL, uri], stdout=subprocess.PIPE, text=True, env=env
-    )
-    assert stage.stdout is not None
-    worker = psutil.Process(int(stage.stdout.readline()))
-    deadline = time.monotonic() + 300  # bounds on a hang, not speed checks
-    while not any(tmp.rglob("MLmodel")):
-        assert time.monotonic() < deadline, "the call never started"
-        time.sleep(0.2)
+    stage, worker, env = killed_in_a_call(uri, tmp)
     worker.kill()  # both at once, as a SIGKILL to the process group: nothing of theirs runs
     stage.kill()
     stage.wait()
