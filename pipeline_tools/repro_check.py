@@ -38,17 +38,25 @@ HASHES = Path("repro/model-hashes.json")  # {CPU flags: sha256 of models/model.p
 
 
 def report(
-    first: rerun.Outcome, second: rerun.Outcome, reference: dict[str, float], tolerance: float
+    first: rerun.Outcome,
+    second: rerun.Outcome,
+    reference: dict[str, float] | None,
+    tolerance: float,
 ) -> tuple[list[list[str]], list[str]]:
     """Table rows (metrics, then file hashes) and the metrics further than `tolerance` from the
-    reference."""
+    reference. Without a reference (None: a --config run) a metric's status says whether the two
+    runs agree."""
     rows, off_reference = [], []
     for key in sorted(first.metrics):
-        ref = reference.get(key)
+        ref = reference.get(key) if reference is not None else None
         delta = abs(first.metrics[key] - ref) if ref is not None else None
         ok = delta is not None and delta <= tolerance
         if ref is not None and not ok:
             off_reference.append(key)
+        if reference is None:
+            status = "same" if first.metrics[key] == second.metrics.get(key) else "DIFFERENT"
+        else:
+            status = "ok" if ok else ("no reference" if ref is None else "OFF")
         rows.append(
             [
                 key,
@@ -56,7 +64,7 @@ def report(
                 f"{second.metrics.get(key, float('nan')):.6f}",
                 f"{ref:.6f}" if ref is not None else "-",
                 f"{delta:.6f}" if delta is not None else "-",
-                "ok" if ok else ("no reference" if ref is None else "OFF"),
+                status,
             ]
         )
     for path, digest in first.hashes.items():
@@ -145,7 +153,8 @@ def main(
     commit = git("rev-parse", "HEAD", cwd=root)
     first, second = two_runs(root, commit, here, keep, (config or root / CONFIG).absolute())
     reference = json.loads((root / REFERENCE).read_text()) if (root / REFERENCE).is_file() else {}
-    rows, off_reference = report(first, second, reference, tolerance)
+    # The reference is the CI configuration's: a --config run is compared with itself only.
+    rows, off_reference = report(first, second, None if config else reference, tolerance)
     click.echo(
         rerun.table(
             rows, ["metric / file", "run 1", "run 2", "reference", "|run1 - ref|", "status"]

@@ -36,6 +36,14 @@ def test_reference_comparison_uses_the_tolerance() -> None:
     rows, off = report(run1, run1, {"eval.accuracy": 0.9515, "eval.loss": 0.25}, tolerance=0.002)
     assert off == ["eval.loss"]
     assert [r[-1] for r in rows] == ["ok", "OFF", "same"]
+    # A --config run has no reference: each metric's status is whether the two runs agree.
+    run2 = Outcome(
+        hashes={"models/model.pt": "a" * 64}, metrics={"eval.accuracy": 0.9500, "eval.loss": 0.3}
+    )
+    rows, off = report(run1, run2, None, tolerance=0.002)
+    assert off == []
+    assert [r[-1] for r in rows] == ["same", "DIFFERENT", "same"]
+    assert {r[3] for r in rows[:2]} == {"-"}
 
 
 @pytest.mark.parametrize(
