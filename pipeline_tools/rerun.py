@@ -103,6 +103,12 @@ def collect(root: Path) -> Outcome:
         for p in (paths.MODEL, paths.STATS, paths.START)
         if p != paths.START or (root / p).is_file()
     }
+    return Outcome(hashes=hashes, metrics=collect_metrics(root))
+
+
+def collect_metrics(root: Path) -> dict[str, float]:
+    """Every numeric metric of metrics/train.json and metrics/eval.json, flattened (`eval.accuracy`,
+    `eval.per_class_f1.3`); the MLflow run id and other strings excluded."""
     metrics: dict[str, float] = {}
     for name in (paths.TRAIN_METRICS, paths.EVAL_METRICS):
         data = json.loads((root / name).read_text())
@@ -110,7 +116,7 @@ def collect(root: Path) -> Outcome:
         for key, value in flatten(data).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 metrics[f"{prefix}.{key}"] = float(value)
-    return Outcome(hashes=hashes, metrics=metrics)
+    return metrics
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
