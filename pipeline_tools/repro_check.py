@@ -147,7 +147,8 @@ def main(
         raise PipelineError(f"--config: {config}: no such file")
     if git("status", "--porcelain", "--untracked-files=no", cwd=root):
         raise PipelineError(
-            "the work tree has uncommitted changes; commit or stash them: only a commit can be "
+            "the work tree has uncommitted changes; commit or stash them (after a dvc exp run, "
+            "`python -m pipeline baseline` puts the committed results back): only a commit can be "
             "checked"
         )
     commit = git("rev-parse", "HEAD", cwd=root)
@@ -172,14 +173,7 @@ def main(
     model = first.hashes[paths.MODEL.as_posix()]
     recorded = json.loads((root / HASHES).read_text()) if (root / HASHES).is_file() else {}
     if update_reference or record_hash:
-        if update_reference:
-            (root / REFERENCE).write_text(
-                json.dumps(first.metrics, indent=2, sort_keys=True) + "\n"
-            )
-            click.echo(f"wrote {REFERENCE}")
-        recorded = {here: model} if update_reference else {**recorded, here: model}
-        (root / HASHES).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-        click.echo(f"wrote {HASHES}: {model[:16]}… for [{here}]")
+        record(root, first, here, recorded, update_reference)
         return
     if not reference:
         raise PipelineError(
@@ -200,6 +194,24 @@ def main(
         f"matches {REFERENCE} within {tolerance}"
         + (f" and the hash recorded on [{here}]" if here in recorded else "")
     )
+
+
+def record(
+    root: Path,
+    run: rerun.Outcome,
+    here: str,
+    recorded: dict[str, str],
+    update_reference: bool,
+) -> None:
+    """Write `run`'s model hash for this CPU family into HASHES (the only one with
+    `update_reference`, which also writes its metrics as the REFERENCE)."""
+    model = run.hashes[paths.MODEL.as_posix()]
+    if update_reference:
+        (root / REFERENCE).write_text(json.dumps(run.metrics, indent=2, sort_keys=True) + "\n")
+        click.echo(f"wrote {REFERENCE}")
+    recorded = {here: model} if update_reference else {**recorded, here: model}
+    (root / HASHES).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    click.echo(f"wrote {HASHES}: {model[:16]}… for [{here}]")
 
 
 def two_runs(
