@@ -240,7 +240,7 @@ def test_changed_params_compare_validated_values() -> None:
 
 
 def test_early_stopping_is_decided_by_the_state() -> None:
-    cfg = TrainParams(epochs=10, patience=2)
+    cfg = TrainParams(epochs=10, patience=2, scheduler="none")
     state = loop.TrainState.start(0)
     assert not state.finished(cfg)
     assert loop.TrainState(generator=state.generator, epoch=3, best_epoch=1).finished(
@@ -253,6 +253,31 @@ def test_early_stopping_is_decided_by_the_state() -> None:
     assert not loop.TrainState(generator=state.generator, epoch=9, best_epoch=1).finished(
         TrainParams(epochs=10, patience=None)
     )
+
+
+@pytest.mark.parametrize(
+    ("epochs", "epoch", "best_epoch", "stops"),
+    [
+        (20, 4, 2, False),  # a new user's folder run stopped here, the rate still rising
+        (20, 6, 1, False),  # the peak: epoch 6 of 20
+        (20, 7, 1, False),
+        (20, 8, 1, True),  # patience 2 after the peak
+        (20, 9, 8, False),
+        (20, 10, 8, True),
+        (2, 2, 1, False),  # MNIST's defaults: never stop early
+        (10, 5, 1, True),  # peak at 3
+    ],
+)
+def test_with_one_cycle_patience_counts_from_the_peak(
+    epochs: int, epoch: int, best_epoch: int, stops: bool
+) -> None:
+    from pipeline.core.optim import peak_epoch
+
+    cfg = TrainParams(epochs=epochs, patience=2, scheduler="onecycle")
+    assert peak_epoch(cfg) == -(-3 * epochs // 10)
+    state = loop.TrainState.start(0)
+    late = loop.TrainState(generator=state.generator, epoch=epoch, best_epoch=best_epoch)
+    assert late.patience_exhausted(cfg) is stops
 
 
 def test_seeding_turns_on_deterministic_algorithms() -> None:

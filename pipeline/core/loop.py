@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline.core import augment, finetune, imbalance, models
 from pipeline.core.errors import PipelineError
-from pipeline.core.optim import Optimization
+from pipeline.core.optim import Optimization, peak_epoch
 from pipeline.core.params import TrainParams
 from pipeline.core.runtime import Runtime
 
@@ -132,11 +132,13 @@ class TrainState:
 
     def patience_exhausted(self, cfg: TrainParams) -> bool:
         """Early stopping, decided here alone: `patience` epochs have passed without a better
-        one."""
+        one, counted from the learning rate's peak on (optim.peak_epoch): while one-cycle still
+        raises the rate, validation says little about where the run ends, and a folder's tiny
+        validation split would stop it on noise before it has learned."""
         return (
             cfg.patience is not None
             and self.best_epoch > 0
-            and self.epoch - self.best_epoch >= cfg.patience
+            and self.epoch - max(self.best_epoch, peak_epoch(cfg)) >= cfg.patience
         )
 
     def finished(self, cfg: TrainParams) -> bool:

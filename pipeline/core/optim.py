@@ -6,6 +6,7 @@ checks its parameters does not pay for it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,6 +92,20 @@ def cosine_annealing(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     return CosineAnnealingLR(o, T_max=c.epochs)
 
 
+# OneCycleLR's share of the steps spent rising to the peak rate (torch's default pct_start), named
+# because early stopping waits for the peak (`peak_epoch`).
+ONE_CYCLE_RISE = 0.3
+
+
+def peak_epoch(c: TrainParams) -> int:
+    """The epoch (1-based, 0 = before the first) by whose end train.scheduler has brought the
+    learning rate to its peak: one-cycle's rise, ONE_CYCLE_RISE of train.epochs rounded up; 0 for
+    the schedules that start at their peak."""
+    if c.scheduler != "onecycle" or c.epochs == "auto":
+        return 0
+    return math.ceil(ONE_CYCLE_RISE * c.epochs)
+
+
 def one_cycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     """torch's OneCycleLR up to train.lr and down over train.epochs × `steps` batches (Smith &
     Topin, 2017)."""
@@ -102,7 +117,14 @@ def one_cycle(o: Optimizer, c: TrainParams, steps: int) -> LRScheduler:
     cycle = c.cycle_momentum and ("betas" in o.defaults or o.defaults.get("momentum", 0) > 0)
     # Each parameter group's own peak (train.backbone_lr_scale gives the backbone a lower one).
     peaks = [group["lr"] for group in o.param_groups]
-    return OneCycleLR(o, max_lr=peaks, epochs=c.epochs, steps_per_epoch=steps, cycle_momentum=cycle)
+    return OneCycleLR(
+        o,
+        max_lr=peaks,
+        epochs=c.epochs,
+        steps_per_epoch=steps,
+        pct_start=ONE_CYCLE_RISE,
+        cycle_momentum=cycle,
+    )
 
 
 # (optimizer, train params, batches per epoch) -> schedule; None = a constant rate.

@@ -266,7 +266,10 @@ class TrainParams:
         ge=1,
     )
     patience: int | None = spec(
-        2, "Stop after this many epochs without a better validation accuracy; null = never.", ge=1
+        2,
+        "Stop after this many epochs without a better validation accuracy (with onecycle, counted "
+        "from the learning rate's peak on); null = never.",
+        ge=1,
     )
     min_delta: float = spec(
         0.0, "Smallest rise in validation accuracy that counts as better.", ge=0
