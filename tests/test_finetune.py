@@ -255,6 +255,22 @@ def test_a_folder_gets_enough_optimizer_steps(fit_count: int) -> None:
     assert (kept.batch_size, kept.epochs) == (32, 5)
 
 
+@pytest.mark.parametrize(
+    ("asked", "line"),
+    [
+        ({}, "auto: batches of 16, at most 28 epochs (docs/datasets.md)"),
+        ({"epochs": 3}, "auto: batches of 16 (docs/datasets.md)"),  # a new user saw "3 epochs"
+        ({"batch_size": 8}, "auto: at most 14 epochs (docs/datasets.md)"),
+        ({"batch_size": 8, "epochs": 3}, None),
+    ],
+)
+def test_the_auto_line_names_only_what_auto_chose(asked: dict, line: str | None) -> None:
+    from pipeline.core.auto import chosen_line
+
+    mine = TrainParams(**asked)
+    assert chosen_line(mine, folder_auto(mine, 177)) == line
+
+
 def test_freezing_batch_norm_stops_every_kind_and_nothing_else() -> None:
     from torch import nn
 

@@ -53,3 +53,17 @@ def folder_auto(train: TrainParams, fit_count: int) -> TrainParams:
         steps = max(1, fit_count // batch)  # full batches: the loop drops the tail
         epochs = max(AUTO_EPOCHS, -(-AUTO_MIN_STEPS // steps))
     return dataclasses.replace(train, batch_size=batch, epochs=epochs)
+
+
+def chosen_line(asked: TrainParams, resolved: TrainParams) -> str | None:
+    """The line saying what `folder_auto` chose for the values `asked` left at auto (a value the
+    user set is not news), or None when it chose nothing."""
+    chosen = [
+        text
+        for value, text in (
+            (asked.batch_size, f"batches of {resolved.batch_size}"),
+            (asked.epochs, f"at most {resolved.epochs} epochs"),
+        )
+        if value == "auto"
+    ]
+    return f"auto: {', '.join(chosen)} (docs/datasets.md)" if chosen else None

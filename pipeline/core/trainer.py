@@ -34,7 +34,7 @@ from pipeline.core import (
     runtime,
     weights,
 )
-from pipeline.core.auto import folder_auto
+from pipeline.core.auto import chosen_line, folder_auto
 from pipeline.core.distributed import World
 from pipeline.core.hooks import EpochHook
 from pipeline.core.loop import EpochResult, TrainState
@@ -199,10 +199,8 @@ def train(
             )
             log(f"starting from {cfg.weights} ({count} tensors), normalised as {inputs.statistics}")
         log(header_line(cfg, inputs, rt, world))
-        if (asked.batch_size, asked.epochs) != (cfg.batch_size, cfg.epochs):
-            log(
-                f"auto: batches of {cfg.batch_size}, at most {cfg.epochs} epochs (docs/datasets.md)"
-            )
+        if chosen := chosen_line(asked, cfg):
+            log(chosen)
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
         resume = find_checkpoint(fingerprint, main_process, world, log)
