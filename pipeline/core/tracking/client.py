@@ -80,6 +80,8 @@ class MlflowTracker(Tracker):
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
         # Its monitor announces starting and stopping at INFO, four lines per stage in every log.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        # Creating a fresh store's tables is announced at INFO too, in the middle of the first run.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         return mlflow
 
     @_store_errors
