@@ -81,6 +81,17 @@ def build(baseline: str, mlflow_url: str | None = None) -> str:
     return "\n".join(lines + mlflow_section(mlflow_url)) + "\n"
 
 
+# The metrics a reader looks for first, in this order; then the other whole-set ones, then each
+# class's (per_class_f1.3), each group by name. DVC lists them by name alone.
+HEADLINE = ("accuracy", "balanced_accuracy", "loss", "macro_f1", "best_val_accuracy")
+
+
+def metric_order(key: str) -> tuple[int, int, str]:
+    """Sort key of a metric's name in the report's table."""
+    first = HEADLINE.index(key) if key in HEADLINE else len(HEADLINE)
+    return key.count("."), first, key
+
+
 def metrics_section(
     metrics: dict[str, Any], baseline: str
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -93,7 +104,7 @@ def metrics_section(
     ]
     per_class: dict[str, dict[str, Any]] = {}
     for file, entries in sorted(metrics.items()):
-        for key, entry in entries.items():
+        for key, entry in sorted(entries.items(), key=lambda item: metric_order(item[0])):
             if key.startswith(PER_CLASS):
                 per_class[key.removeprefix(PER_CLASS)] = entry
             elif entry.get("old") != entry.get("new") or key in (

@@ -426,3 +426,21 @@ def test_back_to_the_baseline_deletes_nothing(project: Path, tmp_path: Path) -> 
     out = run(["python", "-m", "pipeline", "baseline"], clone).stdout
     assert "models/model.pt: the committed copy is in no cache on this machine" in out
     assert (clone / "models/model.pt").read_bytes() == b"a model trained on this machine"
+
+
+def test_the_report_lists_headline_metrics_first() -> None:
+    """A new user found accuracy buried among per_class_f1.* in DVC's order."""
+    from pipeline_tools.report import metrics_section
+
+    entry = {"old": 0.5, "new": 0.6, "diff": 0.1}
+    names = ["per_class_f1.0", "loss", "top3_accuracy", "accuracy", "per_class_f1.1", "macro_f1"]
+    lines, _ = metrics_section({"metrics/eval.json": dict.fromkeys(names, entry)}, "HEAD")
+    shown = [line.split("|")[2].strip() for line in lines[4:]]
+    assert shown == [
+        "accuracy",
+        "loss",
+        "macro_f1",
+        "top3_accuracy",
+        "per_class_f1.0",
+        "per_class_f1.1",
+    ]
