@@ -271,6 +271,32 @@ def test_the_auto_line_names_only_what_auto_chose(asked: dict, line: str | None)
     assert chosen_line(mine, folder_auto(mine, 177)) == line
 
 
+@pytest.mark.parametrize(
+    ("schedule", "line"),
+    [
+        ({}, None),
+        ({"freeze_epochs": 1}, "fine-tuning: the head alone for 1 epoch, then every layer"),
+        (
+            {"freeze_epochs": 10, "backbone_lr_scale": 0.1},
+            "fine-tuning: the head alone for 10 epochs, then every layer; the backbone at "
+            "train.lr × 0.1",
+        ),
+        ({"backbone_lr_scale": 0.5}, "fine-tuning: the backbone at train.lr × 0.5"),
+        (
+            {"freeze_backbone": True, "backbone_lr_scale": 0.5},
+            "fine-tuning: the head alone in every epoch (train.freeze_backbone)",
+        ),
+    ],
+)
+def test_the_train_stage_says_what_the_fine_tuning_schedule_does(
+    schedule: dict, line: str | None
+) -> None:
+    """A new user set train.freeze_epochs and the stage said nothing of it."""
+    from pipeline.core.finetune import schedule_line
+
+    assert schedule_line(TrainParams(**schedule)) == line
+
+
 def test_freezing_batch_norm_stops_every_kind_and_nothing_else() -> None:
     from torch import nn
 

@@ -59,6 +59,19 @@ def freezes(cfg: TrainParams) -> bool:
     return cfg.freeze_backbone or cfg.freeze_epochs > 0
 
 
+def schedule_line(cfg: TrainParams) -> str | None:
+    """The line saying what the fine-tuning schedule will do, or None when there is none."""
+    parts = []
+    if cfg.freeze_backbone:
+        parts.append("the head alone in every epoch (train.freeze_backbone)")
+    elif cfg.freeze_epochs > 0:
+        n = cfg.freeze_epochs
+        parts.append(f"the head alone for {n} epoch{'s' if n > 1 else ''}, then every layer")
+    if cfg.backbone_lr_scale != 1 and not cfg.freeze_backbone:
+        parts.append(f"the backbone at train.lr × {cfg.backbone_lr_scale:g}")
+    return f"fine-tuning: {'; '.join(parts)}" if parts else None
+
+
 def set_frozen(net: nn.Module, is_frozen: bool) -> None:
     """Let the backbone's parameters take gradients or not (the head's always do)."""
     for p in backbone_parameters(net):

@@ -199,8 +199,9 @@ def train(
             )
             log(f"starting from {cfg.weights} ({count} tensors), normalised as {inputs.statistics}")
         log(header_line(cfg, inputs, rt, world))
-        if chosen := chosen_line(asked, cfg):
-            log(chosen)
+        for line in (chosen_line(asked, cfg), finetune.schedule_line(cfg)):
+            if line:
+                log(line)
         logged, resumable = logged_params(params, world)
         fingerprint = checkpoints.fingerprint(resumable, [inputs.norm.mean, inputs.norm.std])
         resume = find_checkpoint(fingerprint, main_process, world, log)
