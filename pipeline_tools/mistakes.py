@@ -43,9 +43,10 @@ class Mistake:
     loss: float
 
 
-def run_model_file(run_id: str, folder: Path) -> Path:
-    """models/model.pt as MLflow run `run_id` logged it, downloaded into `folder`. PipelineError
-    (one line) for an unreachable or damaged store, an unknown run, or a run without a model."""
+def run_model_file(run_id: str, folder: Path) -> tuple[Path, dict[str, str]]:
+    """(models/model.pt as MLflow run `run_id` logged it, downloaded into `folder`; the run's
+    tags). PipelineError (one line) for an unreachable or damaged store, an unknown run, or a run
+    without a model."""
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -81,7 +82,20 @@ def run_model_file(run_id: str, folder: Path) -> Path:
     found = sorted(local.glob(f"artifacts/{paths.MODEL.name}"))
     if not found:
         raise PipelineError(f"--run-id: run {run_id}'s model holds no {paths.MODEL.name}")
-    return found[0]
+    return found[0], dict(run.data.tags)
+
+
+def restore_hint(tags: dict[str, str]) -> str:
+    """How to put back the data a run's model was trained on, from its tags (dvc.exp_name,
+    git.commit): rerunning the pipeline would train another model instead."""
+    if tags.get("dvc.exp_name"):
+        return f"restore that run's data first (dvc exp apply {tags['dvc.exp_name']})"
+    if tags.get("git.commit"):
+        return (
+            f"restore that run's data first (git checkout {tags['git.commit'][:12]}, then dvc "
+            "checkout)"
+        )
+    return "restore that run's data first (check out its commit, then dvc checkout)"
 
 
 def picture_names(spec: Any, split: str, count: int) -> list[str]:
@@ -102,18 +116,23 @@ def picture_names(spec: Any, split: str, count: int) -> list[str]:
     return [str(name) for name in names]
 
 
-def score(model_file: Path, split: str) -> tuple[list[str], Any, Any, list[str]]:
+def score(
+    model_file: Path,
+    split: str,
+    model: str | None = None,
+    remedy: str = "rerun the pipeline (dvc repro)",
+) -> tuple[list[str], Any, Any, list[str]]:
     """(picture names, int64 labels N, float32 logits N×classes, class names) of `split` of
-    data/raw under the model in `model_file`. PipelineError when data/raw holds other classes or
-    another picture size than the model was trained on."""
+    data/raw under the model in `model_file`. PipelineError, naming `model` (default: the file)
+    and `remedy`, when data/raw holds another dataset, other classes or another picture size than
+    the model was trained on."""
     from pipeline.core import datasets, models
 
-    model, meta = models.load(model_file)
+    model_obj, meta = models.load(model_file)
     names = list(meta["class_names"])
-    spec = datasets.describe(meta["dataset"], paths.RAW)
-    datasets.check_model_fits(spec, paths.RAW, meta, model_file)
+    spec = datasets.fitting_spec(paths.RAW, meta, model or model_file, remedy)
     images, labels = datasets.load_split(spec, paths.RAW, train=split == "train")
-    logits = models.logits(model, images)
+    logits = models.logits(model_obj, images)
     return picture_names(spec, split, len(labels)), labels, logits, names
 
 
@@ -185,8 +204,12 @@ def table(rows: list[Mistake]) -> str:
 def main(split: str, top: int, confident: bool, run_id: str | None, as_json: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mistakes-")) if run_id else None
     try:
-        model_file = run_model_file(run_id, tmp) if run_id and tmp else paths.MODEL
-        pictures, labels, logits, names = score(model_file, split)
+        if run_id and tmp:
+            model_file, tags = run_model_file(run_id, tmp)
+            found = score(model_file, split, f"--run-id {run_id}: its model", restore_hint(tags))
+        else:
+            found = score(paths.MODEL, split)
+        pictures, labels, logits, names = found
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

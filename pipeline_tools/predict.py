@@ -104,6 +104,26 @@ def classifier(
     return model_file, lambda batch: models.logits(model, torch.from_numpy(batch)).numpy(), meta
 
 
+def given_classifier(
+    model_file: Path, engine: str
+) -> tuple[Path, Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """`classifier`, its errors about a model file the user named (not the default, whose errors
+    say which stage makes it) starting with `--model`; a named file that is not there is "no such
+    file", not a stage to run."""
+    if model_file == paths.MODEL:
+        return classifier(model_file, engine)
+    if model_file.is_dir():
+        raise PipelineError(f"--model {model_file}: a folder, not a model file")
+    if not model_file.exists():
+        raise PipelineError(f"--model {model_file}: no such file")
+    try:
+        return classifier(model_file, engine)
+    except PipelineError as exc:
+        if str(exc).startswith(f"{model_file}:"):
+            raise PipelineError(f"--model {exc}") from None
+        raise
+
+
 @click.command(
     epilog="Exit status: 0 every picture classified; 1 some files could not be read (each named "
     "on stderr, one line each) and the others were classified; 2 bad input (a missing file or "
@@ -144,7 +164,7 @@ def main(
     from pipeline.core.export import softmax
 
     files = image_files(list(inputs))
-    used, logits, meta = classifier(model_file, engine)
+    used, logits, meta = given_classifier(model_file, engine)
     names = meta["class_names"]
     files, batch, unreadable = read_images(files, meta["in_channels"], meta["image_size"])
     if not files:

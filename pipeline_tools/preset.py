@@ -19,6 +19,7 @@ from pipeline.cli import params_option, reports_errors
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import cli_value, flatten, merge, parse_params
 from pipeline.core.repo import clean_env, executable
+from pipeline.core.validation import did_you_mean_key
 from pipeline.core.yamlio import read_mapping, read_yaml
 
 
@@ -42,10 +43,13 @@ def check(params_file: Path, raw: dict[str, Any], source: str) -> dict[str, Any]
     unless params.yaml with them merged in is valid."""
     base = read_mapping(params_file)
     values = flatten(raw)
-    unknown = [k for k in values if k not in flatten(parse_params(base, str(params_file)))]
+    known = flatten(parse_params(base, str(params_file)))
+    unknown = [k for k in values if k not in known]
     if unknown:
+        close = did_you_mean_key(unknown[0], known) if len(unknown) == 1 else ""
         raise PipelineError(
-            f"{source}: {', '.join(unknown)} is not a parameter (see docs/parameters.md)"
+            f"{source}: {', '.join(unknown)} is not a parameter"
+            + (f"; {close}" if close else " (see docs/parameters.md)")
         )
     parse_params(merge(base, raw), source)
     return values

@@ -239,10 +239,83 @@ def test_partial_mirror_is_named_and_outputs_get_normal_permissions(
 
 def test_data_for_another_model_is_refused_in_one_line_naming_both() -> None:
     spec = datasets.get("mnist")
-    meta = {"class_names": list(spec.class_names), "in_channels": 1, "image_size": 28}
+    meta = {
+        "class_names": list(spec.class_names),
+        "in_channels": 1,
+        "image_size": 28,
+        "dataset": "mnist",
+    }
     datasets.check_model_fits(spec, Path("data/raw"), meta, Path("models/model.pt"))  # fits
-    for change in ({"in_channels": 3}, {"image_size": 32}, {"class_names": ["a", "b"]}):
-        with pytest.raises(PipelineError, match=r"data/raw: holds other pictures than models/"):
+    for change, trained, held in (
+        ({"in_channels": 3}, "10 classes at 28 px, 3 channel(s)", "10 classes at 28 px, 1 channel"),
+        ({"image_size": 32}, "10 classes at 32 px", "10 classes at 28 px;"),
+        ({"class_names": ["a", "b"]}, "2 classes at 28 px", "10 classes at 28 px;"),
+        (
+            {"class_names": list("abcdefghij")},
+            "10 classes at 28 px",
+            "10 classes at 28 px (other class names)",
+        ),
+    ):
+        with pytest.raises(PipelineError) as err:
             datasets.check_model_fits(
                 spec, Path("data/raw"), {**meta, **change}, Path("models/model.pt")
             )
+        assert str(err.value).startswith(f"models/model.pt was trained on mnist, {trained}; ")
+        assert f"; data/raw holds mnist, {held}" in str(err.value)
+        assert str(err.value).endswith("; rerun the pipeline (dvc repro)")
+
+
+def decoded_folder(raw: Path, classes: int, size: int) -> None:
+    """`raw`/folder as the download stage leaves it: `classes` classes of 3 generated pictures each,
+    decoded at `size` px."""
+    from PIL import Image
+
+    from pipeline.core import folders
+
+    pictures = raw.parent / "pictures"
+    for c in range(classes):
+        (pictures / f"c{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (60 * c, 30 * i, 90)).save(pictures / f"c{c}/{i}.png")
+    folders.decode(folders.scan(pictures), 3, size, raw / "folder", 1, lambda *a: None)
+
+
+@pytest.mark.parametrize(
+    ("model", "remedy"),
+    [
+        ("models/model.pt", "rerun the pipeline (dvc repro)"),
+        ("--run-id 0123: its model", "restore that run's data first (dvc exp apply exp-1)"),
+    ],
+)
+def test_the_model_and_the_data_are_each_described_as_they_are(
+    tmp_path: Path, model: str, remedy: str
+) -> None:
+    raw = tmp_path / "raw"
+    decoded_folder(raw, classes=2, size=16)
+    mnist = {**{"class_names": [str(d) for d in range(10)]}, "in_channels": 1, "image_size": 28}
+    folder = {"class_names": ["c0", "c1"], "in_channels": 3, "image_size": 16, "dataset": "folder"}
+    assert datasets.fitting_spec(raw, folder, model, remedy).class_names == ("c0", "c1")
+    refused = {
+        # an MNIST model against folder pictures: not "no MNIST data there"
+        "mnist": (
+            {**mnist, "dataset": "mnist"},
+            f"{model} was trained on mnist, 10 classes at 28 px, 1 channel(s); {raw} holds "
+            f"folder, 2 classes at 16 px, 3 channel(s); {remedy}",
+        ),
+        # the model's 3 classes at 64 px, the data's 2 at 16: each side its own numbers
+        "other folder": (
+            {**folder, "class_names": ["a", "b", "c"], "image_size": 64},
+            f"{model} was trained on folder, 3 classes at 64 px; {raw} holds folder, 2 classes "
+            f"at 16 px; {remedy}",
+        ),
+    }
+    for meta, message in refused.values():
+        with pytest.raises(PipelineError) as err:
+            datasets.fitting_spec(raw, meta, model, remedy)
+        assert str(err.value) == message
+    with pytest.raises(PipelineError) as err:
+        datasets.fitting_spec(tmp_path / "empty", folder, model, remedy)
+    assert (
+        str(err.value)
+        == f"{model} was trained on folder; {tmp_path / 'empty'} holds no data: {remedy}"
+    )

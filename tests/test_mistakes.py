@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error, create_project, free_port, run, runs
+from helpers import (
+    assert_one_line_error,
+    create_project,
+    free_port,
+    read_params,
+    run,
+    runs,
+    write_params,
+)
 from PIL import Image
 
 from pipeline.core import datasets
@@ -84,8 +92,10 @@ def test_confident_lists_only_other_classes_and_run_id_scores_the_runs_model(pro
     assert len(test_rows) == 5 and all(r["picture"].startswith("test/") for r in test_rows)
     (only,) = runs(project)
     scored = run(
-        ["python", "-m", "pipeline", "mistakes", "--json", "--split", "test", "--top", "5"]
-        + ["--run-id", only.info.run_id],
+        [
+            *("python", "-m", "pipeline", "mistakes", "--json", "--split", "test", "--top", "5"),
+            *("--run-id", only.info.run_id),
+        ],
         project,
     )
     assert json.loads(scored.stdout) == test_rows
@@ -130,6 +140,30 @@ def test_built_in_pictures_are_named_by_split_and_index() -> None:
     assert [r.picture for r in rows] == ["b", "a"] and rows[0].predicted == "y"
     confident = mistakes.rank(["a", "b", "c"], torch.tensor([1, 0, 0]), logits, ["x", "y"], 5, True)
     assert [r.picture for r in confident] == ["c", "a", "b"]
+
+
+def test_other_data_names_the_run_and_how_to_restore_its_data(
+    project: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(project, root, symlinks=True)
+    params = read_params(root / "params.yaml")
+    params["data"]["image_size"] = 16  # data/raw decoded again: other pictures than the model's
+    write_params(root / "params.yaml", params)
+    run(["python", "-m", "pipeline.stages.download"], root)
+    (only,) = runs(root)
+    trained = "was trained on folder, 3 classes at 12 px; data/raw holds folder, 3 classes at 16 px"
+    proc = run(
+        ["python", "-m", "pipeline", "mistakes", "--run-id", only.info.run_id], root, check=False
+    )
+    assert_one_line_error(
+        proc,
+        f"error: --run-id {only.info.run_id}: its model {trained}; restore that run's data first "
+        f"(git checkout {only.data.tags['git.commit'][:12]}, then dvc checkout)",
+    )
+    assert "dvc repro" not in proc.stderr and str(tmp_path) not in proc.stderr
+    proc = run(["python", "-m", "pipeline", "mistakes"], root, check=False)
+    assert_one_line_error(proc, f"error: models/model.pt {trained}; rerun the pipeline (dvc repro)")
 
 
 def test_report_says_how_many_pictures_changed_per_class(project: Path, tmp_path: Path) -> None:

@@ -48,7 +48,10 @@ def photo_project(root: Path, per_class: int = 40) -> Path:
 def test_photographs_train_end_to_end_and_predict_names_held_out_pictures(tmp_path: Path) -> None:
     root = photo_project(tmp_path / "project")
     proc = run(["dvc", "repro"], root)
-    assert "skipped 3 file(s)" in proc.stdout, proc.stdout
+    assert (
+        "skipped 1 picture(s) that could not be read (first: chat noir/broken.png, " in proc.stdout
+    ), proc.stdout
+    assert "1 other file(s) (first: chat noir/notes.txt" in proc.stdout, proc.stdout
     report = json.loads((root / "data/raw/folder/report.json").read_text())
     assert report["classes"] == ["astronaut", "café crème", "chat noir"]
     reasons = {s["path"]: s["reason"] for s in report["skipped"]}

@@ -146,19 +146,72 @@ def get(name: str) -> DatasetSpec:
         ) from None
 
 
-def check_model_fits(spec: DatasetSpec, raw: Path, meta: dict[str, Any], model_file: Path) -> None:
+def _shape(classes: int, size: int, channels: int, with_channels: bool) -> str:
+    """ "10 classes at 28 px" (", 1 channel(s)" when that is what differs)."""
+    return f"{classes} classes at {size} px" + (f", {channels} channel(s)" if with_channels else "")
+
+
+def check_model_fits(
+    spec: DatasetSpec,
+    raw: Path,
+    meta: dict[str, Any],
+    model: str | Path,
+    remedy: str = "rerun the pipeline (dvc repro)",
+) -> None:
     """Raise PipelineError when the data in `raw` (described by `spec`) hold other classes, channels
-    or another picture size than the model file's metadata `meta` says it was trained on."""
-    if (list(spec.class_names), spec.channels, spec.image_size) != (
-        list(meta["class_names"]),
-        meta["in_channels"],
-        meta["image_size"],
-    ):
+    or another picture size than the model file's metadata `meta` says it was trained on; the
+    line names `model` (a file, or "--run-id X: its model"), what it was trained on, what `raw`
+    holds, and `remedy`."""
+    trained = (list(meta["class_names"]), meta["in_channels"], meta["image_size"])
+    held = (list(spec.class_names), spec.channels, spec.image_size)
+    if trained == held:
+        return
+    channels = trained[1] != held[1]
+    only_names = (len(trained[0]), *trained[1:]) == (len(held[0]), *held[1:])
+    names = " (other class names)" if only_names else ""
+    raise PipelineError(
+        f"{model} was trained on {meta['dataset']}, "
+        f"{_shape(len(trained[0]), trained[2], trained[1], channels)}; {raw} holds {spec.name}, "
+        f"{_shape(len(held[0]), held[2], held[1], channels)}{names}; {remedy}"
+    )
+
+
+def held_in(root: Path) -> list[DatasetSpec]:
+    """The datasets whose files the download stage left in `root`, described (a folder's by its
+    report; one with a damaged report is left out)."""
+    found = []
+    for name, spec in DATASETS.items():
+        if (Path(root) / spec.folder).is_dir():
+            try:
+                found.append(describe(name, root))
+            except PipelineError:
+                continue
+    return found
+
+
+def fitting_spec(
+    raw: Path,
+    meta: dict[str, Any],
+    model: str | Path,
+    remedy: str = "rerun the pipeline (dvc repro)",
+) -> DatasetSpec:
+    """The spec of the dataset the model in `meta` was trained on, as `raw` holds it. PipelineError
+    (see check_model_fits) when `raw` holds other data, or other pictures of that dataset, or no
+    data at all."""
+    held = held_in(raw)
+    spec = next((s for s in held if s.name == meta["dataset"]), None)
+    if spec is None and held:
+        spec = held[0]  # what it holds instead: refused below, named in the line
+    if spec is None:
         raise PipelineError(
-            f"{raw}: holds other pictures than {model_file} was trained on "
-            f"({len(spec.class_names)} classes, {spec.image_size} px); rerun the pipeline "
-            "(dvc repro)"
+            f"{model} was trained on {meta['dataset']}; {raw} holds no data: {remedy}"
         )
+    check_model_fits(spec, raw, meta, model, remedy)
+    if spec.name != meta["dataset"]:  # the same shape but another dataset (mnist, kmnist)
+        raise PipelineError(
+            f"{model} was trained on {meta['dataset']}; {raw} holds {spec.name}; {remedy}"
+        )
+    return spec
 
 
 def describe(name: str, root: Path) -> DatasetSpec:

@@ -44,6 +44,17 @@ JUNK_FOLDERS = {
     "System Volume Information": "Windows system folder",
 }
 JUNK_FILES = (".DS_Store", "._*", "Thumbs.db", "desktop.ini")  # skipped as no picture, or hidden
+# The reasons the listing gives (`_listdir`); a skip with any other reason is a picture file that
+# could not be read (empty, truncated, undecodable, too large).
+LISTED = frozenset(
+    {
+        *JUNK_FOLDERS.values(),
+        "hidden folder",
+        "hidden file",
+        "not a picture file",
+        "not a regular file",
+    }
+)
 # fork copies a caller's torch (OpenMP, CUDA) or MLflow threads' locks, which a child can hang on;
 # spawn re-imports the caller's script per worker (seconds when it imports torch); forkserver pays
 # that once, for its first pool.

@@ -32,6 +32,10 @@ CURVE_POINTS = 200  # per class and curve, in plots/roc.csv and plots/precision_
 # Classes in plots/per_class.csv and the stage's table: above it, the lowest and highest half each
 # (every class stays in metrics/eval.json and the run's per-class table).
 PER_CLASS_SHOWN = 30
+# A class is "almost never predicted right" at this recall or below (1 of 20 test pictures).
+NEVER_RIGHT = 0.05
+# Classes a warning names; the rest are counted.
+NAMED_AT_MOST = 5
 
 
 def mlflow_name(key: str) -> str:
@@ -67,11 +71,20 @@ class Report:
 
     @property
     def at_chance_level(self) -> bool:
-        """No better than guessing: accuracy within a point of always answering the most frequent
-        class (or of 1/classes), as a diverged model or one collapsed to a single output scores."""
-        counts = self.confusion.sum(1)
-        baseline = max(float(counts.max()) / max(int(counts.sum()), 1), 1 / len(counts))
-        return self.accuracy <= baseline + 0.01
+        """No better than guessing: balanced accuracy within a point of 1/classes (the classes with
+        test pictures), what a diverged model, one collapsed to a single output or a random guess
+        scores. Plain accuracy would call a model that gets every class right but the largest one
+        "chance level" on an unbalanced test set."""
+        present = int((self.confusion.sum(1) > 0).sum())
+        return self.balanced_accuracy <= 1 / max(present, 1) + 0.01
+
+    def never_right(self) -> list[int]:
+        """Indices of the classes with test pictures whose recall is at most NEVER_RIGHT, in class
+        order; empty unless some other class with test pictures is predicted right more often."""
+        counts, right = self.confusion.sum(1), self.confusion.diag()
+        present = [i for i in range(len(counts)) if counts[i] > 0]
+        weak = [i for i in present if float(right[i]) <= NEVER_RIGHT * float(counts[i])]
+        return weak if len(weak) < len(present) else []
 
     def scalars(self) -> dict[str, float]:
         """The scalar metrics under their file/MLflow names (without per-class values)."""
@@ -279,6 +292,45 @@ def per_class_table(rep: Report) -> str:
         lines.append(f"{names[i]:<{width}}  {int(rep.confusion[i].sum()):>6}  {acc:>8.4f}")
     lines.append(f"{'all':<{width}}  {int(rep.confusion.sum()):>6}  {rep.accuracy:>8.4f}")
     return "\n".join(lines)
+
+
+def quality_warning(rep: Report) -> str | None:
+    """One line (without "warning: ") when the test metrics show a model that learned nothing
+    (balanced accuracy at 1/classes) or one that learned all classes but a few, naming those
+    classes with their right/test counts and the class each is mostly taken for; None otherwise."""
+    k = int((rep.confusion.sum(1) > 0).sum())
+    if rep.at_chance_level:
+        return (
+            f"the model is at chance level (balanced accuracy {rep.balanced_accuracy:.4f}, "
+            f"1/{k} classes = {1 / max(k, 1):.4f}; test accuracy {rep.accuracy:.4f}): it learned "
+            "nothing usable; look at its training curves and try a lower train.lr"
+        )
+    weak = rep.never_right()
+    if not weak:
+        return None
+    names = list(rep.per_class_accuracy)
+    counts, right = rep.confusion.sum(1), rep.confusion.diag()
+    others = [float(right[i] / counts[i]) for i in range(len(names)) if counts[i] and i not in weak]
+    parts = []
+    for i in weak[:NAMED_AT_MOST]:
+        row = rep.confusion[i].clone()
+        row[i] = -1  # the class it is mostly taken for is another one
+        parts.append((names[i], f"{int(right[i])} of {int(counts[i])}", names[int(row.argmax())]))
+    almost = "" if all(int(right[i]) == 0 for i in weak) else "almost "
+    if len(weak) == 1:
+        ((name, score, taken_for),) = parts
+        said = (
+            f"class '{name}' is {almost}never predicted right ({score} test pictures, mostly "
+            f"taken for '{taken_for}')"
+        )
+    else:
+        named = ", ".join(f"'{n}' ({score}, mostly taken for '{t}')" for n, score, t in parts)
+        more = f" and {len(weak) - NAMED_AT_MOST} more" if len(weak) > NAMED_AT_MOST else ""
+        said = f"classes {named}{more} are {almost}never predicted right"
+    return (
+        f"{said}; the others average {100 * sum(others) / len(others):.0f} % (every mistake: "
+        "plots/predictions.csv)"
+    )
 
 
 def predictions(

@@ -7,13 +7,14 @@ from __future__ import annotations
 import functools
 import io
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import atomic
-from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.errors import PipelineError, first_sentence
 
 if TYPE_CHECKING:
     import torch
@@ -238,6 +239,11 @@ def load(path: Path) -> tuple[NormalizedModel, dict[str, Any]]:
         raise PipelineError(f"{path}: not found; run the train stage first")
     if path.stat().st_size == 0:
         raise PipelineError(f"{path}: empty file; rerun the train stage (dvc repro -f train)")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; also refuses truncated files
+        raise PipelineError(
+            f"{path}: not a model written by the train stage (not the zip archive torch.save "
+            "writes: another kind of file, or a truncated one)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         stored = {
@@ -270,9 +276,22 @@ def load(path: Path) -> tuple[NormalizedModel, dict[str, Any]]:
         Exception
     ) as exc:  # truncated, foreign or hostile: torch's unpickler and load_state_dict fail many ways
         raise PipelineError(
-            f"{path}: not a model written by the train stage ({first_line(exc)})"
+            f"{path}: not a model written by the train stage ({_refusal(exc)})"
         ) from None
     return model.eval(), ckpt
+
+
+def _refusal(exc: Exception) -> str:
+    """Why torch.load or the rebuild refused a file, in a clause: torch's weights-only refusal
+    is a paragraph that even suggests weights_only=False (running the file's code); of it only
+    the unpickler's own reason is kept."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = str(exc).partition("WeightsUnpickler error:")[2].strip()
+        reason = first_sentence(Exception(detail.partition(" was not an allowed")[0]), 80)
+        return f"it holds objects besides weights, not loaded: {reason or 'refused'}"
+    return first_sentence(exc)
 
 
 # On 2 CPU cores channels_last batches of 256 run 2-4x faster than NCHW batches of 1000 (oneDNN's

@@ -14,6 +14,7 @@ import math
 import operator
 import re
 import typing
+from collections.abc import Iterable
 from dataclasses import field
 from typing import Any
 
@@ -49,7 +50,11 @@ def spec(
     return field(default=default, metadata=meta)
 
 
-def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+def build(cls: type, raw: Any, prefix: str, source: str, every: tuple[str, ...] = ()) -> Any:
+    """`cls` from the mapping `raw` (its keys under `prefix`), each value checked; PipelineError
+    naming the dotted key otherwise, an unknown key with the closest of `every` dotted key of the
+    whole schema (the top level's leaves when not given)."""
+    every = every or tuple(k for k, _, _ in leaves(cls, prefix))
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
         raise PipelineError(
@@ -58,9 +63,13 @@ def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
+            close = did_you_mean_key(f"{prefix}{key}", every) or did_you_mean(
+                str(key), names, prefix
+            )
             known = ", ".join(f"{prefix}{n}" for n in names)
             raise PipelineError(
-                f"{source}: unknown parameter '{prefix}{key}' (known here: {known})"
+                f"{source}: unknown parameter '{prefix}{key}'"
+                + (f"; {close}" if close else f" (known here: {known})")
             )
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
@@ -69,7 +78,7 @@ def build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             continue
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(hints[f.name]):
-            values[f.name] = build(hints[f.name], raw[f.name], f"{key}.", source)
+            values[f.name] = build(hints[f.name], raw[f.name], f"{key}.", source, every)
         else:
             values[f.name] = _check(key, hints[f.name], f.metadata, raw[f.name], source)
     return cls(**values)
@@ -83,9 +92,11 @@ def _check(key: str, hint: Any, meta: Any, value: Any, source: str) -> Any:
     base, optional = _unwrap(hint)
 
     def bad() -> PipelineError:
+        close = did_you_mean(value, meta["choices"] or ()) if isinstance(value, str) else ""
+        if close:  # the suggestion first; the list of choices is in the parameter reference
+            return PipelineError(f"{source}: {key}: {close} (got {_show(value)})")
         return PipelineError(
             f"{source}: {key} must be {describe(hint, meta, short=True)}, got {_show(value)}"
-            + _close(value, meta["choices"])
         )
 
     if typing.get_origin(base) is tuple:
@@ -219,12 +230,44 @@ def describe(hint: Any, meta: Any, short: bool = False) -> str:
     return text + (" or null" if optional else "") + (f" or {AUTO}" if _takes_auto(hint) else "")
 
 
-def _close(value: Any, choices: tuple[str, ...] | None) -> str:
-    """ "; did you mean x?" for a string close to one of a long list of choices, else ""."""
-    if not choices or len(choices) <= SHORT_CHOICES or not isinstance(value, str):
-        return ""
-    close = difflib.get_close_matches(value, choices, n=3)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
+def close_matches(word: str, candidates: Iterable[str], most: int = 3) -> list[str]:
+    """The candidates close to `word` (difflib.get_close_matches, its default cutoff 0.6),
+    closest first, ignoring case: "CNN" finds "cnn" alone."""
+    by_lower: dict[str, str] = {}
+    for c in candidates:
+        by_lower.setdefault(c.lower(), c)
+    if word.lower() in by_lower:  # only the case differs: that one, not its neighbours too
+        return [by_lower[word.lower()]]
+    return [by_lower[m] for m in difflib.get_close_matches(word.lower(), by_lower, n=most)]
+
+
+def did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """ "did you mean x?" (or "x or y") for the candidates close to `word`, else "". Matched
+    without a `prefix` all candidates share (a section's "train.", which would make every key of
+    the section look close) and shown with it."""
+    close = close_matches(word, candidates)
+    return f"did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+
+
+def did_you_mean_key(key: str, known: Iterable[str]) -> str:
+    """did_you_mean for a dotted key among `known` dotted keys: its last part in another section
+    ("train.image_size": data.image_size), else a close key in its section ("train.lrr":
+    train.lr), else a close last part in any section."""
+    section, _, leaf = key.rpartition(".")
+    by_leaf: dict[str, list[str]] = {}
+    for k in known:
+        by_leaf.setdefault(k.rpartition(".")[2].lower(), []).append(k)
+    if leaf.lower() in by_leaf:
+        return f"did you mean {' or '.join(by_leaf[leaf.lower()][:3])}?"
+    same = [
+        k.rpartition(".")[2]
+        for ks in by_leaf.values()
+        for k in ks
+        if k.rpartition(".")[0] == section
+    ]
+    said = did_you_mean(leaf, same, f"{section}." if section else "")
+    close = [k for c in close_matches(leaf, by_leaf) for k in by_leaf[c]][:3]
+    return said or (f"did you mean {' or '.join(close)}?" if close else "")
 
 
 def _number(x: float) -> str:

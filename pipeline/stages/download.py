@@ -40,12 +40,9 @@ def main(params_file: Path) -> None:
         if "test_fraction" in report:
             low, high = min(report["test_fraction"].values()), max(report["test_fraction"].values())
             click.echo(f"tested on {low:.0%} to {high:.0%} of each class's pictures")
-        if report["skipped"]:
-            click.echo(
-                f"skipped {len(report['skipped'])} file(s), each with its reason in "
-                f"{paths.RAW / 'folder' / 'report.json'}; first: {report['skipped'][0]['path']} "
-                f"({report['skipped'][0]['reason']})"
-            )
+        skipped = decoding.skipped_summary(report["skipped"])
+        if skipped:
+            click.echo(f"{skipped}; each with its reason in {paths.RAW / 'folder' / 'report.json'}")
         warning = imbalance.imbalance_warning(report["splits"]["train"]["per_class"])
         if warning:
             click.echo(warning, err=True)

@@ -38,19 +38,15 @@ def main(params_file: Path) -> None:
     tracker = background.BackgroundTracker(prepare=("matplotlib.pyplot",))  # it draws the figures
     try:
         from pipeline.core import evaluator
-        from pipeline.core.metrics import per_class_table
+        from pipeline.core.metrics import per_class_table, quality_warning
 
         rep, parity, run_id = evaluator.evaluate(params, tracker)
     finally:
         tracker.close()
     click.echo(per_class_table(rep))
-    if rep.at_chance_level:
-        click.echo(
-            f"warning: the model is at chance level (test accuracy {rep.accuracy:.4f}): it learned "
-            "nothing "
-            "usable; look at its training curves and try a lower train.lr",
-            err=True,
-        )
+    warning = quality_warning(rep)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     pairs = ", ".join(f"{a} as {p} ({n})" for a, p, n in rep.confused_pairs(3))
     if pairs:
         click.echo(f"most confused: {pairs} (all mistakes: plots/predictions.csv)")

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params import Params, flatten, with_values
+from pipeline.core.validation import did_you_mean_key
 from pipeline.core.yamlio import read_yaml
 from pipeline_team.sweep import trial
 
@@ -108,7 +109,11 @@ def _dimension(
     where: str, key: Any, spec: Any, defaults: Mapping[str, Any], base: Params
 ) -> Dimension:
     if not isinstance(key, str) or key not in defaults:
-        raise PipelineError(f"{where}: unknown parameter {key!r} (see docs/parameters.md)")
+        close = did_you_mean_key(key, defaults) if isinstance(key, str) else ""
+        raise PipelineError(
+            f"{where}: unknown parameter {key!r}"
+            + (f"; {close}" if close else " (see docs/parameters.md)")
+        )
     if key.startswith(FIXED_KEYS):
         raise PipelineError(
             f"{where}: {key} cannot be swept (every trial logs to the project's store and reads "
