@@ -17,8 +17,10 @@ from PIL import Image
 
 def make(root: Path, name: str) -> str:
     """The model file of case `name` in `root` (a project), its path relative to `root`."""
-    path = root / {"text": "README.md", "folder": "models"}.get(name, f"models/{name}")
-    if name == "hostile.pt":  # a class outside the weights-only allowlist
+    path = root / {"text": "notes.txt", "folder": "models"}.get(name, f"models/{name}")
+    if name == "text":  # any text file of the user's
+        path.write_text("taken on holiday\n")
+    elif name == "hostile.pt":  # a class outside the weights-only allowlist
         torch.save({"state_dict": {}, "x": pathlib.PurePosixPath("a")}, path)
     elif name == "truncated.pt":
         torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
