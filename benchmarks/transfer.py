@@ -124,11 +124,13 @@ def repro(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def folder_params(folder: Path, seed: int, train: dict[str, Any]) -> dict[str, Any]:
+def folder_params(
+    folder: Path, seed: int, train: dict[str, Any], budget: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "seed": seed,
         "data": {"dataset": "folder", "folder": str(folder), "image_size": 28, "channels": 1},
-        "train": {**FINETUNE, "weights": "none", **train},
+        "train": {**budget, "weights": "none", **train},
     }
 
 
@@ -151,15 +153,17 @@ def accuracy(
     first_per_class: int | None,
     sizes: tuple[int, ...],
     plain_sizes: tuple[int, ...] = (),
+    budget: dict[str, Any] = FINETUNE,
 ) -> dict[str, Any]:
     """Train on digits 0–4 (`first_per_class` pictures each, all when None), then per seed and size
     (pictures per class of 5–9) each arm of `arms`: the earlier run's model fine-tuned
-    (`train.weights: runs:/…`) and the same network from scratch, same budget; test accuracy on
-    every 5–9 test picture, the load average (1 minute) before and after."""
+    (`train.weights: runs:/…`) and the same network from scratch, same `budget` (train.* of every
+    run, FINETUNE unless told); test accuracy on every 5–9 test picture, the load average (1
+    minute) before and after."""
     arrays = mnist_arrays()
     out: dict[str, Any] = {
         "first_per_class": first_per_class,
-        "budget": FINETUNE,
+        "budget": budget,
         "schedule": SCHEDULE,
         "load_average": [os.getloadavg()[0]],
         "runs": [],
@@ -168,7 +172,7 @@ def accuracy(
         first = digit_folder(Path(tmp) / "first", arrays, FIRST, first_per_class, 100, 42)
         root = clone(project, data=False)
         try:
-            pre = repro(root, folder_params(first, 42, {"epochs": 3, "patience": 3}))
+            pre = repro(root, folder_params(first, 42, {"epochs": 3, "patience": 3}, budget))
             out["first"] = {k: pre[k] for k in ("seconds", "test_accuracy", "run_id")}
             seen = {pre["run_id"]}
             print(f"0-4: {out['first']}", file=sys.stderr)
@@ -179,7 +183,7 @@ def accuracy(
                     )
                     row: dict[str, Any] = {"seed": seed, "per_class": size}
                     for arm, train in arms(pre["model_uri"], size, plain_sizes).items():
-                        r = repro(root, folder_params(folder, seed, train))
+                        r = repro(root, folder_params(folder, seed, train, budget))
                         if r["run_id"] in seen:  # dvc found nothing changed: no arm of its own
                             raise SystemExit(f"{arm}: dvc repro trained nothing ({train})")
                         seen.add(r["run_id"])
@@ -377,12 +381,23 @@ def main() -> None:
 @click.option("--seeds", default="42,1,2", show_default=True)
 @click.option("--first-per-class", type=int, default=None, help="0–4 pictures; default all")
 @click.option("--plain-sizes", default="10,100", show_default=True, help="'' = none")
+@click.option("--model", default=FINETUNE["model"], show_default=True, help="every run's network")
+@click.option("--precision", default=FINETUNE["precision"], show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-def accuracy_command(seeds: str, first_per_class: int | None, plain_sizes: str, out: Path) -> None:
-    """Fine-tuned against from scratch; the JSON into --out."""
+def accuracy_command(
+    seeds: str,
+    first_per_class: int | None,
+    plain_sizes: str,
+    model: str,
+    precision: str,
+    out: Path,
+) -> None:
+    """Fine-tuned against from scratch; the JSON into --out. (`--model cnn --precision fp32`: the
+    earlier measurement of docs/transfer.md.)"""
     picked = tuple(int(s) for s in seeds.split(","))
     plain = tuple(int(s) for s in plain_sizes.split(",") if s)
-    r = accuracy(ROOT, picked, first_per_class, (10, 100), plain)
+    budget = {**FINETUNE, "model": model, "precision": precision}
+    r = accuracy(ROOT, picked, first_per_class, (10, 100), plain, budget)
     out.write_text(json.dumps(r, indent=2) + "\n")
 
 
