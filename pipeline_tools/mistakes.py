@@ -220,7 +220,12 @@ def main(split: str, top: int, confident: bool, run_id: str | None, as_json: boo
     how = "predicted as another class, most confident first" if confident else "highest loss first"
     source = f"MLflow run {run_id}" if run_id else str(paths.MODEL)
     click.echo(f"# {split} split of {paths.RAW}, {how}; model: {source}")
-    click.echo(table(rows))
+    click.echo(table(rows) if rows else nothing_wrong(split))
+
+
+def nothing_wrong(split: str) -> str:
+    """What `--confident` prints instead of an empty table (only it can find no picture)."""
+    return f"the model classifies every picture of the {split} split right"
 
 
 if __name__ == "__main__":

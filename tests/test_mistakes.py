@@ -186,3 +186,13 @@ def test_report_says_how_many_pictures_changed_per_class(project: Path, tmp_path
     # Training pictures per class (report.json): 2 light ones were planted in dark/ at the start.
     assert [rows[c][3] for c in ("dark", "light", "mid")] == ["32 → 31", "28 → 31", "30 → 27"]
     assert rows["mid"][4] == "8 → 8" and rows["mid"][5].count("→") == 1, text
+
+
+def test_confident_with_nothing_wrong_says_so() -> None:
+    """A new user's --confident on a split the model gets right printed a header and nothing."""
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0]])
+    rows = mistakes.rank(["a", "b"], torch.tensor([0, 1]), logits, ["x", "y"], 5, True)
+    assert rows == []
+    assert mistakes.nothing_wrong("test") == (
+        "the model classifies every picture of the test split right"
+    )
