@@ -64,11 +64,18 @@ def mnist_model_file(path: Path, architecture: str = "cnn") -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict]]:
-    """(MLFLOW_TRACKING_URI, the runs: one that logged one model, one that logged two)."""
+    """(MLFLOW_TRACKING_URI, the runs: one that logged one model, one that logged two, one that
+    logged none)."""
     root = tmp_path_factory.mktemp("store")
     mnist_model_file(root / "model.pt")
     proc = subprocess.run(
-        [sys.executable, "-c", LOG_RUNS, str(root), json.dumps([["alpha-cnn"], ["b-1", "b-2"]])],
+        [
+            sys.executable,
+            "-c",
+            LOG_RUNS,
+            str(root),
+            json.dumps([["alpha-cnn"], ["b-1", "b-2"], []]),
+        ],
         env=clean_env(PYTHONPATH=str(REPO)),
         capture_output=True,
         text=True,
@@ -195,3 +202,54 @@ def test_the_message_says_what_is_wrong_in_the_users_terms(
     with pytest.raises(PipelineError) as guard:
         weights.load_into(model.net, start, target, list("abcde"))
     assert str(guard.value) == needle
+
+
+# (train.weights from the store's runs, what the stage says: `from <run>` when it takes them, else
+# its one error line), the runs' ids in place of {0}, {1}, {2}.
+RUN_SOURCES = [
+    (lambda runs: f"runs:/{runs[0]['run_id']}", "from {0}"),  # the run's one model
+    (lambda runs: f"runs:/{runs[0]['run_id']}/alpha-cnn", "from {0}"),
+    (lambda runs: runs[0]["model_uris"][0], "from {0}"),  # models/mlflow_run.json's model_uri
+    (lambda runs: f"runs:/{runs[1]['run_id']}/b-2", "from {1}"),
+    (
+        lambda runs: f"runs:/{runs[0]['run_id']}/alpha",
+        "run {0} logged no model named alpha; it logged alpha-cnn (runs:/{0} alone takes its one",
+    ),
+    (
+        lambda runs: f"runs:/{runs[1]['run_id']}",
+        "run {1} logged 2 models (b-1, b-2); name one: runs:/{1}/<name>",
+    ),
+    (
+        lambda runs: f"runs:/{runs[1]['run_id']}/b-3",
+        "run {1} logged no model named b-3; it logged b-1, b-2",
+    ),
+    (lambda runs: f"runs:/{runs[2]['run_id']}", "run {2} logged no model"),
+    (lambda runs: "runs:/0123abcd/alpha-cnn", "no run 0123abcd in sqlite:///"),
+]
+
+
+@pytest.mark.parametrize(("source", "said"), RUN_SOURCES)
+def test_a_run_is_named_by_its_id_and_a_name_it_did_not_log_lists_those_it_did(
+    tmp_path: Path, store: tuple[str, list[dict]], source, said: str
+) -> None:
+    uri, logged = store
+    start = project(tmp_path)
+    before = (start.read_bytes(), start.stat().st_mtime_ns)
+    value = source(logged)
+    proc = weights_stage(
+        tmp_path,
+        {"data.dataset": "mnist", "train.model": "cnn", "train.weights": value},
+        MLFLOW_TRACKING_URI=uri,
+    )
+    said = said.format(*(r["run_id"] for r in logged))
+    if said.startswith("from "):
+        assert proc.returncode == 0, proc.stderr
+        assert (
+            f"cnn: {value} (8 tensors, {said.replace('from ', 'from MLflow run ')})" in proc.stdout
+        )
+        cfg = with_values(Params(), {"train.weights": value}, "p").train
+        started = weights.read(start, cfg)
+        assert started is not None and started.source_run_id == said.removeprefix("from ")
+        return
+    assert_one_line_error(proc, f"train.weights: {value}", said)
+    assert (start.read_bytes(), start.stat().st_mtime_ns) == before
