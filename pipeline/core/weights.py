@@ -228,10 +228,11 @@ def fitting(
     if theirs is None:
         raise PipelineError(f"train.weights: {start.source} {wrong}")
     arch, ours = target.architecture, target.channels
+    wanted = f"use weights for {ours} channel{'s' if ours > 1 else ''}"
     if datasets.get(target.dataset).from_folder:
-        fix = f"(data.channels): set data.channels: {theirs} or use weights for {ours} channels"
+        fix = f"(data.channels): set data.channels: {theirs} or {wanted}"
     else:
-        fix = f"(data.dataset {target.dataset}): use weights for {ours} channels"
+        fix = f"(data.dataset {target.dataset}): {wanted}"
     rest = matched(start, target.network(theirs), arch, keep_head=False)[1]
     also = f" (with {theirs}-channel pictures it still {rest})" if rest else ""
     raise PipelineError(
