@@ -51,26 +51,19 @@ def run_model_file(run_id: str, folder: Path) -> tuple[Path, dict[str, str]]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from pipeline.core.tracking import store
+    from pipeline.core.tracking.model import run_models
 
     store.check_environment()
     uri = store.tracking_uri()
-    store.check_reachable(uri)
-    from mlflow.artifacts import download_artifacts
-    from mlflow.tracking import MlflowClient
-
-    try:
-        run = MlflowClient(uri).get_run(run_id)
-    except MlflowException:
-        raise PipelineError(f"--run-id: no run {run_id} in {uri}") from None
-    except (SQLAlchemyError, OSError) as exc:
-        raise PipelineError(f"MLflow store {uri}: {first_line(exc)}") from None
-    outputs = run.outputs.model_outputs if run.outputs else []
-    if not outputs:
+    logged = run_models(run_id, "--run-id")
+    if not logged:
         raise PipelineError(f"--run-id: run {run_id} logged no model")
+    from mlflow.artifacts import download_artifacts
+
     try:
         local = Path(
             download_artifacts(
-                artifact_uri=f"models:/{outputs[0].model_id}",
+                artifact_uri=f"models:/{logged[0][1]}",
                 dst_path=str(folder),
                 tracking_uri=uri,
             )

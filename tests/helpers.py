@@ -150,6 +150,28 @@ def runs(root: Path) -> list:
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
+def weights_stage(
+    root: Path, values: dict[str, object], **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline.stages.weights` in `root`, made a project root holding the committed
+    params.yaml with `values` ("section.name": value), torch's hub cache under it."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in values.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / ".dvc").mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.stages.weights"],
+        cwd=root,
+        env=clean_env(PYTHONPATH=str(REPO), TORCH_HOME=str(root / "torch"), **env),
+        capture_output=True,
+        text=True,
+    )
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
     """Exit code 2, exactly one `error: …` line on stderr containing every needle, no traceback."""
     assert proc.returncode == 2, proc.stderr

@@ -18,13 +18,11 @@ from urllib.parse import urlparse
 
 import pytest
 import torch
-import yaml
-from helpers import REPO, assert_one_line_error
+from helpers import REPO, assert_one_line_error, weights_stage
 
 from pipeline.core import models, paths, transfer, weights, zoo, zoo_table
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params, load_params, with_values
-from pipeline.core.repo import clean_env
 
 OPTIONS = models.options_from(Params().train)
 
@@ -185,6 +183,11 @@ def test_a_folders_picture_size_follows_the_weights(values: dict, side: int) -> 
     assert transfer.picture_size(params) == side
 
 
+def trained(**train: object) -> Params:
+    """The default parameters with these train.* values."""
+    return dataclasses.replace(Params(), train=dataclasses.replace(Params().train, **train))
+
+
 def cached_imagenet(torch_home: Path, name: str) -> Path:
     """A state_dict of a freshly built torchvision `name` where torch's hub cache keeps the file of
     its DEFAULT weights (ImageNet weights cannot be downloaded here)."""
@@ -203,13 +206,14 @@ def test_imagenet_weights_come_from_torchs_hub_cache(
     """imagenet: the cached file, ImageNet's statistics, and every tensor but the head loaded."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     file = cached_imagenet(tmp_path / "torch", "mobilenet_v3_small")
-    cfg = with_values(
+    params = with_values(
         Params(),
         {"train.model": "mobilenet_v3_small", "train.weights": "imagenet", "data.image_size": 32}
         | {"data.dataset": "folder", "data.channels": 1},
         "p",
-    ).train
-    start = weights.fetch(cfg, tmp_path)
+    )
+    cfg = params.train
+    start = weights.fetch(params, tmp_path)
     assert start.statistics == "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
     assert (start.mean, start.std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     weights.write(tmp_path / "start.pt", start)
@@ -217,7 +221,7 @@ def test_imagenet_weights_come_from_torchs_hub_cache(
     assert read is not None
     assert read.sha256 == hashlib.sha256((tmp_path / "start.pt").read_bytes()).hexdigest()
     model = models.build("mobilenet_v3_small", 1, 32, 3, [0.5], [0.25], OPTIONS)
-    count = weights.load_into(model.net, read, "mobilenet_v3_small", ["a", "b", "c"])
+    count = weights.load_into(model.net, read, weights.Target.of(params), ["a", "b", "c"])
     source = torch.load(file, weights_only=True)
     assert count == len(source) - 2  # all but the head's weight and bias
     for key, tensor in model.net.state_dict().items():
@@ -233,9 +237,8 @@ def test_missing_imagenet_weights_name_the_file_and_where(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens: offline at once
-    cfg = dataclasses.replace(Params().train, model="resnet18", weights="imagenet")
     with pytest.raises(PipelineError) as err:
-        weights.fetch(cfg, tmp_path)
+        weights.fetch(trained(model="resnet18", weights="imagenet"), tmp_path)
     text = str(err.value)
     assert text.startswith("train.weights: ResNet18_Weights.IMAGENET1K_V1 is not in torch's hub")
     assert str(tmp_path / "torch/hub/checkpoints/resnet18-f37072fd.pth") in text
@@ -247,41 +250,29 @@ def test_our_resnet18_starts_from_imagenet_except_its_small_stem(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     file = cached_imagenet(tmp_path / "torch", "resnet18")
-    cfg = dataclasses.replace(Params().train, model="resnet18", weights="imagenet")
-    start = weights.fetch(cfg, tmp_path)
+    params = trained(model="resnet18", weights="imagenet")
+    start = weights.fetch(params, tmp_path)
     model = models.build("resnet18", 1, 28, 10, [0.5], [0.25], OPTIONS)
-    loaded = weights.load_into(model.net, start, "resnet18", [str(i) for i in range(10)])
+    loaded = weights.load_into(
+        model.net, start, weights.Target.of(params), [str(i) for i in range(10)]
+    )
     assert loaded == len(torch.load(file, weights_only=True)) - 3  # stem conv, fc weight, fc bias
 
 
 def test_a_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
     (tmp_path / "weights").mkdir()
     torch.save(zoo.imagenet_network("resnet18").state_dict(), tmp_path / "weights/r.pt")
-    cfg = dataclasses.replace(Params().train, model="resnet34", weights="weights/r.pt")
     with pytest.raises(PipelineError, match=r"train.weights: weights/r.pt lacks layer1.2"):
-        weights.fetch(cfg, tmp_path)
-    cfg = dataclasses.replace(cfg, model="mobilenet_v3_small")
+        weights.fetch(trained(model="resnet34", weights="weights/r.pt"), tmp_path)
     with pytest.raises(
         PipelineError, match=r"train.weights: weights/r.pt lacks features.0.0.weight"
     ):
-        weights.fetch(cfg, tmp_path)
+        weights.fetch(trained(model="mobilenet_v3_small", weights="weights/r.pt"), tmp_path)
 
 
 def stage(root: Path, **values: object) -> subprocess.CompletedProcess[str]:
     """`python -m pipeline.stages.weights` in a folder holding a params.yaml with `values`."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in values.items():
-        section, name = key.split("__")
-        params[section][name] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / ".dvc").mkdir(exist_ok=True)  # the project root
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.stages.weights"],
-        cwd=root,
-        env=clean_env(PYTHONPATH=str(REPO), TORCH_HOME=str(root / "torch")),
-        capture_output=True,
-        text=True,
-    )
+    return weights_stage(root, {k.replace("__", "."): v for k, v in values.items()})
 
 
 @pytest.mark.parametrize(

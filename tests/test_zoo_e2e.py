@@ -17,7 +17,8 @@ from helpers import assert_one_line_error, create_project, run, runs
 from photos import make_photo_folder
 from PIL import Image
 
-from pipeline.core import zoo
+from pipeline.core import models, zoo
+from pipeline.core.params import Params
 
 pytestmark = pytest.mark.e2e
 
@@ -88,15 +89,27 @@ def test_a_run_starts_from_an_earlier_runs_model_with_other_classes(tmp_path: Pa
     assert model["normalization"] == "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
     assert runs(root)[-1].data.tags["normalization"] == model["normalization"]
 
-    before = start.read_bytes()
+    # An MNIST cnn (grey pictures) for these colour ones: refused before models/start.pt changes.
+    models.save(
+        root / "weights/mnist-cnn.pt",
+        models.build("cnn", 1, 28, 10, [0.5], [0.25], models.options_from(Params().train)),
+        {"architecture": "cnn"},
+    )
+    before = (start.read_bytes(), start.stat().st_mtime_ns)
     for weights, model_name, needle in (
         ("models:/nope@x", "mobilenet_v3_small", "train.weights: models:/nope@x"),
         (uri, "resnet18", "is a mobilenet_v3_small, but train.model is resnet18"),
+        (
+            "weights/mnist-cnn.pt",
+            "cnn",
+            "train.weights: weights/mnist-cnn.pt is a cnn for 1-channel pictures; these are "
+            "3-channel (data.channels): set data.channels: 1",
+        ),
     ):
         set_params(root, weights=weights, model=model_name)
         proc = run([sys.executable, "-m", "pipeline.stages.weights"], root, check=False)
         assert_one_line_error(proc, needle)
-        assert start.read_bytes() == before
+        assert (start.read_bytes(), start.stat().st_mtime_ns) == before
     assert json.loads((root / "metrics/train.json").read_text())["mlflow_run_id"] == (
         runs(root)[-1].info.run_id
     )

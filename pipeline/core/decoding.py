@@ -27,7 +27,7 @@ def decode_folder(
     with atomic.directory(paths.RAW) as tmp:
         return folders.decode(
             layout,
-            data.channels or spec.channels,
+            transfer.picture_channels(params),
             transfer.picture_size(params),
             tmp / spec.folder,
             workers,

@@ -183,7 +183,8 @@ class TrainParams:
         "Starting weights (the weights stage puts them in models/start.pt): none; imagenet (the "
         "architecture's DEFAULT torchvision weights, from torch's hub cache); a torchvision "
         "weights entry (ResNet18_Weights.IMAGENET1K_V1); a state_dict file under weights/ (.pt, "
-        ".pth); or an MLflow model of an earlier run (runs:/ID/NAME, models:/NAME@ALIAS), its head "
+        ".pth); or an MLflow model of an earlier run (runs:/RUN_ID, runs:/RUN_ID/NAME, models:/ID "
+        "as models/mlflow_run.json's model_uri, models:/NAME@ALIAS), its head "
         "new when the classes differ. torchvision's weights bring their picture size (folder, "
         "data.image_size null) and normalisation (docs/transfer.md).",
     )

@@ -90,7 +90,7 @@ def checked_shape(
     the parameter otherwise)."""
     cfg = params.train
     if spec.from_folder:
-        want = (transfer.picture_size(params), params.data.channels or spec.channels)
+        want = (transfer.picture_size(params), transfer.picture_channels(params))
         if want != (spec.image_size, spec.channels):
             raise PipelineError(
                 f"{paths.RAW}: its pictures are {spec.image_size} px with {spec.channels} "

@@ -195,7 +195,7 @@ def train(
         model = models.build(*inputs.shape, inputs.norm.mean, inputs.norm.std, inputs.options)
         if inputs.start is not None:
             count = weights.load_into(
-                model.net, inputs.start, cfg.model, list(inputs.spec.class_names)
+                model.net, inputs.start, weights.Target.of(params), list(inputs.spec.class_names)
             )
             log(f"starting from {cfg.weights} ({count} tensors), normalised as {inputs.statistics}")
         log(header_line(cfg, inputs, rt, world))

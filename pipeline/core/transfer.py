@@ -56,6 +56,12 @@ def picture_size(params: Params) -> int:
     return spec.image_size
 
 
+def picture_channels(params: Params) -> int:
+    """The channels of the pictures the run trains on (1 grey, 3 colour): a built-in dataset's own;
+    for a folder data.channels, else the folder default (3)."""
+    return params.data.channels or datasets.get(params.data.dataset).channels
+
+
 def check(params: Params, source: str) -> None:
     """Refuse (PipelineError naming the parameter) weights that train.model cannot start from, and
     an architecture that cannot take the picture size."""

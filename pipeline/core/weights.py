@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from pipeline.core import atomic, transfer, zoo, zoo_table
+from pipeline.core import atomic, datasets, models, transfer, zoo
 from pipeline.core.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from pipeline.core.params import TrainParams
+    from pipeline.core.params import Params, TrainParams
 
 # Layers our own networks replace in torchvision's (resnet18's stem at 28/32 px or for grey
 # pictures): left as initialised when the starting weights have another shape there.
@@ -49,9 +49,41 @@ class Start:
     sha256: str = ""  # of the file, filled in by `read`
 
 
-def fetch(cfg: TrainParams, root: Path) -> Start:
-    """The starting weights train.weights names, checked against train.model. Raises PipelineError
-    naming train.weights when they cannot be had or do not fit."""
+@dataclass(frozen=True)
+class Target:
+    """The network starting weights must fit: train.model's, built for the run's pictures."""
+
+    architecture: str  # train.model
+    channels: int  # of the pictures, 1 or 3 (transfer.picture_channels)
+    side: int  # of the pictures, px (transfer.picture_size)
+    options: models.ModelOptions  # train.cnn_channels, train.mlp_hidden…: the layers' sizes
+    dataset: str  # data.dataset: a folder's channels are data.channels, a built-in one's its own
+
+    @classmethod
+    def of(cls, params: Params) -> Target:
+        """The network train builds for `params`."""
+        return cls(
+            params.train.model,
+            transfer.picture_channels(params),
+            transfer.picture_size(params),
+            models.options_from(params.train),
+            params.data.dataset,
+        )
+
+    def network(self, channels: int | None = None) -> nn.Module:
+        """The network on the meta device (shapes only), for `channels` instead when given; the
+        head has two classes (it is new, so its size is never compared)."""
+        return models.meta_network(
+            self.architecture, channels or self.channels, self.side, 2, self.options
+        )
+
+
+def fetch(params: Params, root: Path) -> Start:
+    """The starting weights train.weights names, checked against the network train will build
+    (Target: train.model for the pictures' channels and size), so that nothing is written for
+    weights train would refuse. Raises PipelineError naming train.weights (and data.channels when
+    only the pictures' channels differ) when they cannot be had or do not fit."""
+    cfg = params.train
     how = transfer.kind(cfg.weights)
     if how == "none":
         return Start("none", cfg.model)
@@ -62,9 +94,8 @@ def fetch(cfg: TrainParams, root: Path) -> Start:
         start = Start(cfg.weights, cfg.model, bare(load_file(path, cfg.weights)))
     else:
         start = from_mlflow(cfg.model, cfg.weights)
-    if cfg.model in zoo_table.ARCHITECTURES:  # our own networks' shapes depend on the data
-        reference = zoo.on_meta(zoo.imagenet_network, cfg.model)
-        matched(start, reference, cfg.model, keep_head=False)
+    target = Target.of(params)
+    fitting(start, target.network(), target, keep_head=False)
     return start
 
 
@@ -151,11 +182,11 @@ def bare(loaded: dict[str, Any]) -> dict[str, Any]:
 
 def matched(
     start: Start, net: nn.Module, architecture: str, keep_head: bool
-) -> dict[str, torch.Tensor]:
-    """The tensors of `start` that `net` takes: every one of its own but the head (kept only with
-    `keep_head`) and ADAPTED layers of another shape. Tensors of modules `net` lacks altogether
-    (torchvision's auxiliary classifiers) are dropped. Raises PipelineError naming train.weights
-    when a tensor is missing or of another shape."""
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(the tensors of `start` that `net` takes, what is wrong with `start` or None). It takes every
+    one of its own but the head (kept only with `keep_head`) and ADAPTED layers of another shape;
+    tensors of modules `net` lacks altogether (torchvision's auxiliary classifiers) are dropped.
+    Wrong: the first tensor `net` lacks or has in another shape, or the first one `start` lacks."""
     target = net.state_dict()
     head = zoo.head(net)[0] + "."
     adapted = ADAPTED.get(architecture, ())
@@ -165,25 +196,61 @@ def matched(
         free = key.startswith(head) or key.startswith(adapted)
         if key not in target:
             if key.split(".")[0] in children:
-                raise PipelineError(
-                    f"train.weights: {start.source} holds {key}, which {architecture} has not"
-                )
+                return out, f"holds {key}, which {architecture} has not"
         elif tuple(target[key].shape) != tuple(tensor.shape):
             if not free:
-                raise PipelineError(
-                    f"train.weights: {start.source} holds {key} of shape {list(tensor.shape)}, "
-                    f"{architecture} needs {list(target[key].shape)}: weights of another "
-                    "architecture"
+                return out, (
+                    f"holds {key} of shape {list(tensor.shape)}, {architecture} needs "
+                    f"{list(target[key].shape)}: weights of another architecture"
                 )
         elif keep_head or not key.startswith(head):
             out[key] = tensor
     lacking = [k for k in target if k not in start.state_dict and not k.startswith(head)]
     if lacking:
-        raise PipelineError(
-            f"train.weights: {start.source} lacks {lacking[0]} (and {len(lacking) - 1} more "
-            f"tensors) of {architecture}: weights of another architecture"
+        return out, (
+            f"lacks {lacking[0]} (and {len(lacking) - 1} more tensors) of {architecture}: weights "
+            "of another architecture"
         )
-    return out
+    return out, None
+
+
+def fitting(
+    start: Start, net: nn.Module, target: Target, keep_head: bool
+) -> dict[str, torch.Tensor]:
+    """The tensors of `start` that `net` (built for `target`) takes (see `matched`). Raises
+    PipelineError naming train.weights when they do not fit: in the pictures' terms when the
+    first layer is one for pictures of the other channel count (1 or 3), else naming the first
+    tensor that does not fit."""
+    tensors, wrong = matched(start, net, target.architecture, keep_head)
+    if wrong is None:
+        return tensors
+    theirs = input_channels(start, target)
+    if theirs is None:
+        raise PipelineError(f"train.weights: {start.source} {wrong}")
+    arch, ours = target.architecture, target.channels
+    wanted = f"use weights for {ours} channel{'s' if ours > 1 else ''}"
+    if datasets.get(target.dataset).from_folder:
+        fix = f"(data.channels): set data.channels: {theirs} or {wanted}"
+    else:
+        fix = f"(data.dataset {target.dataset}): {wanted}"
+    rest = matched(start, target.network(theirs), arch, keep_head=False)[1]
+    also = f" (with {theirs}-channel pictures it still {rest})" if rest else ""
+    raise PipelineError(
+        f"train.weights: {start.source} is a {arch} for {theirs}-channel pictures; these are "
+        f"{ours}-channel {fix}{also}"
+    )
+
+
+def input_channels(start: Start, target: Target) -> int | None:
+    """The other channel count (1 or 3) whose network's first tensor `start` has, or None. Only
+    this pipeline's own networks depend on it: torchvision's take 3 channels whatever the
+    pictures (grey ones are repeated inside the model)."""
+    if target.architecture not in models.ARCHITECTURES:
+        return None
+    theirs = 4 - target.channels
+    first, tensor = next(iter(target.network(theirs).state_dict().items()))
+    held = start.state_dict.get(first)
+    return theirs if held is not None and tuple(held.shape) == tuple(tensor.shape) else None
 
 
 def write(path: Path, start: Start) -> None:
@@ -228,10 +295,11 @@ def read(path: Path, cfg: TrainParams) -> Start | None:
     return start
 
 
-def load_into(net: nn.Module, start: Start, architecture: str, class_names: list[str]) -> int:
+def load_into(net: nn.Module, start: Start, target: Target, class_names: list[str]) -> int:
     """Load the starting weights into a freshly built network (its head too when the classes are
-    the source run's own); returns how many tensors were loaded."""
-    tensors = matched(start, net, architecture, keep_head=start.class_names == class_names)
+    the source run's own); returns how many tensors were loaded. The weights stage checked them
+    already (`fetch`); this is the last guard (PipelineError, see `fitting`)."""
+    tensors = fitting(start, net, target, keep_head=start.class_names == class_names)
     net.load_state_dict(tensors, strict=False)
     return len(tensors)
 

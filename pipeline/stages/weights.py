@@ -16,17 +16,19 @@ from pipeline.core.params import load_params
 @reports_errors
 def main(params_file: Path) -> None:
     """Write models/start.pt: torchvision's weights from torch's hub cache, a file under weights/,
-    or an earlier run's MLflow model, checked against train.model; with none, a small file saying
-    so.
+    or an earlier run's MLflow model, checked against the network train will build (every tensor
+    but the head, shapes included) before anything is written; with none, a small file saying so.
 
-    Reads train.model and train.weights.
+    Reads train.model, train.weights and what decides the network's shapes: data.dataset,
+    data.channels, data.image_size, train.cnn_channels, train.cnn_stem, train.cnn_hidden,
+    train.batch_norm and train.mlp_hidden.
     """
     params = load_params(params_file)
     # Imported once the parameters are valid: a typo is reported at once, not after seconds of
     # imports.
     from pipeline.core import weights
 
-    start = weights.fetch(params.train, paths.project_root())
+    start = weights.fetch(params, paths.project_root())
     weights.write(paths.START, start)
     what = (
         "no starting weights"

@@ -58,12 +58,67 @@ def log_pyfunc(model_file: Path, name: str, meta: Mapping[str, Any]) -> str:
     return info.model_uri
 
 
+def run_models(run_id: str, blame: str) -> list[tuple[str, str]]:
+    """(name, model id) of every model MLflow run `run_id` logged, as MLflow lists them (not
+    always in the order logged), from the project's store. Raises PipelineError naming `blame` for
+    an unknown run, naming the store when it cannot be read."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.core.errors import PipelineError, first_line
+    from pipeline.core.tracking.store import check_reachable, tracking_uri
+
+    store = tracking_uri()
+    check_reachable(store)
+    client = MlflowClient(store)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"{blame}: no run {run_id} in {store}") from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise PipelineError(f"MLflow store {store}: {first_line(exc)}") from None
+    outputs = run.outputs.model_outputs if run.outputs else []
+    try:
+        return [(client.get_logged_model(o.model_id).name, o.model_id) for o in outputs]
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        raise PipelineError(f"MLflow store {store}: {first_line(exc)}") from None
+
+
+def model_of_run(uri: str, blame: str) -> str:
+    """`models:/<model id>` for `runs:/ID` (the one model run ID logged) or `runs:/ID/NAME` (its
+    model named NAME, as MLflow names it after the run); any other URI as it is. MLflow itself
+    only says "Failed to download artifacts from path 'MLmodel'" for a name the run has not:
+    raises PipelineError naming `blame`, the run and the names it logged instead."""
+    from pipeline.core.errors import PipelineError
+
+    if not uri.startswith("runs:/"):
+        return uri
+    run_id, _, name = uri.removeprefix("runs:/").strip("/").partition("/")
+    logged = run_models(run_id, f"{blame}: {uri}")
+    names = ", ".join(sorted(n for n, _ in logged))
+    if not logged:
+        raise PipelineError(f"{blame}: {uri}: run {run_id} logged no model")
+    if not name and len(logged) > 1:
+        raise PipelineError(
+            f"{blame}: {uri}: run {run_id} logged {len(logged)} models ({names}); name one: "
+            f"runs:/{run_id}/<name>"
+        )
+    found = [i for n, i in logged if not name or n == name]
+    if not found:
+        raise PipelineError(
+            f"{blame}: {uri}: run {run_id} logged no model named {name}; it logged {names}"
+            + (f" (runs:/{run_id} alone takes its one model)" if len(logged) == 1 else "")
+        )
+    return f"models:/{found[-1]}"
+
+
 @contextmanager
 def download_logged(uri: str, blame: str) -> Iterator[tuple[str, Path]]:
     """(the id of the run that logged it, its model.pt downloaded) for a model this pipeline logged
-    (`runs:/ID/NAME`, `models:/NAME@ALIAS`, `models:/ID`) in the project's store, while inside:
-    the download (and what MLflow fetches to find it) is removed on the way out. Raises
-    PipelineError naming `blame` (a missing store is not created)."""
+    (`runs:/ID`, `runs:/ID/NAME`, `models:/NAME@ALIAS`, `models:/ID`) in the project's store, while
+    inside: the download (and what MLflow fetches to find it) is removed on the way out. Raises
+    PipelineError naming `blame` (a missing store is not created; see `model_of_run`)."""
     from pipeline.core.errors import PipelineError, first_line
     from pipeline.core.tracking.store import check_reachable, tracking_uri
 
@@ -83,8 +138,9 @@ def download_logged(uri: str, blame: str) -> Iterator[tuple[str, Path]]:
     # Both calls fetch into temporary folders of their own that MLflow leaves behind.
     with private_tmpdir("mlflow-download-"):
         try:
-            run_id = get_model_info(uri).run_id
-            folder = Path(download_artifacts(artifact_uri=uri))
+            model_uri = model_of_run(uri, blame)
+            run_id = get_model_info(model_uri).run_id
+            folder = Path(download_artifacts(artifact_uri=model_uri))
         except (MlflowException, OSError) as exc:
             raise PipelineError(f"{blame}: {uri}: {first_line(exc)}") from None
         found = sorted(folder.rglob("model.pt"))
