@@ -59,8 +59,10 @@ def run_model_file(run_id: str, folder: Path) -> tuple[Path, dict[str, str]]:
     if not logged:
         raise PipelineError(f"--run-id: run {run_id} logged no model")
     from mlflow.artifacts import download_artifacts
+    from mlflow.tracking import MlflowClient
 
     try:
+        tags = dict(MlflowClient(uri).get_run(run_id).data.tags)  # for the restore hint
         local = Path(
             download_artifacts(
                 artifact_uri=f"models:/{logged[0][1]}",
@@ -75,7 +77,7 @@ def run_model_file(run_id: str, folder: Path) -> tuple[Path, dict[str, str]]:
     found = sorted(local.glob(f"artifacts/{paths.MODEL.name}"))
     if not found:
         raise PipelineError(f"--run-id: run {run_id}'s model holds no {paths.MODEL.name}")
-    return found[0], dict(run.data.tags)
+    return found[0], tags
 
 
 def restore_hint(tags: dict[str, str]) -> str:
